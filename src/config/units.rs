@@ -1,0 +1,1 @@
+//! Durations (`ms`, `s`, `m`, `h`) and sizes (`B`, `kB`, `KiB`, `MB`, `MiB`, `GB`).

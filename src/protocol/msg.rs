@@ -1,0 +1,176 @@
+//! Readers for the message bodies pgmux must look inside. Each takes the body (the bytes
+//! after the 5-byte header) and borrows from it; none allocates. Malformed bodies give
+//! `None`, which callers turn into a protocol violation.
+
+/// Splits a NUL-terminated string off the front of `b`.
+#[inline]
+pub fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = memchr::memchr(0, b)?;
+    Some((&b[..nul], &b[nul + 1..]))
+}
+
+/// Query: the SQL text (without its terminating NUL).
+#[inline]
+pub fn query_text(body: &[u8]) -> Option<&[u8]> {
+    cstr(body).map(|(sql, _)| sql)
+}
+
+/// Parse: statement name, then the rest (query text, parameter type OIDs) untouched.
+pub struct Parse<'a> {
+    pub name: &'a [u8],
+    pub rest: &'a [u8],
+    pub query: &'a [u8],
+}
+
+impl<'a> Parse<'a> {
+    pub fn parse(body: &'a [u8]) -> Option<Parse<'a>> {
+        let (name, rest) = cstr(body)?;
+        let (query, types) = cstr(rest)?;
+        if types.len() < 2 {
+            return None;
+        }
+        let n = i16::from_be_bytes([types[0], types[1]]);
+        if n < 0 || types.len() != 2 + 4 * n as usize {
+            return None;
+        }
+        Some(Parse { name, rest, query })
+    }
+}
+
+/// Bind: portal name, statement name, then the rest (formats, values) untouched.
+pub struct Bind<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    pub rest: &'a [u8],
+}
+
+impl<'a> Bind<'a> {
+    pub fn parse(body: &'a [u8]) -> Option<Bind<'a>> {
+        let (portal, rest) = cstr(body)?;
+        let (statement, rest) = cstr(rest)?;
+        Some(Bind {
+            portal,
+            statement,
+            rest,
+        })
+    }
+}
+
+/// Describe and Close share a shape: `'S'` (statement) or `'P'` (portal), then a name.
+pub struct Target<'a> {
+    pub kind: u8,
+    pub name: &'a [u8],
+}
+
+impl<'a> Target<'a> {
+    pub fn parse(body: &'a [u8]) -> Option<Target<'a>> {
+        let (&kind, rest) = body.split_first()?;
+        if kind != b'S' && kind != b'P' {
+            return None;
+        }
+        let (name, tail) = cstr(rest)?;
+        if !tail.is_empty() {
+            return None;
+        }
+        Some(Target { kind, name })
+    }
+}
+
+/// ParameterStatus: name and value.
+#[inline]
+pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (name, rest) = cstr(body)?;
+    let (value, _) = cstr(rest)?;
+    Some((name, value))
+}
+
+/// BackendKeyData: process id and secret key.
+#[inline]
+pub fn backend_key_data(body: &[u8]) -> Option<(i32, i32)> {
+    if body.len() != 8 {
+        return None;
+    }
+    Some((
+        i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+        i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+    ))
+}
+
+/// CommandComplete: the command tag, e.g. `SELECT 1`, `ROLLBACK`.
+#[inline]
+pub fn command_tag(body: &[u8]) -> Option<&[u8]> {
+    cstr(body).map(|(t, _)| t)
+}
+
+/// The fields of an ErrorResponse or NoticeResponse that pgmux uses.
+#[derive(Debug, Default)]
+pub struct ErrorFields<'a> {
+    pub severity: Option<&'a [u8]>,
+    pub code: Option<&'a [u8]>,
+    pub message: Option<&'a [u8]>,
+}
+
+impl<'a> ErrorFields<'a> {
+    pub fn parse(mut body: &'a [u8]) -> ErrorFields<'a> {
+        let mut f = ErrorFields::default();
+        while let Some((&kind, rest)) = body.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let Some((value, rest)) = cstr(rest) else {
+                break;
+            };
+            match kind {
+                b'V' => f.severity = Some(value),
+                b'S' if f.severity.is_none() => f.severity = Some(value),
+                b'C' => f.code = Some(value),
+                b'M' => f.message = Some(value),
+                _ => {}
+            }
+            body = rest;
+        }
+        f
+    }
+
+    pub fn message_lossy(&self) -> String {
+        String::from_utf8_lossy(self.message.unwrap_or_default()).into_owned()
+    }
+
+    pub fn code_str(&self) -> &str {
+        std::str::from_utf8(self.code.unwrap_or_default()).unwrap_or("XX000")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_keeps_the_query_and_types_as_one_slice() {
+        let body = b"s1\0select $1\0\0\x01\0\0\0\x17";
+        let p = Parse::parse(body).unwrap();
+        assert_eq!(p.name, b"s1");
+        assert_eq!(p.query, b"select $1");
+        assert_eq!(p.rest, &body[3..]);
+    }
+
+    #[test]
+    fn parse_with_a_wrong_type_count_is_malformed() {
+        assert!(Parse::parse(b"s\0q\0\0\x02\0\0\0\x17").is_none());
+        assert!(Parse::parse(b"s\0q\0").is_none());
+    }
+
+    #[test]
+    fn bind_names() {
+        let b = Bind::parse(b"p\0s1\0\0\0\0\0\0\0").unwrap();
+        assert_eq!(b.portal, b"p");
+        assert_eq!(b.statement, b"s1");
+    }
+
+    #[test]
+    fn close_target_must_be_s_or_p() {
+        assert!(Target::parse(b"Sname\0").is_some());
+        assert!(Target::parse(b"Xname\0").is_none());
+        assert!(Target::parse(b"Sname").is_none());
+    }
+}

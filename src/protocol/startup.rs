@@ -1,0 +1,241 @@
+//! The untagged first packet of a connection: StartupMessage, SSLRequest,
+//! GSSENCRequest or CancelRequest (Postgres docs, "Start-up" and "Canceling Requests in
+//! Progress"). All four begin with a length and a 32-bit code.
+
+pub const PROTOCOL_3_0: i32 = 196_608;
+pub const SSL_REQUEST_CODE: i32 = 80_877_103;
+pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
+pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+
+/// Postgres itself refuses startup packets above 10000 bytes (MAX_STARTUP_PACKET_LENGTH).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstPacket {
+    Startup(StartupParams),
+    SslRequest,
+    GssEncRequest,
+    Cancel { pid: i32, secret: i32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid startup packet length {0}")]
+    BadLength(i32),
+    #[error("unsupported frontend protocol {major}.{minor}: pgmux speaks 3.0")]
+    UnsupportedProtocol { major: u16, minor: u16 },
+    #[error("malformed startup packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// The parameters of a StartupMessage, in the order the client sent them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartupParams {
+    pub pairs: Vec<(String, String)>,
+}
+
+impl StartupParams {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.get("user")
+    }
+
+    /// The database defaults to the user name, as in Postgres.
+    pub fn database(&self) -> Option<&str> {
+        self.get("database").or_else(|| self.user())
+    }
+
+    /// Session settings the client asked for: every parameter except the ones that
+    /// select the connection, with `options=-c name=value` (and `--name=value`) expanded.
+    pub fn session_settings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.pairs {
+            match k.as_str() {
+                "user" | "database" | "replication" => {}
+                "options" => out.extend(parse_options(v)),
+                _ if k.starts_with("_pq_.") => {}
+                _ => out.push((k.to_ascii_lowercase(), v.clone())),
+            }
+        }
+        out
+    }
+}
+
+/// Expands a libpq `options` string: `-c name=value`, `-cname=value` and
+/// `--name=value`, with backslash escaping spaces as Postgres' pg_split_opts does.
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    let mut in_word = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                    in_word = true;
+                }
+            }
+            c if c.is_ascii_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else if let Some(s) = w.strip_prefix("-c") {
+            Some(s.to_string())
+        } else {
+            w.strip_prefix("--").map(str::to_string)
+        };
+        if let Some(s) = setting {
+            if let Some((name, value)) = s.split_once('=') {
+                out.push((
+                    name.replace('-', "_").to_ascii_lowercase(),
+                    value.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Reads the length of the first packet from its first four bytes.
+pub fn packet_len(head: [u8; 4]) -> Result<usize, StartupError> {
+    let len = i32::from_be_bytes(head);
+    if len < 8 || len as usize > MAX_STARTUP_LEN {
+        return Err(StartupError::BadLength(len));
+    }
+    Ok(len as usize)
+}
+
+/// Decodes a whole first packet (length prefix included).
+pub fn parse_first_packet(packet: &[u8]) -> Result<FirstPacket, StartupError> {
+    if packet.len() < 8 {
+        return Err(StartupError::Malformed("shorter than 8 bytes"));
+    }
+    let code = i32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    let body = &packet[8..];
+    match code {
+        SSL_REQUEST_CODE if body.is_empty() => Ok(FirstPacket::SslRequest),
+        GSSENC_REQUEST_CODE if body.is_empty() => Ok(FirstPacket::GssEncRequest),
+        CANCEL_REQUEST_CODE if body.len() == 8 => Ok(FirstPacket::Cancel {
+            pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+            secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+        }),
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => Err(
+            StartupError::Malformed("request code with a body of the wrong size"),
+        ),
+        _ => {
+            let major = (code >> 16) as u16;
+            let minor = (code & 0xffff) as u16;
+            if major != 3 {
+                return Err(StartupError::UnsupportedProtocol { major, minor });
+            }
+            parse_params(body).map(FirstPacket::Startup)
+        }
+    }
+}
+
+fn parse_params(mut body: &[u8]) -> Result<StartupParams, StartupError> {
+    let mut pairs = Vec::new();
+    loop {
+        let Some((name, rest)) = super::msg::cstr(body) else {
+            return Err(StartupError::Malformed("parameter list is not terminated"));
+        };
+        if name.is_empty() {
+            if !rest.is_empty() {
+                return Err(StartupError::Malformed("bytes after the parameter list"));
+            }
+            break;
+        }
+        let Some((value, rest)) = super::msg::cstr(rest) else {
+            return Err(StartupError::Malformed("parameter without a value"));
+        };
+        let name = std::str::from_utf8(name)
+            .map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
+        let value = String::from_utf8_lossy(value).into_owned();
+        pairs.push((name.to_string(), value));
+        body = rest;
+    }
+    Ok(StartupParams { pairs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::build;
+    use bytes::BytesMut;
+
+    #[test]
+    fn startup_round_trip() {
+        let mut b = BytesMut::new();
+        build::startup(&mut b, &[("user", "app"), ("options", "-c search_path=x")]);
+        let FirstPacket::Startup(p) = parse_first_packet(&b).unwrap() else {
+            panic!("not a startup packet");
+        };
+        assert_eq!(p.user(), Some("app"));
+        assert_eq!(p.database(), Some("app"));
+        assert_eq!(
+            p.session_settings(),
+            vec![("search_path".to_string(), "x".to_string())]
+        );
+    }
+
+    #[test]
+    fn options_forms() {
+        assert_eq!(
+            parse_options(r"-c a=1 -cb=2 --c-d=3 -c e=x\ y"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "2".into()),
+                ("c_d".into(), "3".into()),
+                ("e".into(), "x y".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn cancel_and_ssl_requests() {
+        let mut b = BytesMut::new();
+        build::cancel_request(&mut b, 7, 9);
+        assert_eq!(
+            parse_first_packet(&b),
+            Ok(FirstPacket::Cancel { pid: 7, secret: 9 })
+        );
+        let mut b = BytesMut::new();
+        build::ssl_request(&mut b);
+        assert_eq!(parse_first_packet(&b), Ok(FirstPacket::SslRequest));
+    }
+
+    #[test]
+    fn bad_lengths_and_versions() {
+        assert!(packet_len([0, 0, 0, 4]).is_err());
+        assert!(packet_len([0, 1, 0, 0]).is_err());
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[0, 0, 0, 9, 0, 2, 0, 0, 0]);
+        assert!(matches!(
+            parse_first_packet(&b),
+            Err(StartupError::UnsupportedProtocol { major: 2, .. })
+        ));
+    }
+}
