@@ -23,7 +23,7 @@ pub struct Parse<'a> {
 }
 
 impl<'a> Parse<'a> {
-    pub fn parse(body: &'a [u8]) -> Option<Parse<'a>> {
+    pub fn decode(body: &'a [u8]) -> Option<Parse<'a>> {
         let (name, rest) = cstr(body)?;
         let (query, types) = cstr(rest)?;
         if types.len() < 2 {
@@ -45,7 +45,7 @@ pub struct Bind<'a> {
 }
 
 impl<'a> Bind<'a> {
-    pub fn parse(body: &'a [u8]) -> Option<Bind<'a>> {
+    pub fn decode(body: &'a [u8]) -> Option<Bind<'a>> {
         let (portal, rest) = cstr(body)?;
         let (statement, rest) = cstr(rest)?;
         Some(Bind {
@@ -63,7 +63,7 @@ pub struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    pub fn parse(body: &'a [u8]) -> Option<Target<'a>> {
+    pub fn decode(body: &'a [u8]) -> Option<Target<'a>> {
         let (&kind, rest) = body.split_first()?;
         if kind != b'S' && kind != b'P' {
             return None;
@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn parse_keeps_the_query_and_types_as_one_slice() {
         let body = b"s1\0select $1\0\0\x01\0\0\0\x17";
-        let p = Parse::parse(body).unwrap();
+        let p = Parse::decode(body).unwrap();
         assert_eq!(p.name, b"s1");
         assert_eq!(p.query, b"select $1");
         assert_eq!(p.rest, &body[3..]);
@@ -156,21 +156,21 @@ mod tests {
 
     #[test]
     fn parse_with_a_wrong_type_count_is_malformed() {
-        assert!(Parse::parse(b"s\0q\0\0\x02\0\0\0\x17").is_none());
-        assert!(Parse::parse(b"s\0q\0").is_none());
+        assert!(Parse::decode(b"s\0q\0\0\x02\0\0\0\x17").is_none());
+        assert!(Parse::decode(b"s\0q\0").is_none());
     }
 
     #[test]
     fn bind_names() {
-        let b = Bind::parse(b"p\0s1\0\0\0\0\0\0\0").unwrap();
+        let b = Bind::decode(b"p\0s1\0\0\0\0\0\0\0").unwrap();
         assert_eq!(b.portal, b"p");
         assert_eq!(b.statement, b"s1");
     }
 
     #[test]
     fn close_target_must_be_s_or_p() {
-        assert!(Target::parse(b"Sname\0").is_some());
-        assert!(Target::parse(b"Xname\0").is_none());
-        assert!(Target::parse(b"Sname").is_none());
+        assert!(Target::decode(b"Sname\0").is_some());
+        assert!(Target::decode(b"Xname\0").is_none());
+        assert!(Target::decode(b"Sname").is_none());
     }
 }

@@ -1,0 +1,407 @@
+//! A client connection from accept to goodbye: the startup phase (SSLRequest,
+//! GSSENCRequest, CancelRequest, StartupMessage), authentication, the login reply, and
+//! then the [`session::Session`] relay.
+//!
+//! Postgres docs, "Start-up": the client may ask for TLS first (pgmux answers `S` when
+//! `[tls]` allows, else `N`), GSS encryption is refused with `N`, and a CancelRequest
+//! arrives on a connection of its own.
+
+pub mod session;
+pub mod sql;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::scram::ScramServer;
+use crate::config::{AuthMethod, Config, TlsMode};
+use crate::protocol::build::{self, PgError};
+use crate::protocol::startup::{self, FirstPacket, StartupParams};
+use crate::protocol::{complete_frame, fe, SqlState, TxStatus};
+use crate::proxy::{ClientSlot, Shared, UserEntry};
+use crate::server::Settings;
+use crate::tls::MaybeTls;
+use session::{Limits, Session};
+
+/// Largest message accepted during authentication.
+const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The client was sent a FATAL error already.
+    #[error("{0}")]
+    Refused(PgError),
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let cfg = shared.config();
+    let timeout = cfg.proxy.client_login_timeout;
+    // Boxed: the login's futures (TLS handshake, SCRAM) are large and short-lived;
+    // keeping them out of the session's future keeps idle clients small.
+    let login = Box::pin(tokio::time::timeout(timeout, login(&shared, &cfg, tcp)));
+    match login.await {
+        Ok(Ok(Some((session, _slot)))) => {
+            drop(cfg);
+            session.run().await
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(LoginError::Refused(e))) => tracing::info!(error = %e, "login refused"),
+        Ok(Err(LoginError::Io(e))) => tracing::debug!(error = %e, "client left during login"),
+        Err(_) => tracing::info!(
+            ?timeout,
+            "client did not log in within client_login_timeout"
+        ),
+    }
+}
+
+async fn refuse(stream: &mut MaybeTls, err: PgError) -> LoginError {
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    LoginError::Refused(err)
+}
+
+async fn read_first_packet(
+    stream: &mut MaybeTls,
+) -> Result<Result<FirstPacket, PgError>, LoginError> {
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await?;
+    let len = match startup::packet_len(head) {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(Err(PgError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                e.to_string(),
+            )))
+        }
+    };
+    let mut packet = vec![0u8; len];
+    packet[..4].copy_from_slice(&head);
+    stream.read_exact(&mut packet[4..]).await?;
+    Ok(startup::parse_first_packet(&packet)
+        .map_err(|e| PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())))
+}
+
+async fn login(
+    shared: &Arc<Shared>,
+    cfg: &Arc<Config>,
+    tcp: TcpStream,
+) -> Result<Option<(Session, ClientSlot)>, LoginError> {
+    let mut stream = MaybeTls::from(tcp);
+    let params: StartupParams = loop {
+        let packet = match read_first_packet(&mut stream).await? {
+            Ok(p) => p,
+            Err(e) => return Err(refuse(&mut stream, e).await),
+        };
+        match packet {
+            FirstPacket::SslRequest => {
+                let acceptor = match (&stream, shared.tls_acceptor()) {
+                    (MaybeTls::Plain(_), Some(a)) => a,
+                    (MaybeTls::Plain(_), None) => {
+                        stream.write_all(b"N").await?;
+                        continue;
+                    }
+                    _ => {
+                        let e = PgError::fatal(
+                            SqlState::PROTOCOL_VIOLATION,
+                            "SSLRequest over an encrypted connection",
+                        );
+                        return Err(refuse(&mut stream, e).await);
+                    }
+                };
+                stream.write_all(b"S").await?;
+                let MaybeTls::Plain(tcp) = stream else {
+                    unreachable!("matched Plain above")
+                };
+                // Bytes sent before the handshake would be read as if encrypted: the
+                // handshake fails on them, as Postgres refuses them (CVE-2021-23214).
+                let tls = acceptor.accept(tcp).await?;
+                stream = MaybeTls::from(tls);
+            }
+            FirstPacket::GssEncRequest => stream.write_all(b"N").await?,
+            FirstPacket::Cancel { pid, secret } => {
+                shared
+                    .cancels
+                    .cancel(pid, secret, cfg.proxy.server_connect_timeout)
+                    .await;
+                return Ok(None);
+            }
+            FirstPacket::Startup(p) => break p,
+        }
+    };
+
+    let Some(slot) = shared.client_slot(cfg.proxy.max_client_conn) else {
+        let e = PgError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!(
+                "sorry, too many clients already (max_client_conn = {})",
+                cfg.proxy.max_client_conn
+            ),
+        )
+        .with_hint("raise [proxy].max_client_conn, or close idle connections");
+        return Err(refuse(&mut stream, e).await);
+    };
+    if !stream.is_tls() && cfg.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) {
+        let e = PgError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "pgmux requires TLS (tls.mode = \"require\")",
+        )
+        .with_hint("connect with sslmode=require");
+        return Err(refuse(&mut stream, e).await);
+    }
+    let Some(user_name) = params.user().map(str::to_string) else {
+        let e = PgError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "no user name in the startup packet",
+        );
+        return Err(refuse(&mut stream, e).await);
+    };
+    let database = params.database().unwrap_or_default().to_string();
+    let user = shared.user(&user_name);
+
+    let mut buf = BytesMut::new();
+    authenticate(
+        shared,
+        cfg.proxy.auth_method,
+        &mut stream,
+        &mut buf,
+        &user_name,
+        user.as_deref(),
+    )
+    .await?;
+    let user = user.expect("authentication fails for unknown users");
+
+    let Some(db) = cfg.database(&database) else {
+        let e = PgError::fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        )
+        .with_hint("pgmux serves the databases listed under [databases] in its config");
+        return Err(refuse(&mut stream, e).await);
+    };
+    let pool = crate::route::primary_pool(shared, cfg, db, &user);
+    if let Some(keys) = user.scram_keys() {
+        pool.offer_scram_keys(keys.0, keys.1);
+    }
+
+    let reported = match pool.reported() {
+        Some(r) => r,
+        None => match pool.checkout(cfg.proxy.query_wait_timeout).await {
+            Ok(co) => {
+                let r = co.pool().reported();
+                co.release();
+                r.unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::warn!(database = %database, error = %e, "no server to learn its parameters from");
+                Arc::new(fallback_parameters())
+            }
+        },
+    };
+    let startup_settings = Settings::from_pairs(
+        params
+            .session_settings()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let client_values = params.session_settings();
+    let cancel = shared.cancels.register();
+    let mut out = BytesMut::new();
+    for (name, value) in reported.iter() {
+        let own = client_values
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        build::parameter_status(&mut out, name.as_bytes(), own.unwrap_or(value).as_bytes());
+    }
+    build::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    build::ready_for_query(&mut out, TxStatus::Idle);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+
+    let limits = Limits {
+        max_message_size: cfg.proxy.max_message_size,
+        query_wait_timeout: cfg.proxy.query_wait_timeout,
+        query_timeout: cfg.proxy.query_timeout,
+        idle_transaction_timeout: cfg.proxy.idle_transaction_timeout,
+        pool_mode: db.pool_mode,
+    };
+    let session = Session::new(
+        shared.clone(),
+        stream,
+        buf,
+        pool,
+        Arc::from(database.as_str()),
+        limits,
+        cancel,
+        startup_settings,
+    );
+    Ok(Some((session, slot)))
+}
+
+/// Reads one tagged message during authentication.
+async fn read_auth_message(
+    stream: &mut MaybeTls,
+    buf: &mut BytesMut,
+) -> Result<Result<(u8, Bytes), PgError>, LoginError> {
+    loop {
+        match complete_frame(buf, MAX_AUTH_MESSAGE) {
+            Ok(Some((tag, len))) => {
+                let frame = buf.split_to(len).freeze();
+                return Ok(Ok((tag, frame.slice(5..))));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Ok(Err(PgError::fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    e.to_string(),
+                )))
+            }
+        }
+        buf.reserve(1024);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+async fn expect_password(stream: &mut MaybeTls, buf: &mut BytesMut) -> Result<Bytes, LoginError> {
+    match read_auth_message(stream, buf).await? {
+        Ok((fe::PASSWORD, body)) => Ok(body),
+        Ok((tag, _)) => {
+            let e = PgError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!(
+                    "expected a password message, got message type {:?}",
+                    tag as char
+                ),
+            );
+            Err(refuse(stream, e).await)
+        }
+        Err(e) => Err(refuse(stream, e).await),
+    }
+}
+
+fn auth_failed(user: &str) -> PgError {
+    PgError::fatal(
+        SqlState::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+async fn authenticate(
+    shared: &Shared,
+    method: AuthMethod,
+    stream: &mut MaybeTls,
+    buf: &mut BytesMut,
+    user_name: &str,
+    user: Option<&UserEntry>,
+) -> Result<(), LoginError> {
+    let mut out = BytesMut::new();
+    let secret = user.map(|u| &u.secret);
+    let use_md5 = match method {
+        AuthMethod::Trust => {
+            if user.is_none() {
+                return Err(refuse(stream, auth_failed(user_name)).await);
+            }
+            build::auth_ok(&mut out);
+            stream.write_all(&out).await?;
+            return Ok(());
+        }
+        AuthMethod::Md5 => secret.is_some_and(|s| s.md5_hash.is_some()),
+        AuthMethod::ScramSha256 => {
+            secret.is_some_and(|s| s.scram.is_none() && s.md5_hash.is_some())
+        }
+    };
+    if use_md5 {
+        let salt: [u8; 4] = rand::random();
+        build::auth_md5(&mut out, salt);
+        stream.write_all(&out).await?;
+        let body = expect_password(stream, buf).await?;
+        let hash = secret
+            .and_then(|s| s.md5_hash.as_deref())
+            .unwrap_or_default();
+        if !crate::auth::md5::verify(hash, salt, &body) {
+            return Err(refuse(stream, auth_failed(user_name)).await);
+        }
+    } else {
+        // Unknown users go through the same exchange with a made-up secret, so a
+        // client cannot tell which user names exist.
+        let scram_secret = secret
+            .and_then(|s| s.scram.clone())
+            .unwrap_or_else(|| shared.mock_scram_secret(user_name));
+        let mut server = ScramServer::new(scram_secret.clone());
+        build::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+        stream.write_all(&out).await?;
+        let body = expect_password(stream, buf).await?;
+        let parsed = crate::protocol::msg::cstr(&body)
+            .and_then(|(mech, rest)| (rest.len() >= 4).then(|| (mech, &rest[4..])));
+        let Some((mech, data)) = parsed else {
+            let e = PgError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "malformed SASLInitialResponse",
+            );
+            return Err(refuse(stream, e).await);
+        };
+        if mech != b"SCRAM-SHA-256" {
+            let e = PgError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                "client selected an invalid SASL authentication mechanism",
+            );
+            return Err(refuse(stream, e).await);
+        }
+        let first = match server.client_first(data) {
+            Ok(f) => f,
+            Err(e) => {
+                let e = PgError::fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    format!("malformed SCRAM message: {e}"),
+                );
+                return Err(refuse(stream, e).await);
+            }
+        };
+        out.clear();
+        build::auth_sasl_continue(&mut out, &first);
+        stream.write_all(&out).await?;
+        let body = expect_password(stream, buf).await?;
+        let (last, client_key) = match server.client_final(&body) {
+            Ok(r) if user.is_some() => r,
+            _ => return Err(refuse(stream, auth_failed(user_name)).await),
+        };
+        if let Some(u) = user {
+            u.offer_scram_keys(client_key, scram_secret.server_key);
+        }
+        out.clear();
+        build::auth_sasl_final(&mut out, &last);
+        stream.write_all(&out).await?;
+    }
+    out.clear();
+    build::auth_ok(&mut out);
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+/// What pgmux reports at login when no server could be reached to learn the real
+/// values; the client's statements then fail with 08006 until the server is back.
+fn fallback_parameters() -> Vec<(String, String)> {
+    [
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("IntervalStyle", "postgres"),
+        ("server_encoding", "UTF8"),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}

@@ -1,0 +1,548 @@
+//! What a statement does to the *session*, read from its text without a full parse.
+//!
+//! Transaction pooling hands a client a different server connection for each
+//! transaction, so pgmux must know which statements leave state on the server:
+//! `SET`/`RESET` are tracked and re-applied elsewhere; `LISTEN`, session advisory
+//! locks, temporary tables, `WITH HOLD` cursors and SQL `PREPARE` pin the client to
+//! its server; `DEALLOCATE` and `DISCARD ALL` forget the client's named statements.
+//!
+//! This runs on every simple Query, so the common case (a plain SELECT/INSERT/UPDATE/
+//! DELETE) costs one first-word check and two case-insensitive substring scans.
+
+/// Why a client must keep its server connection for the rest of its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinReason {
+    Listen,
+    AdvisoryLock,
+    TempTable,
+    HoldCursor,
+    SqlPrepare,
+    SessionCharacteristics,
+}
+
+impl PinReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinReason::Listen => "LISTEN",
+            PinReason::AdvisoryLock => "session advisory lock",
+            PinReason::TempTable => "temporary table",
+            PinReason::HoldCursor => "WITH HOLD cursor",
+            PinReason::SqlPrepare => "SQL PREPARE",
+            PinReason::SessionCharacteristics => "SET SESSION CHARACTERISTICS",
+        }
+    }
+}
+
+/// A change to a session setting, as the client wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetOp {
+    /// `name` (lower case) and the statement that sets it, to replay verbatim.
+    Set {
+        name: String,
+        statement: String,
+    },
+    Reset {
+        name: String,
+    },
+    ResetAll,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deallocate {
+    Name(String),
+    All,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    pub pin: Option<PinReason>,
+    pub sets: Vec<SetOp>,
+    pub deallocate: Vec<Deallocate>,
+    pub discard_all: bool,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.pin.is_none()
+            && self.sets.is_empty()
+            && self.deallocate.is_empty()
+            && !self.discard_all
+    }
+}
+
+/// Reads the session effects of a (possibly multi-statement) SQL text.
+pub fn analyze(sql: &[u8]) -> Effects {
+    let mut fx = Effects::default();
+    for stmt in Statements::new(sql) {
+        analyze_one(stmt, &mut fx);
+    }
+    fx
+}
+
+fn analyze_one(stmt: &[u8], fx: &mut Effects) {
+    let mut words = Words::new(stmt);
+    let Some(first) = words.next() else {
+        return;
+    };
+    let first = Word(first);
+    if first.is("select")
+        || first.is("with")
+        || first.is("insert")
+        || first.is("update")
+        || first.is("delete")
+        || first.is("values")
+        || first.is("merge")
+    {
+        // Only functions and SELECT INTO can leave session state here.
+        if contains_ci(stmt, b"advisory") && has_session_advisory_lock(stmt) {
+            fx.pin.get_or_insert(PinReason::AdvisoryLock);
+        }
+        if contains_ci(stmt, b"temp") && has_into_temp(stmt) {
+            fx.pin.get_or_insert(PinReason::TempTable);
+        }
+        return;
+    }
+    if first.is("listen") {
+        fx.pin.get_or_insert(PinReason::Listen);
+    } else if first.is("prepare") {
+        if !words.next().is_some_and(|w| Word(w).is("transaction")) {
+            fx.pin.get_or_insert(PinReason::SqlPrepare);
+        }
+    } else if first.is("create") {
+        let temp = words
+            .by_ref()
+            .take(3)
+            .any(|w| Word(w).is("temp") || Word(w).is("temporary"));
+        if temp || (contains_ci(stmt, b"temp") && has_into_temp(stmt)) {
+            fx.pin.get_or_insert(PinReason::TempTable);
+        }
+    } else if first.is("declare") {
+        let w: Vec<&[u8]> = Words::new(stmt).collect();
+        if w.windows(2)
+            .any(|p| Word(p[0]).is("with") && Word(p[1]).is("hold"))
+        {
+            fx.pin.get_or_insert(PinReason::HoldCursor);
+        }
+    } else if first.is("set") {
+        analyze_set(stmt, words, fx);
+    } else if first.is("reset") {
+        match words.next().map(Word) {
+            Some(w) if w.is("all") => fx.sets.push(SetOp::ResetAll),
+            Some(w) if w.is("time") => fx.sets.push(SetOp::Reset {
+                name: "timezone".into(),
+            }),
+            Some(w) if w.is("session") => fx.sets.push(SetOp::Reset {
+                name: "session_authorization".into(),
+            }),
+            Some(w) => fx.sets.push(SetOp::Reset { name: w.lower() }),
+            None => {}
+        }
+    } else if first.is("discard") {
+        if words.next().is_some_and(|w| Word(w).is("all")) {
+            fx.discard_all = true;
+        }
+    } else if first.is("deallocate") {
+        let mut next = words.next();
+        if next.is_some_and(|w| Word(w).is("prepare")) {
+            next = words.next();
+        }
+        match next.map(Word) {
+            Some(w) if w.is("all") => fx.deallocate.push(Deallocate::All),
+            Some(w) => fx.deallocate.push(Deallocate::Name(w.name())),
+            None => {}
+        }
+    } else if (first.is("alter") || first.is("do") || first.is("call"))
+        && contains_ci(stmt, b"advisory")
+        && has_session_advisory_lock(stmt)
+    {
+        fx.pin.get_or_insert(PinReason::AdvisoryLock);
+    }
+}
+
+fn analyze_set<'a>(stmt: &'a [u8], mut words: Words<'a>, fx: &mut Effects) {
+    let Some(mut w) = words.next() else {
+        return;
+    };
+    if Word(w).is("local") || Word(w).is("transaction") {
+        return;
+    }
+    if Word(w).is("session") {
+        let Some(n) = words.next() else {
+            return;
+        };
+        if Word(n).is("characteristics") {
+            fx.pin.get_or_insert(PinReason::SessionCharacteristics);
+            return;
+        }
+        w = n;
+    }
+    let name = match Word(w) {
+        x if x.is("time") => "timezone".to_string(),
+        x if x.is("names") => "client_encoding".to_string(),
+        x if x.is("schema") => "search_path".to_string(),
+        x if x.is("authorization") => "session_authorization".to_string(),
+        x => x.lower(),
+    };
+    // `SET x TO DEFAULT` is a RESET.
+    let rest: Vec<&[u8]> = words.collect();
+    let value = rest
+        .iter()
+        .skip_while(|v| Word(v).is("to") || **v == b"=")
+        .copied()
+        .collect::<Vec<_>>();
+    if value.len() == 1 && Word(value[0]).is("default") {
+        fx.sets.push(SetOp::Reset { name });
+        return;
+    }
+    let statement = String::from_utf8_lossy(trim(stmt)).into_owned();
+    fx.sets.push(SetOp::Set { name, statement });
+}
+
+fn has_session_advisory_lock(stmt: &[u8]) -> bool {
+    Words::new(stmt).any(|w| {
+        let w = Word(w);
+        w.is("pg_advisory_lock")
+            || w.is("pg_try_advisory_lock")
+            || w.is("pg_advisory_lock_shared")
+            || w.is("pg_try_advisory_lock_shared")
+    })
+}
+
+fn has_into_temp(stmt: &[u8]) -> bool {
+    let mut prev_into = false;
+    for w in Words::new(stmt) {
+        let w = Word(w);
+        if prev_into && (w.is("temp") || w.is("temporary")) {
+            return true;
+        }
+        prev_into = w.is("into");
+    }
+    false
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// Case-insensitive substring test; `needle` must be lower case ASCII.
+pub fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let first = needle[0];
+    let upper = first.to_ascii_uppercase();
+    let mut at = 0;
+    while let Some(i) = memchr::memchr2(first, upper, &hay[at..]) {
+        let start = at + i;
+        if hay.len() - start < needle.len() {
+            return false;
+        }
+        if hay[start..start + needle.len()].eq_ignore_ascii_case(needle) {
+            return true;
+        }
+        at = start + 1;
+    }
+    false
+}
+
+struct Word<'a>(&'a [u8]);
+
+impl Word<'_> {
+    fn is(&self, kw: &str) -> bool {
+        self.0.eq_ignore_ascii_case(kw.as_bytes())
+    }
+
+    fn lower(&self) -> String {
+        String::from_utf8_lossy(self.0).to_ascii_lowercase()
+    }
+
+    /// An identifier as Postgres folds it: quoted keeps case, unquoted is lowered.
+    fn name(&self) -> String {
+        if self.0.len() >= 2 && self.0[0] == b'"' && self.0[self.0.len() - 1] == b'"' {
+            String::from_utf8_lossy(&self.0[1..self.0.len() - 1]).replace("\"\"", "\"")
+        } else {
+            self.lower()
+        }
+    }
+}
+
+/// Splits SQL text into statements at top-level semicolons, skipping quoted text,
+/// dollar quotes and comments.
+struct Statements<'a> {
+    sql: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Statements<'a> {
+    fn new(sql: &'a [u8]) -> Self {
+        Statements { sql, pos: 0 }
+    }
+}
+
+impl<'a> Iterator for Statements<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let s = self.sql;
+        if self.pos >= s.len() {
+            return None;
+        }
+        let start = self.pos;
+        let mut i = start;
+        while i < s.len() {
+            match s[i] {
+                b';' => {
+                    self.pos = i + 1;
+                    return Some(&s[start..i]);
+                }
+                _ => i = skip_token(s, i).max(i + 1),
+            }
+        }
+        self.pos = s.len();
+        Some(&s[start..])
+    }
+}
+
+/// If a quoted string, quoted identifier, dollar quote or comment starts at `i`,
+/// returns the index just after it; otherwise `i`.
+fn skip_token(s: &[u8], i: usize) -> usize {
+    match s[i] {
+        b'\'' | b'"' => {
+            let q = s[i];
+            let mut j = i + 1;
+            while j < s.len() {
+                if s[j] == q {
+                    if j + 1 < s.len() && s[j + 1] == q {
+                        j += 2;
+                        continue;
+                    }
+                    return j + 1;
+                }
+                if s[j] == b'\\' && q == b'\'' && i > 0 && (s[i - 1] == b'E' || s[i - 1] == b'e') {
+                    j += 2;
+                    continue;
+                }
+                j += 1;
+            }
+            s.len()
+        }
+        b'-' if s.get(i + 1) == Some(&b'-') => {
+            memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |n| i + n + 1)
+        }
+        b'/' if s.get(i + 1) == Some(&b'*') => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j + 1 < s.len() {
+                if s[j] == b'/' && s[j + 1] == b'*' {
+                    depth += 1;
+                    j += 2;
+                } else if s[j] == b'*' && s[j + 1] == b'/' {
+                    depth -= 1;
+                    j += 2;
+                    if depth == 0 {
+                        return j;
+                    }
+                } else {
+                    j += 1;
+                }
+            }
+            s.len()
+        }
+        b'$' => {
+            // $tag$ ... $tag$ (a positional parameter like $1 is not a dollar quote)
+            let tag_end = s[i + 1..]
+                .iter()
+                .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+                .map(|n| i + 1 + n);
+            match tag_end {
+                Some(e) if s[e] == b'$' && !s.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                    let tag = &s[i..=e];
+                    let body = &s[e + 1..];
+                    memchr::memmem::find(body, tag).map_or(s.len(), |n| e + 1 + n + tag.len())
+                }
+                _ => i,
+            }
+        }
+        _ => i,
+    }
+}
+
+/// Words of a statement: identifiers/keywords (quoted identifiers whole), `=`, and
+/// string literals as one word; comments skipped.
+struct Words<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Words<'a> {
+    fn new(s: &'a [u8]) -> Self {
+        Words { s, i: 0 }
+    }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let s = self.s;
+        while self.i < s.len() {
+            let c = s[self.i];
+            if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+                let start = self.i;
+                while self.i < s.len()
+                    && (s[self.i].is_ascii_alphanumeric()
+                        || s[self.i] == b'_'
+                        || s[self.i] == b'$'
+                        || s[self.i] >= 0x80)
+                {
+                    self.i += 1;
+                }
+                return Some(&s[start..self.i]);
+            }
+            if c == b'"' || c == b'\'' {
+                let start = self.i;
+                self.i = skip_token(s, self.i);
+                return Some(&s[start..self.i]);
+            }
+            if c == b'=' {
+                self.i += 1;
+                return Some(&s[self.i - 1..self.i]);
+            }
+            let skipped = skip_token(s, self.i);
+            self.i = if skipped > self.i {
+                skipped
+            } else {
+                self.i + 1
+            };
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(sql: &str) -> Option<PinReason> {
+        analyze(sql.as_bytes()).pin
+    }
+
+    #[test]
+    fn plain_statements_have_no_effects() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+            "insert into t values (1, 'temp')",
+            "UPDATE t SET v = 'x' WHERE id = 1",
+            "select * from template_table",
+            "BEGIN; SELECT 1; COMMIT",
+        ] {
+            assert!(analyze(sql.as_bytes()).is_empty(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_features_pin() {
+        assert_eq!(pin("LISTEN chan"), Some(PinReason::Listen));
+        assert_eq!(
+            pin("select pg_advisory_lock(1)"),
+            Some(PinReason::AdvisoryLock)
+        );
+        assert_eq!(
+            pin("SELECT PG_TRY_ADVISORY_LOCK(1, 2)"),
+            Some(PinReason::AdvisoryLock)
+        );
+        assert_eq!(pin("select pg_advisory_xact_lock(1)"), None);
+        assert_eq!(
+            pin("create temp table x(a int)"),
+            Some(PinReason::TempTable)
+        );
+        assert_eq!(
+            pin("CREATE LOCAL TEMPORARY TABLE x(a int)"),
+            Some(PinReason::TempTable)
+        );
+        assert_eq!(pin("select 1 into temp x"), Some(PinReason::TempTable));
+        assert_eq!(
+            pin("declare c cursor with hold for select 1"),
+            Some(PinReason::HoldCursor)
+        );
+        assert_eq!(pin("declare c cursor for select 1"), None);
+        assert_eq!(pin("PREPARE p AS select 1"), Some(PinReason::SqlPrepare));
+        assert_eq!(pin("prepare transaction 'x'"), None);
+        assert_eq!(pin("begin; listen x; commit"), Some(PinReason::Listen));
+    }
+
+    #[test]
+    fn keywords_inside_literals_and_comments_do_not_count() {
+        assert_eq!(pin("select 'listen'; select 1"), None);
+        assert_eq!(pin("select 1 /* pg_advisory_lock(1) */"), None);
+        assert_eq!(pin("select $$ ; listen x $$"), None);
+    }
+
+    #[test]
+    fn set_forms_are_tracked() {
+        let fx = analyze(b"SET search_path TO a, b");
+        assert_eq!(
+            fx.sets,
+            vec![SetOp::Set {
+                name: "search_path".into(),
+                statement: "SET search_path TO a, b".into()
+            }]
+        );
+        let fx = analyze(b"set session statement_timeout = '5s'");
+        assert!(matches!(&fx.sets[0], SetOp::Set { name, .. } if name == "statement_timeout"));
+        let fx = analyze(b"SET TIME ZONE 'UTC'");
+        assert!(matches!(&fx.sets[0], SetOp::Set { name, .. } if name == "timezone"));
+        assert!(analyze(b"SET LOCAL work_mem = '1MB'").sets.is_empty());
+        assert_eq!(
+            analyze(b"SET work_mem TO DEFAULT").sets,
+            vec![SetOp::Reset {
+                name: "work_mem".into()
+            }]
+        );
+        assert_eq!(analyze(b"RESET ALL").sets, vec![SetOp::ResetAll]);
+        assert_eq!(
+            analyze(b"reset Work_Mem").sets,
+            vec![SetOp::Reset {
+                name: "work_mem".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn deallocate_and_discard() {
+        assert_eq!(
+            analyze(b"DEALLOCATE PREPARE s1").deallocate,
+            vec![Deallocate::Name("s1".into())]
+        );
+        assert_eq!(
+            analyze(b"deallocate \"S1\"").deallocate,
+            vec![Deallocate::Name("S1".into())]
+        );
+        assert_eq!(analyze(b"DEALLOCATE ALL").deallocate, vec![Deallocate::All]);
+        assert!(analyze(b"DISCARD ALL").discard_all);
+        assert!(!analyze(b"DISCARD PLANS").discard_all);
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for sql in [
+            &b"'"[..],
+            b"$",
+            b"$a",
+            b"/*",
+            b"--",
+            b"\"",
+            b"set",
+            b"reset",
+            b"e'\\",
+            b"\xff\xfe",
+        ] {
+            let _ = analyze(sql);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Bounded pools of server connections.
+//!
+//! A pool serves one (database, user, shard, role, server). At most `pool_size`
+//! connections exist at once: a checkout first takes a permit from a FIFO semaphore
+//! (tokio's `Semaphore` is fair, so clients are served in arrival order and
+//! `query_wait_timeout` bounds the wait), then an idle connection — checked alive and
+//! within `server_lifetime` — or a new one. The [`Checkout`] guard owns the connection;
+//! dropping it closes the connection unless the session explicitly released it clean,
+//! so no code path can return a dirty connection by forgetting.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ServerAddr;
+use crate::server::{ConnectOptions, ServerConn, ServerCredential, ServerError};
+
+/// ParameterStatus values a server reported at login.
+pub type Reported = Arc<Vec<(String, String)>>;
+
+/// Index of a shard within a database (0 for an unsharded one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub database: Arc<str>,
+    pub user: Arc<str>,
+    pub shard: ShardId,
+    pub role: Role,
+    pub server: Arc<ServerAddr>,
+}
+
+/// The knobs of one pool, swapped whole on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub min_size: usize,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    pub max_prepared: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection became free within {0:?}")]
+    Timeout(Duration),
+    #[error("could not connect to server {addr}: {source}")]
+    Connect {
+        addr: Arc<ServerAddr>,
+        #[source]
+        source: ServerError,
+    },
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    settings: ArcSwap<PoolSettings>,
+    connect: ArcSwap<ConnectOptions>,
+    permits: Arc<Semaphore>,
+    /// Permits the semaphore was created or grown with, to shrink on reload.
+    capacity: AtomicUsize,
+    idle: Mutex<Vec<ServerConn>>,
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+    active: AtomicUsize,
+    reported: Mutex<Option<Reported>>,
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, settings: PoolSettings, connect: ConnectOptions) -> Arc<Pool> {
+        Arc::new(Pool {
+            key,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            capacity: AtomicUsize::new(settings.size),
+            settings: ArcSwap::from_pointee(settings),
+            connect: ArcSwap::from_pointee(connect),
+            idle: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            reported: Mutex::new(None),
+        })
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies reloaded settings; a smaller size takes effect as connections return.
+    pub fn update(self: &Arc<Self>, settings: PoolSettings, connect: ConnectOptions) {
+        let old = self.capacity.swap(settings.size, Ordering::AcqRel);
+        if settings.size > old {
+            self.permits.add_permits(settings.size - old);
+        } else if settings.size < old {
+            let pool = self.clone();
+            let shrink = (old - settings.size) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = pool.permits.clone().acquire_many_owned(shrink).await {
+                    p.forget();
+                }
+            });
+        }
+        self.settings.store(Arc::new(settings));
+        self.connect.store(Arc::new(connect));
+    }
+
+    /// Supplies the SCRAM keys recovered from a client's login, for users whose
+    /// configured password is a verifier (no plain password to log in upstream with).
+    pub fn offer_scram_keys(&self, client_key: [u8; 32], server_key: [u8; 32]) {
+        let cur = self.connect.load();
+        if matches!(cur.credential, ServerCredential::None) {
+            let mut next = (**cur).clone();
+            next.credential = ServerCredential::ScramKeys {
+                client_key,
+                server_key,
+            };
+            self.connect.store(Arc::new(next));
+        }
+    }
+
+    /// Takes a server connection, waiting in FIFO order at most `wait`.
+    pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PoolError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let r = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                match r {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(PoolError::Timeout(wait)),
+                }
+            }
+        };
+        let conn = match self.take_idle() {
+            Some(c) => c,
+            None => self.open_new().await?,
+        };
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    fn take_idle(&self) -> Option<ServerConn> {
+        let settings = self.settings.load();
+        loop {
+            let conn = self.idle.lock().pop()?;
+            if conn.created.elapsed() < settings.lifetime && conn.is_alive() {
+                return Some(conn);
+            }
+            self.closed(conn);
+        }
+    }
+
+    async fn open_new(&self) -> Result<ServerConn, PoolError> {
+        let opts = self.connect.load_full();
+        let max_prepared = self.settings.load().max_prepared;
+        match ServerConn::connect(&opts, max_prepared).await {
+            Ok(conn) => {
+                self.open.fetch_add(1, Ordering::Relaxed);
+                let mut reported = self.reported.lock();
+                if reported.is_none() {
+                    *reported = Some(conn.reported.clone());
+                }
+                Ok(conn)
+            }
+            Err(source) => Err(PoolError::Connect {
+                addr: opts.addr.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn closed(&self, conn: ServerConn) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        tokio::spawn(conn.terminate());
+    }
+
+    /// ParameterStatus values of this pool's server, once any connection has logged in.
+    pub fn reported(&self) -> Option<Reported> {
+        self.reported.lock().clone()
+    }
+
+    /// Closes idle connections past `server_idle_timeout` or `server_lifetime`, or
+    /// dead, and opens connections up to `min_pool_size`.
+    pub async fn maintain(self: &Arc<Self>) {
+        let settings = self.settings.load_full();
+        let expired: Vec<ServerConn> = {
+            let mut idle = self.idle.lock();
+            let (keep, drop): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut *idle).into_iter().partition(|c| {
+                    c.last_used.elapsed() < settings.idle_timeout
+                        && c.created.elapsed() < settings.lifetime
+                        && c.is_alive()
+                });
+            *idle = keep;
+            drop
+        };
+        for conn in expired {
+            self.closed(conn);
+        }
+        while self.open.load(Ordering::Relaxed) < settings.min_size.min(settings.size) {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            match self.open_new().await {
+                Ok(mut conn) => {
+                    conn.last_used = Instant::now();
+                    self.idle.lock().push(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(server = %self.key.server, error = %e, "could not open a min_pool_size connection");
+                    break;
+                }
+            }
+            drop(permit);
+        }
+    }
+
+    /// Closes every idle connection (used on shutdown and when a database is removed).
+    pub fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        for conn in idle {
+            self.closed(conn);
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            open: self.open.load(Ordering::Relaxed),
+            idle: self.idle.lock().len(),
+            active: self.active.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub open: usize,
+    pub idle: usize,
+    pub active: usize,
+    pub waiting: usize,
+}
+
+/// A server connection lent to one client. Dropping it closes the connection; only
+/// [`Checkout::release`] returns it to the pool.
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    #[inline]
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("a checkout holds its connection until released")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a clean, idle connection to the pool.
+    pub fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            self.pool.active.fetch_sub(1, Ordering::Relaxed);
+            conn.last_used = Instant::now();
+            if conn.rbuf.is_empty() {
+                if conn.rbuf.capacity() > 64 * 1024 {
+                    conn.rbuf = bytes::BytesMut::with_capacity(8192);
+                }
+                self.pool.idle.lock().push(conn);
+            } else {
+                self.pool.closed(conn);
+            }
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.active.fetch_sub(1, Ordering::Relaxed);
+            self.pool.closed(conn);
+        }
+    }
+}
+
+/// Every pool of the process, addressable by key.
+#[derive(Default)]
+pub struct Pools {
+    map: DashMap<PoolKey, Arc<Pool>>,
+}
+
+impl Pools {
+    pub fn get_or_create(
+        &self,
+        key: PoolKey,
+        settings: impl FnOnce() -> PoolSettings,
+        connect: impl FnOnce() -> ConnectOptions,
+    ) -> Arc<Pool> {
+        if let Some(p) = self.map.get(&key) {
+            return p.clone();
+        }
+        self.map
+            .entry(key.clone())
+            .or_insert_with(|| Pool::new(key, settings(), connect()))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
+        let removed: Vec<Arc<Pool>> = self
+            .map
+            .iter()
+            .filter(|e| !keep(e.key()))
+            .map(|e| e.value().clone())
+            .collect();
+        for pool in removed {
+            self.map.remove(&pool.key);
+            pool.close_idle();
+        }
+    }
+}
