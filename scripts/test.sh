@@ -2,6 +2,7 @@
 # The one test command: dependencies, formatting, lints, then every test target
 # (unit tests, integration tests against real Postgres, bench smoke runs).
 # Exits non-zero on the first failure; cargo test's own summary is the last output.
+# PGMUX_TEST_THREADS (default: cargo's) bounds tests run at once within a binary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,5 +17,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test --all-targets"
-exec cargo test --all-targets
+step "cargo test --benches (the benchmarks run once each, as a smoke test)"
+cargo test --benches
+
+step "cargo test (unit and integration tests)"
+exec cargo test
