@@ -39,24 +39,35 @@ enum LoginError {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+    // Boxed: the login's futures (TLS handshake, SCRAM) are large and short-lived;
+    // keeping them out of the session's future keeps idle clients small.
+    let logged_in = Box::pin(login_phase(shared, tcp)).await;
+    if let Some((session, _slot)) = logged_in {
+        session.run().await;
+    }
+}
+
+async fn login_phase(shared: Arc<Shared>, tcp: TcpStream) -> Option<(Session, ClientSlot)> {
     let _ = tcp.set_nodelay(true);
     let cfg = shared.config();
     let timeout = cfg.proxy.client_login_timeout;
-    // Boxed: the login's futures (TLS handshake, SCRAM) are large and short-lived;
-    // keeping them out of the session's future keeps idle clients small.
-    let login = Box::pin(tokio::time::timeout(timeout, login(&shared, &cfg, tcp)));
-    match login.await {
-        Ok(Ok(Some((session, _slot)))) => {
-            drop(cfg);
-            session.run().await
+    match tokio::time::timeout(timeout, login(&shared, &cfg, tcp)).await {
+        Ok(Ok(logged_in)) => logged_in,
+        Ok(Err(LoginError::Refused(e))) => {
+            tracing::info!(error = %e, "login refused");
+            None
         }
-        Ok(Ok(None)) => {}
-        Ok(Err(LoginError::Refused(e))) => tracing::info!(error = %e, "login refused"),
-        Ok(Err(LoginError::Io(e))) => tracing::debug!(error = %e, "client left during login"),
-        Err(_) => tracing::info!(
-            ?timeout,
-            "client did not log in within client_login_timeout"
-        ),
+        Ok(Err(LoginError::Io(e))) => {
+            tracing::debug!(error = %e, "client left during login");
+            None
+        }
+        Err(_) => {
+            tracing::info!(
+                ?timeout,
+                "client did not log in within client_login_timeout"
+            );
+            None
+        }
     }
 }
 
@@ -316,7 +327,9 @@ async fn authenticate(
             stream.write_all(&out).await?;
             return Ok(());
         }
-        AuthMethod::Md5 => secret.is_some_and(|s| s.md5_hash.is_some()),
+        // Unknown users get the md5 request too: the kind of request must not
+        // tell which user names exist.
+        AuthMethod::Md5 => secret.is_none_or(|s| s.md5_hash.is_some()),
         AuthMethod::ScramSha256 => {
             secret.is_some_and(|s| s.scram.is_none() && s.md5_hash.is_some())
         }
@@ -329,7 +342,7 @@ async fn authenticate(
         let hash = secret
             .and_then(|s| s.md5_hash.as_deref())
             .unwrap_or_default();
-        if !crate::auth::md5::verify(hash, salt, &body) {
+        if user.is_none() || !crate::auth::md5::verify(hash, salt, &body) {
             return Err(refuse(stream, auth_failed(user_name)).await);
         }
     } else {
@@ -404,4 +417,32 @@ fn fallback_parameters() -> Vec<(String, String)> {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle client costs its task's future plus what the session owns, so the
+    /// future must stay small (PgBouncer holds an idle client in about 1 KB).
+    #[tokio::test]
+    async fn a_client_task_stays_small() {
+        let cfg = Config::from_toml_str(
+            "[[users]]\nname = \"u\"\npassword = \"p\"\n[databases.d]\n[[databases.d.shards]]\nprimary = \"127.0.0.1:1/d\"\n",
+            None,
+        )
+        .expect("valid config");
+        let shared = Shared::new(cfg).expect("shared state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let fut = serve(shared, tcp);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!(
+            "client task future: {size} bytes; session: {} bytes",
+            std::mem::size_of::<Session>()
+        );
+        assert!(size <= 3072, "client task future is {size} bytes");
+    }
 }

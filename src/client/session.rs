@@ -173,7 +173,7 @@ impl Session {
         if let Err(End::Io(e)) = &end {
             tracing::debug!(database = %self.database, error = %e, "client connection ended with an I/O error");
         }
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
     }
 
     fn in_flight(&self) -> u64 {
@@ -283,7 +283,7 @@ impl Session {
         tracing::info!(database = %self.database, error = %err, "closing client");
         let mut out = BytesMut::new();
         err.encode(&mut out);
-        let _ = write_all(&mut self.client, &out).await;
+        let _ = Box::pin(write_all(&mut self.client, &out)).await;
         Err(End::Closed)
     }
 
@@ -385,21 +385,15 @@ impl Session {
                     Some((name, stmt)) => {
                         self.stmts.insert(name, stmt.clone());
                         let conn = self.server.as_mut().expect("ensured").conn();
-                        if conn.prepared.touch(stmt.id) {
-                            // The server has it under this name already: re-prepare so
-                            // the client gets a ParseComplete from the server itself.
-                            build::close_statement(&mut self.swbuf, &stmt.server_name);
-                            self.expect(b'3', true, None);
-                        } else if let Some(victim) = conn.prepared.insert(&stmt) {
-                            build::close_statement(&mut self.swbuf, &victim);
-                            self.expect(b'3', true, None);
+                        if !conn.prepared.touch(stmt.id) {
+                            if let Some(victim) = conn.prepared.insert(&stmt) {
+                                build::close_statement(&mut self.swbuf, &victim);
+                                self.expect(b'3', true, None);
+                            }
                         }
-                        build::parse_with_rest(
-                            &mut self.swbuf,
-                            &stmt.server_name,
-                            &stmt.parse_rest,
-                        );
-                        self.expect(b'1', false, Some(stmt.id));
+                        // Re-prepare even when the server has it, so the client gets a
+                        // ParseComplete (or an error) from the server itself.
+                        self.close_and_parse(&stmt, false);
                     }
                 }
                 self.unsynced = true;
@@ -552,8 +546,18 @@ impl Session {
             build::close_statement(&mut self.swbuf, &victim);
             self.expect(b'3', true, None);
         }
+        self.close_and_parse(stmt, true);
+    }
+
+    /// Close, then Parse, `stmt` under its server name. The Close makes the Parse safe
+    /// when the server still holds the name though pgmux no longer counts it (after a
+    /// `DEALLOCATE ALL` or `DISCARD ALL` that failed); closing a name the server does not
+    /// have is no error (Postgres docs, "Extended Query").
+    fn close_and_parse(&mut self, stmt: &Statement, swallow_parse: bool) {
+        build::close_statement(&mut self.swbuf, &stmt.server_name);
+        self.expect(b'3', true, None);
         build::parse_with_rest(&mut self.swbuf, &stmt.server_name, &stmt.parse_rest);
-        self.expect(b'1', true, Some(stmt.id));
+        self.expect(b'1', swallow_parse, Some(stmt.id));
     }
 
     fn pin(&mut self, reason: PinReason) {
@@ -571,7 +575,14 @@ impl Session {
         self.pending_sets.extend(fx.sets);
         for d in fx.deallocate {
             match d {
-                Deallocate::All => self.stmts.clear(),
+                Deallocate::All => {
+                    self.stmts.clear();
+                    if let Some(s) = self.server.as_mut() {
+                        // The server drops every prepared statement of the connection,
+                        // also those other clients share.
+                        s.conn().prepared.clear();
+                    }
+                }
                 Deallocate::Name(n) => {
                     self.stmts.remove(n.as_bytes());
                 }
@@ -589,14 +600,26 @@ impl Session {
 
     /// `DEALLOCATE` of the client's own protocol-level statements and `DISCARD ALL`
     /// outside a transaction are answered by pgmux: the server connection the client
-    /// will get next holds nothing of them anyway.
+    /// will get next holds nothing of them anyway. `DEALLOCATE name` of a protocol-level
+    /// statement is answered by pgmux inside a transaction too (when nothing else is in
+    /// flight): the server knows that statement under another name, and would refuse.
     async fn answer_locally(&mut self, fx: &sql::Effects, text: &[u8]) -> Result<bool, End> {
         let single = !text.contains(&b';')
             || text.iter().rposition(|&b| b == b';').is_some_and(|i| {
                 text[i + 1..].iter().all(u8::is_ascii_whitespace) && !text[..i].contains(&b';')
             });
-        if !single || self.server.is_some() || fx.pin.is_some() {
+        if !single || fx.pin.is_some() {
             return Ok(false);
+        }
+        if self.server.is_some() {
+            let quiet = self.in_flight() == 0 && !self.unsynced && self.tx != TxStatus::Failed;
+            let own = match fx.deallocate.as_slice() {
+                [Deallocate::Name(n)] => !fx.discard_all && self.stmts.contains_key(n.as_bytes()),
+                _ => false,
+            };
+            if !quiet || !own {
+                return Ok(false);
+            }
         }
         let tag = if fx.discard_all {
             self.stmts.clear();
@@ -775,7 +798,17 @@ impl Session {
                     self.timeout_cancel_sent = false;
                 }
             }
-            be::ERROR_RESPONSE => self.txn_failed = true,
+            be::ERROR_RESPONSE => {
+                self.txn_failed = true;
+                if self.copy_in && self.unit_kinds.is_empty() {
+                    // An extended-protocol COPY FROM STDIN failed: the server has left
+                    // COPY mode and now discards messages up to the client's next Sync,
+                    // which it answers with ReadyForQuery (Postgres docs, "COPY
+                    // Operations"). That Sync must count, CopyDone or not.
+                    self.copy_in = false;
+                    self.unsynced = true;
+                }
+            }
             be::PARSE_COMPLETE | be::CLOSE_COMPLETE => {
                 if let Some(f) = self.fixups.pop_front() {
                     if f.tag != tag {
@@ -862,18 +895,27 @@ impl Session {
             return Ok(());
         }
         let mut co = self.server.take().expect("checked");
-        if let Some(gate) = self.cancel.slot.detach() {
-            gate.wait_clear().await;
-        }
-        if self.settings_uncertain {
-            self.settings_uncertain = false;
-            let conn = co.conn();
-            if conn.run("RESET ALL").await.is_err() {
-                return Ok(());
-            }
-            conn.settings.clear();
-        }
+        let gate = self.cancel.slot.detach();
         self.fixups.clear();
+        if gate.as_ref().is_some_and(|g| !g.is_clear()) || self.settings_uncertain {
+            // Rare: a cancel is in flight, or the settings need a reset first.
+            let uncertain = std::mem::take(&mut self.settings_uncertain);
+            Box::pin(async move {
+                if let Some(gate) = gate {
+                    gate.wait_clear().await;
+                }
+                if uncertain {
+                    let conn = co.conn();
+                    if conn.run("RESET ALL").await.is_err() {
+                        return;
+                    }
+                    conn.settings.clear();
+                }
+                co.release();
+            })
+            .await;
+            return Ok(());
+        }
         co.release();
         Ok(())
     }

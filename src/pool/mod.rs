@@ -141,9 +141,26 @@ impl Pool {
 
     /// Takes a server connection, waiting in FIFO order at most `wait`.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PoolError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
+        // The usual case — a free permit and an idle connection — needs no await;
+        // the rest is boxed so that every client's task stays small.
+        let permit = self.permits.clone().try_acquire_owned().ok();
+        if let Some(permit) = permit {
+            if let Some(conn) = self.take_idle() {
+                return Ok(self.lend(conn, permit));
+            }
+            return Box::pin(self.checkout_slow(wait, Some(permit))).await;
+        }
+        Box::pin(self.checkout_slow(wait, None)).await
+    }
+
+    async fn checkout_slow(
+        self: &Arc<Self>,
+        wait: Duration,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Checkout, PoolError> {
+        let permit = match permit {
+            Some(p) => p,
+            None => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 let r = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -157,12 +174,16 @@ impl Pool {
             Some(c) => c,
             None => self.open_new().await?,
         };
+        Ok(self.lend(conn, permit))
+    }
+
+    fn lend(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Checkout {
         self.active.fetch_add(1, Ordering::Relaxed);
-        Ok(Checkout {
+        Checkout {
             conn: Some(conn),
             pool: self.clone(),
             _permit: permit,
-        })
+        }
     }
 
     fn take_idle(&self) -> Option<ServerConn> {

@@ -89,6 +89,10 @@ impl CancelGate {
         }
     }
 
+    pub fn is_clear(&self) -> bool {
+        self.inflight.load(Ordering::Acquire) == 0
+    }
+
     /// Waits until no cancel is in flight.
     pub async fn wait_clear(&self) {
         loop {
@@ -363,6 +367,13 @@ impl ServerConn {
     pub fn is_alive(&self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
+        }
+        // The reactor's cached readiness answers without a syscall in the usual case:
+        // the last read of the previous transaction drained the socket, so it is
+        // flagged readable only if the server has said something since (or closed).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.stream.tcp().poll_read_ready(&mut cx).is_pending() {
+            return true;
         }
         let fd = self.stream.tcp().as_raw_fd();
         let mut byte = 0u8;

@@ -100,12 +100,20 @@ fn is_guc_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
-/// `SET name TO 'value'`, with the value quoted as a string literal.
+/// The statement that gives setting `name` the text `value` as Postgres reads it from
+/// `options=-c name=value` or reports it in a ParameterStatus. That is
+/// `set_config(name, value, false)`, not `SET name TO 'value'`: for a list such as
+/// `search_path`, SET would take the one quoted literal `'a,b'` as a single schema
+/// named "a,b", where `-c search_path=a,b` means the two schemas a and b.
 pub fn set_statement(name: &str, value: &str) -> String {
     match name {
         "role" => format!("SET ROLE {}", quote_literal(value)),
         "session_authorization" => format!("SET SESSION AUTHORIZATION {}", quote_literal(value)),
-        _ => format!("SET {name} TO {}", quote_literal(value)),
+        _ => format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            quote_literal(name),
+            quote_literal(value)
+        ),
     }
 }
 
@@ -150,7 +158,10 @@ mod tests {
         let client = Settings::from_pairs([("search_path", "a")]);
         let server = Settings::from_pairs([("work_mem", "1MB")]);
         let sql = client.sync_sql(&server).unwrap();
-        assert!(sql.contains("SET search_path TO 'a'"), "{sql}");
+        assert!(
+            sql.contains("SELECT pg_catalog.set_config('search_path', 'a', false)"),
+            "{sql}"
+        );
         assert!(sql.contains("RESET work_mem"), "{sql}");
     }
 
@@ -159,7 +170,7 @@ mod tests {
         let s = Settings::from_pairs([("application_name", "it's"), ("x; drop", "1")]);
         assert_eq!(
             s.get("application_name"),
-            Some("SET application_name TO 'it''s'")
+            Some("SELECT pg_catalog.set_config('application_name', 'it''s', false)")
         );
         assert_eq!(s.get("x; drop"), None);
         assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
