@@ -148,6 +148,12 @@ async fn login(
         }
     };
 
+    if params.minor_version > 0 || params.protocol_options().next().is_some() {
+        // Postgres docs, "Protocol versions": answer with the version pgmux speaks.
+        let mut out = BytesMut::new();
+        build::negotiate_protocol_version(&mut out, params.protocol_options());
+        stream.write_all(&out).await?;
+    }
     let Some(slot) = shared.client_slot(cfg.proxy.max_client_conn) else {
         let e = PgError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,

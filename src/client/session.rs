@@ -213,6 +213,9 @@ impl Session {
                 continue;
             }
             let deadline = self.timer_deadline();
+            // A client that holds a server between transactions (session mode, or
+            // pinned) has nothing to finish: shutdown closes it like any idle one.
+            let idle = self.between_transactions();
             let server = self.server.as_mut().expect("checked above").conn();
             let ev = tokio::select! {
                 r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
@@ -220,6 +223,7 @@ impl Session {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
                 }
+                _ = self.shared.shutdown.cancelled(), if idle => Event::Shutdown,
             };
             match ev {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),
@@ -259,9 +263,33 @@ impl Session {
                         ).with_hint("commit or roll back transactions promptly, or raise idle_transaction_timeout"))
                         .await;
                 }
-                Event::Shutdown => {}
+                Event::Shutdown => {
+                    return self
+                        .fatal(PgError::fatal(
+                            SqlState::ADMIN_SHUTDOWN,
+                            "pgmux is shutting down",
+                        ))
+                        .await;
+                }
             }
         }
+    }
+
+    /// Nothing sent is unanswered and no transaction, COPY or pipeline is open.
+    fn between_transactions(&self) -> bool {
+        self.in_flight() == 0
+            && self.tx == TxStatus::Idle
+            && !self.unsynced
+            && !self.copy_in
+            && self.hidden_units == 0
+            && self.swbuf.is_empty()
+    }
+
+    fn server_has_reply(&mut self) -> bool {
+        self.server.as_mut().is_some_and(|s| {
+            let rbuf = &s.conn().rbuf;
+            !rbuf.is_empty() && matches!(complete_frame(rbuf, usize::MAX), Ok(Some(_)))
+        })
     }
 
     fn timer_deadline(&self) -> Option<tokio::time::Instant> {
@@ -695,7 +723,7 @@ impl Session {
         if !self.swbuf.is_empty() {
             if let Some(s) = self.server.as_mut() {
                 let conn = s.conn();
-                if let Err(e) = write_all(&mut conn.stream, &self.swbuf).await {
+                if let Err(e) = write_to_server(conn, &self.swbuf).await {
                     let addr = conn.addr.to_string();
                     self.server = None;
                     tracing::warn!(server = %addr, error = %e, "server write failed");
@@ -987,6 +1015,39 @@ pub(crate) async fn read_some(stream: &mut MaybeTls, buf: &mut BytesMut) -> std:
         buf.reserve(8192);
     }
     stream.read_buf(buf).await
+}
+
+/// Writes to a server while still reading its replies into its buffer: a client that
+/// pipelines a lot would otherwise fill both directions and deadlock pgmux against
+/// the server, which stops reading while its own writes are blocked.
+async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::io::Result<()> {
+    let MaybeTls::Plain(tcp) = &conn.stream else {
+        return write_all(&mut conn.stream, data).await;
+    };
+    let mut written = 0;
+    while written < data.len() {
+        match tcp.try_write(&data[written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    r = tcp.writable() => r?,
+                    r = tcp.readable() => {
+                        r?;
+                        conn.rbuf.reserve(8192);
+                        match tcp.try_read_buf(&mut conn.rbuf) {
+                            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[inline]

@@ -170,6 +170,25 @@ pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
     out.put_i32(secret);
 }
 
+/// NegotiateProtocolVersion: the newest minor version pgmux supports (0) and the
+/// protocol options it did not recognise.
+pub fn negotiate_protocol_version<'a>(
+    out: &mut BytesMut,
+    unsupported: impl Iterator<Item = &'a str>,
+) {
+    message(out, b'v', |b| {
+        b.put_i32(0);
+        let count_at = b.len();
+        b.put_i32(0);
+        let mut n = 0i32;
+        for name in unsupported {
+            put_cstr(b, name.as_bytes());
+            n += 1;
+        }
+        b[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
+    });
+}
+
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
     message(out, b'C', |b| put_cstr(b, tag.as_bytes()));
 }

@@ -32,6 +32,8 @@ pub enum StartupError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StartupParams {
     pub pairs: Vec<(String, String)>,
+    /// The protocol minor version the client asked for (pgmux speaks 3.0).
+    pub minor_version: u16,
 }
 
 impl StartupParams {
@@ -40,6 +42,14 @@ impl StartupParams {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Protocol options (`_pq_.*`) the client asked for; pgmux supports none.
+    pub fn protocol_options(&self) -> impl Iterator<Item = &str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.as_str())
     }
 
     pub fn user(&self) -> Option<&str> {
@@ -151,7 +161,10 @@ pub fn parse_first_packet(packet: &[u8]) -> Result<FirstPacket, StartupError> {
             if major != 3 {
                 return Err(StartupError::UnsupportedProtocol { major, minor });
             }
-            parse_params(body).map(FirstPacket::Startup)
+            parse_params(body).map(|mut p| {
+                p.minor_version = minor;
+                FirstPacket::Startup(p)
+            })
         }
     }
 }
@@ -177,7 +190,10 @@ fn parse_params(mut body: &[u8]) -> Result<StartupParams, StartupError> {
         pairs.push((name.to_string(), value));
         body = rest;
     }
-    Ok(StartupParams { pairs })
+    Ok(StartupParams {
+        pairs,
+        minor_version: 0,
+    })
 }
 
 #[cfg(test)]
