@@ -212,6 +212,11 @@ impl Session {
                 }
                 continue;
             }
+            if self.server_has_reply() {
+                // Replies read while pgmux was writing to the server.
+                self.on_server_input().await?;
+                continue;
+            }
             let deadline = self.timer_deadline();
             // A client that holds a server between transactions (session mode, or
             // pinned) has nothing to finish: shutdown closes it like any idle one.
