@@ -385,7 +385,7 @@ impl Session {
                     return self.malformed("Query").await;
                 };
                 let fx = sql::analyze(text);
-                if !fx.is_empty() && self.answer_locally(&fx, text).await? {
+                if !fx.is_empty() && self.renames() && self.answer_locally(&fx, text).await? {
                     return Ok(());
                 }
                 if !self.ensure_server(tag).await? {
@@ -400,7 +400,7 @@ impl Session {
                     return self.malformed("Parse").await;
                 };
                 let fx = sql::analyze(p.query);
-                let named = (!p.name.is_empty()).then(|| {
+                let named = (!p.name.is_empty() && self.renames()).then(|| {
                     (
                         Bytes::copy_from_slice(p.name),
                         Arc::new(Statement::new(p.rest)),
@@ -435,7 +435,10 @@ impl Session {
                 let Some(b) = msg::Bind::decode(body) else {
                     return self.malformed("Bind").await;
                 };
-                let stmt = self.stmts.get(b.statement).cloned();
+                let stmt = self
+                    .renames()
+                    .then(|| self.stmts.get(b.statement).cloned())
+                    .flatten();
                 if !self.ensure_server(tag).await? {
                     return Ok(());
                 }
@@ -463,7 +466,7 @@ impl Session {
                         })
                         .await;
                 };
-                let known = (t.kind == b'S' && !t.name.is_empty())
+                let known = (t.kind == b'S' && !t.name.is_empty() && self.renames())
                     .then(|| self.stmts.get(t.name).cloned())
                     .flatten();
                 if !self.ensure_server(tag).await? {
@@ -549,6 +552,13 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// In transaction mode a client's named statements live under pgmux's names on
+    /// whichever connections it uses; in session mode the connection is the client's
+    /// own and everything passes through as sent.
+    fn renames(&self) -> bool {
+        self.limits.pool_mode == PoolMode::Transaction
     }
 
     fn unit_sent(&mut self, kind: u8) {
