@@ -10,6 +10,8 @@
 //!   (signals, exit status, log).
 //! - [`clients`]: tokio-postgres [`connect`], [`psql`], [`pgbench`], and a
 //!   [`python`] with the drivers installed.
+//! - [`wire`]: raw protocol messages (GSSENCRequest, CancelRequest, a trust-login
+//!   client) and how many bytes pgmux has not read yet from a connection.
 //! - [`poll_until`] / [`poll_until_async`]: tests wait for conditions with a
 //!   deadline, never for a fixed time.
 //!
@@ -25,6 +27,7 @@ pub mod clients;
 pub mod pgmux;
 pub mod postgres;
 pub mod process;
+pub mod wire;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
