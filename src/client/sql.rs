@@ -73,8 +73,18 @@ impl Effects {
 /// Reads the session effects of a (possibly multi-statement) SQL text.
 pub fn analyze(sql: &[u8]) -> Effects {
     let mut fx = Effects::default();
-    for stmt in Statements::new(sql) {
-        analyze_one(stmt, &mut fx);
+    // Most texts are one statement, at most with a trailing semicolon: skip the
+    // splitter, which must look at every byte for quotes and comments.
+    match memchr::memchr(b';', sql) {
+        None => analyze_one(sql, &mut fx),
+        Some(i) if sql[i + 1..].iter().all(u8::is_ascii_whitespace) => {
+            analyze_one(&sql[..i], &mut fx)
+        }
+        Some(_) => {
+            for stmt in Statements::new(sql) {
+                analyze_one(stmt, &mut fx);
+            }
+        }
     }
     fx
 }

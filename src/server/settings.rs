@@ -51,7 +51,7 @@ impl Settings {
     /// Records a value the server reported in a ParameterStatus.
     pub fn set_reported(&mut self, name: &str, value: &str) {
         let name = name.to_ascii_lowercase();
-        if is_guc_name(&name) {
+        if is_guc_name(&name) && !READ_ONLY_REPORTED.contains(&name.as_str()) {
             let stmt = set_statement(&name, value);
             self.set(&name, &stmt);
         }
@@ -91,6 +91,17 @@ impl Settings {
         (!sql.is_empty()).then_some(sql)
     }
 }
+
+/// Reported parameters no client can set: they follow from other settings (a role,
+/// the server itself), so re-applying them elsewhere would fail.
+const READ_ONLY_REPORTED: &[&str] = &[
+    "is_superuser",
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "in_hot_standby",
+    "session_authorization",
+];
 
 fn is_guc_name(name: &str) -> bool {
     !name.is_empty()
@@ -174,5 +185,19 @@ mod tests {
         );
         assert_eq!(s.get("x; drop"), None);
         assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
+}
+
+#[cfg(test)]
+mod read_only_tests {
+    use super::*;
+
+    #[test]
+    fn reported_read_only_parameters_are_not_tracked() {
+        let mut s = Settings::default();
+        s.set_reported("is_superuser", "on");
+        s.set_reported("TimeZone", "UTC");
+        assert_eq!(s.get("is_superuser"), None);
+        assert!(s.get("timezone").is_some());
     }
 }
