@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::sql::{self, Deallocate, PinReason, SetOp};
 use crate::cancel::Registration;
@@ -90,7 +90,10 @@ pub struct Session {
     /// Settings the client asked for at login; RESET returns to these.
     startup: Settings,
     settings: Settings,
-    pending_sets: Vec<SetOp>,
+    /// Settings changes sent, each with the unit (count of units sent, itself included)
+    /// it belongs to: a change counts only once the transaction that unit ends in has
+    /// committed, not at the end of an earlier transaction still in the pipeline.
+    pending_sets: Vec<(u64, SetOp)>,
     /// A transaction that changed settings failed: what the server holds is unknown.
     settings_uncertain: bool,
     txn_failed: bool,
@@ -165,7 +168,9 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Relays until the client leaves; `slot` counts it against `max_client_conn`.
+    pub async fn run(mut self, slot: crate::proxy::ClientSlot) {
+        let _slot = slot;
         if self.limits.pool_mode == PoolMode::Session {
             self.pinned = Some(PinReason::SessionCharacteristics);
         }
@@ -173,7 +178,8 @@ impl Session {
         if let Err(End::Io(e)) = &end {
             tracing::debug!(database = %self.database, error = %e, "client connection ended with an I/O error");
         }
-        Box::pin(self.cleanup()).await;
+        let cleanup = Box::pin(self.cleanup());
+        cleanup.await;
     }
 
     fn in_flight(&self) -> u64 {
@@ -182,7 +188,7 @@ impl Session {
 
     async fn relay(&mut self) -> Result<(), End> {
         if !self.crbuf.is_empty() {
-            self.on_client_input().await?;
+            self.client_input().await?;
         }
         loop {
             if self.server.is_none() {
@@ -206,7 +212,7 @@ impl Session {
                 };
                 match ev {
                     Event::Client(Ok(0)) => return Err(End::ClientLeft),
-                    Event::Client(Ok(_)) => self.on_client_input().await?,
+                    Event::Client(Ok(_)) => self.client_input().await?,
                     Event::Client(Err(e)) => return Err(End::Io(e)),
                     _ => continue,
                 }
@@ -214,7 +220,7 @@ impl Session {
             }
             if self.server_has_reply() {
                 // Replies read while pgmux was writing to the server.
-                self.on_server_input().await?;
+                self.server_input().await?;
                 continue;
             }
             let deadline = self.timer_deadline();
@@ -232,7 +238,7 @@ impl Session {
             };
             match ev {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),
-                Event::Client(Ok(_)) => self.on_client_input().await?,
+                Event::Client(Ok(_)) => self.client_input().await?,
                 Event::Client(Err(e)) => return Err(End::Io(e)),
                 Event::Server(Ok(0)) | Event::Server(Err(_)) => {
                     let addr = self
@@ -248,7 +254,7 @@ impl Session {
                         ))
                         .await;
                 }
-                Event::Server(Ok(_)) => self.on_server_input().await?,
+                Event::Server(Ok(_)) => self.server_input().await?,
                 Event::QueryTimeout => {
                     self.timeout_cancel_sent = true;
                     let cancels = self.shared.cancels.clone();
@@ -290,6 +296,19 @@ impl Session {
             && self.swbuf.is_empty()
     }
 
+    // The relay's handlers run boxed: an idle client's task then reserves room only
+    // for waiting, not for the deepest handler. The box is built in its own statement
+    // so the unboxed future's storage does not outlive it in the task.
+    async fn client_input(&mut self) -> Result<(), End> {
+        let work = Box::pin(self.on_client_input());
+        work.await
+    }
+
+    async fn server_input(&mut self) -> Result<(), End> {
+        let work = Box::pin(self.on_server_input());
+        work.await
+    }
+
     fn server_has_reply(&mut self) -> bool {
         self.server.as_mut().is_some_and(|s| {
             let rbuf = &s.conn().rbuf;
@@ -316,7 +335,8 @@ impl Session {
         tracing::info!(database = %self.database, error = %err, "closing client");
         let mut out = BytesMut::new();
         err.encode(&mut out);
-        let _ = Box::pin(write_all(&mut self.client, &out)).await;
+        let write = Box::pin(write_all(&mut self.client, &out));
+        let _ = write.await;
         Err(End::Closed)
     }
 
@@ -615,7 +635,10 @@ impl Session {
         if let Some(reason) = fx.pin {
             self.pin(reason);
         }
-        self.pending_sets.extend(fx.sets);
+        // Called before the message's unit is counted as sent: it is the next one.
+        let unit = self.sent_units + 1;
+        self.pending_sets
+            .extend(fx.sets.into_iter().map(|op| (unit, op)));
         for d in fx.deallocate {
             match d {
                 Deallocate::All => {
@@ -633,7 +656,7 @@ impl Session {
         }
         if fx.discard_all {
             self.stmts.clear();
-            self.pending_sets.push(SetOp::ResetAll);
+            self.pending_sets.push((unit, SetOp::ResetAll));
             if let Some(s) = self.server.as_mut() {
                 // DISCARD ALL drops every prepared statement of the connection.
                 s.conn().prepared.clear();
@@ -689,12 +712,25 @@ impl Session {
         Ok(true)
     }
 
+    /// Reloaded timeouts and limits reach connected clients too: each transaction
+    /// starts with the current ones (the pool mode stays what the client logged in
+    /// with).
+    fn refresh_limits(&mut self) {
+        let cfg = self.shared.config();
+        let proxy = &cfg.proxy;
+        self.limits.max_message_size = proxy.max_message_size;
+        self.limits.query_wait_timeout = proxy.query_wait_timeout;
+        self.limits.query_timeout = proxy.query_timeout;
+        self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout;
+    }
+
     /// Makes sure a server connection is held; on failure the client has been told and
     /// the rest of its unit will be dropped. Returns whether a server is held.
     async fn ensure_server(&mut self, tag: u8) -> Result<bool, End> {
         if self.server.is_some() {
             return Ok(true);
         }
+        self.refresh_limits();
         // Anything the client was already sent must go before a possible wait.
         self.flush().await?;
         match self.pool.checkout(self.limits.query_wait_timeout).await {
@@ -889,11 +925,17 @@ impl Session {
 
     /// Applies or discards the settings changes of a transaction that just ended.
     fn end_of_transaction(&mut self, conn: &mut ServerConn) {
-        if self.pending_sets.is_empty() {
+        // Changes sent in units still in flight belong to a later transaction.
+        let done = self
+            .pending_sets
+            .iter()
+            .take_while(|(unit, _)| *unit <= self.recv_units)
+            .count();
+        if done == 0 {
             self.txn_failed = false;
             return;
         }
-        let ops = std::mem::take(&mut self.pending_sets);
+        let ops: Vec<SetOp> = self.pending_sets.drain(..done).map(|(_, op)| op).collect();
         if self.txn_failed {
             self.txn_failed = false;
             self.settings_uncertain = true;
@@ -979,10 +1021,13 @@ impl Session {
         }
         if self.in_flight() > 0
             || self.copy_in
+            || self.unsynced
             || self.hidden_units > 0
             || !co.conn().rbuf.is_empty()
         {
             // Mid-statement: closing is the only way to be sure; Postgres rolls back.
+            // That includes extended messages without their Sync: a Sync sent for the
+            // departed client would commit their implicit transaction.
             return;
         }
         let conn = co.conn();
@@ -990,13 +1035,7 @@ impl Session {
             if self.tx != TxStatus::Idle {
                 conn.run("ROLLBACK").await?;
             }
-            if self.pinned.is_some() || self.settings_uncertain || self.unsynced {
-                if self.unsynced {
-                    let mut out = BytesMut::new();
-                    build::sync(&mut out);
-                    write_all(&mut conn.stream, &out).await?;
-                    conn.finish_units(1).await?;
-                }
+            if self.pinned.is_some() || self.settings_uncertain {
                 conn.run("DISCARD ALL").await?;
                 conn.settings.clear();
                 conn.prepared.clear();
@@ -1017,19 +1056,25 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Reads what is available, growing the buffer only when it is nearly full.
-#[inline]
-pub(crate) async fn read_some(stream: &mut MaybeTls, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < 2048 {
-        if buf.capacity() == 0 {
-            if let MaybeTls::Plain(tcp) = stream {
-                // Allocate only once there is something to read.
-                tcp.readable().await?;
+/// Reads what is available, growing the buffer only when it is nearly full. A plain
+/// polled function rather than an `async fn`: the relay waits on two of these at
+/// once in every idle client's task, so their size is paid per client.
+pub(crate) fn read_some<'a>(
+    stream: &'a mut MaybeTls,
+    buf: &'a mut BytesMut,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if buf.capacity() - buf.len() < 2048 {
+            if buf.capacity() == 0 {
+                if let MaybeTls::Plain(tcp) = &*stream {
+                    // Allocate only once there is something to read.
+                    std::task::ready!(tcp.poll_read_ready(cx))?;
+                }
             }
+            buf.reserve(8192);
         }
-        buf.reserve(8192);
-    }
-    stream.read_buf(buf).await
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, buf)
+    })
 }
 
 /// Writes to a server while still reading its replies into its buffer: a client that

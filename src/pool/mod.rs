@@ -148,9 +148,11 @@ impl Pool {
             if let Some(conn) = self.take_idle() {
                 return Ok(self.lend(conn, permit));
             }
-            return Box::pin(self.checkout_slow(wait, Some(permit))).await;
+            let slow = Box::pin(self.checkout_slow(wait, Some(permit)));
+            return slow.await;
         }
-        Box::pin(self.checkout_slow(wait, None)).await
+        let slow = Box::pin(self.checkout_slow(wait, None));
+        slow.await
     }
 
     async fn checkout_slow(
