@@ -841,7 +841,14 @@ impl Session {
                 be::READY_FOR_QUERY => self.hidden_units -= 1,
                 be::ERROR_RESPONSE => {
                     let f = msg::ErrorFields::parse(body);
-                    tracing::warn!(database = %self.database, error = %f.message_lossy(), "re-applying the client's settings failed");
+                    let text = f.message_lossy();
+                    tracing::warn!(database = %self.database, error = %text, "re-applying the client's settings failed");
+                    // Postgres would have refused such a setting at login; the client
+                    // should at least hear of it.
+                    build::notice(
+                        &mut self.cwbuf,
+                        &format!("pgmux could not apply this session's settings on a server connection: {text}"),
+                    );
                     self.settings_uncertain = true;
                 }
                 _ => {}
@@ -850,7 +857,8 @@ impl Session {
         }
         match tag {
             be::READY_FOR_QUERY => {
-                self.recv_units += 1;
+                // Never more answers than units sent, whatever a server does.
+                self.recv_units = (self.recv_units + 1).min(self.sent_units);
                 self.unit_kinds.pop_front();
                 if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
                     self.tx = s;
