@@ -371,8 +371,12 @@ impl ServerConn {
         // The reactor's cached readiness answers without a syscall in the usual case:
         // the last read of the previous transaction drained the socket, so it is
         // flagged readable only if the server has said something since (or closed).
+        // A task out of its coop budget gets Pending whatever the readiness: then
+        // only the syscall below can tell.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.stream.tcp().poll_read_ready(&mut cx).is_pending() {
+        if tokio::task::coop::has_budget_remaining()
+            && self.stream.tcp().poll_read_ready(&mut cx).is_pending()
+        {
             return true;
         }
         let fd = self.stream.tcp().as_raw_fd();

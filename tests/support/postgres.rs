@@ -402,3 +402,45 @@ impl Drop for PgServer {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+impl PgServer {
+    /// Turns TLS on: writes `cert_pem` and `key_pem` into the data directory as
+    /// `server.crt` / `server.key` (owned by postgres, the key 0600), sets `ssl = on`
+    /// with `ALTER SYSTEM`, and reloads. With `require_for_tcp`, pg_hba.conf lets TCP
+    /// clients in only over TLS (`hostssl` lines), so a plain-text login is refused.
+    /// Returns once new connections see the new settings.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str, require_for_tcp: bool) {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, pem, mode) in [
+            ("server.crt", cert_pem, 0o644),
+            ("server.key", key_pem, 0o600),
+        ] {
+            let path = self.data_dir.join(name);
+            fs::write(&path, pem).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            give_to_postgres(&path);
+        }
+        if require_for_tcp {
+            let hba = PG_HBA.replace("\nhost ", "\nhostssl ");
+            fs::write(self.data_dir.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
+        for sql in [
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+            "ALTER SYSTEM SET ssl = on",
+            "SELECT pg_reload_conf()",
+        ] {
+            self.sql("postgres", sql);
+        }
+        let on = poll_until(SLOW_STEP, || {
+            self.try_sql("postgres", "SHOW ssl").as_deref() == Ok("on")
+        });
+        assert!(
+            on,
+            "ssl is not on after a reload on port {}; log:\n{}",
+            self.port,
+            self.log_tail(30)
+        );
+    }
+}

@@ -1,0 +1,554 @@
+//! Server connection pools (bounds, warm-up, idle and lifetime limits, the FIFO
+//! wait queue, `max_client_conn`, broken connections) and query cancellation
+//! (CONTRACT.md sections 3 and 4).
+//!
+//! Tests share one Postgres primary; each one that counts server connections gives
+//! pgmux a Postgres role of its own, so `pg_stat_activity` rows of that role are
+//! exactly the server connections of the pool under test.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::wire::{self, RawClient};
+use support::*;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use std::io::{Read, Write};
+
+/// How long a test waits for something pgmux does in the background.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------ helpers
+
+/// Creates a login role `name` (SCRAM) on the shared primary; its password.
+fn create_role(name: &str) -> String {
+    let password = format!("{name}-secret");
+    shared_primary().sql(
+        "postgres",
+        &format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
+    );
+    password
+}
+
+/// `[proxy]` keys, then a `[[users]]` entry for `role`: the `extra_proxy` of
+/// [`pgmux_config`].
+fn proxy_with_user(proxy_keys: &str, role: &str, password: &str) -> String {
+    format!("{proxy_keys}\n\n[[users]]\nname = \"{role}\"\npassword = \"{password}\"\n")
+}
+
+/// Server connections of `role`: its backends on the shared primary.
+fn backends_of(role: &str) -> Vec<i32> {
+    let out = shared_primary().sql(
+        "postgres",
+        &format!(
+            "select pid from pg_stat_activity where usename = '{role}' \
+             and backend_type = 'client backend' order by pid"
+        ),
+    );
+    out.lines().map(|l| l.trim().parse().unwrap()).collect()
+}
+
+/// [`backends_of`] from async code, off the runtime's threads.
+async fn backends_of_async(role: &'static str) -> Vec<i32> {
+    tokio::task::spawn_blocking(move || backends_of(role))
+        .await
+        .unwrap()
+}
+
+/// The pid of the backend running a statement that contains `marker`, once one
+/// is active; panics after [`PATIENCE`].
+fn wait_until_running(marker: &str) -> i32 {
+    let mut pid = None;
+    let found = poll_until(PATIENCE, || {
+        pid = running_pid(marker);
+        pid.is_some()
+    });
+    assert!(found, "no statement containing {marker:?} started running");
+    pid.expect("found")
+}
+
+/// [`wait_until_running`] from async code, off the runtime's threads.
+async fn wait_until_running_async(marker: &'static str) -> i32 {
+    tokio::task::spawn_blocking(move || wait_until_running(marker))
+        .await
+        .unwrap()
+}
+
+fn running_pid(marker: &str) -> Option<i32> {
+    shared_primary()
+        .sql(
+            "postgres",
+            &format!(
+                "select pid from pg_stat_activity where state = 'active' \
+                 and query like '%{marker}%' and pid <> pg_backend_pid()"
+            ),
+        )
+        .lines()
+        .next()
+        .map(|l| l.trim().parse().unwrap())
+}
+
+/// Waits until pgmux has read every byte `client` sent: its query has reached
+/// the client's session, which now waits for a server connection.
+fn wait_until_read_by_pgmux(px: &Pgmux, client: &RawClient) {
+    let read = poll_until(PATIENCE, || {
+        wire::unread_bytes(px.port, client.local_port()) == Some(0)
+    });
+    assert!(read, "pgmux did not read the client's query");
+}
+
+/// Sends a CancelRequest on a connection of its own and waits until pgmux closes
+/// it.
+fn send_raw_cancel(px: &Pgmux, bytes: &[u8]) {
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(bytes).unwrap();
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "a cancel gets no reply: {rest:?}");
+}
+
+fn random_key() -> (i32, i32) {
+    // Good enough for a made-up key: the clock's nanoseconds and our pid.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let pid = (nanos as i32 & 0x3fff_ffff) | 1;
+    (
+        pid,
+        (std::process::id() as i32).wrapping_mul(nanos as i32 | 1),
+    )
+}
+
+// ------------------------------------------------------------------ pool bounds
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_size_bounds_the_server_connections_of_a_pool() {
+    const ROLE: &str = "pools_bounded";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user("", ROLE, &password),
+        "pool_size = 3",
+    ));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (done, most) = (done.clone(), most.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                most.fetch_max(backends_of(ROLE).len(), Ordering::AcqRel);
+            }
+        })
+    };
+
+    let url = px.url(ROLE, &password, APP_DB);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            for _ in 0..5 {
+                client.simple_query("select pg_sleep(0.05)").await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for c in clients {
+        c.await.unwrap().expect("every client's queries succeed");
+    }
+    done.store(true, Ordering::Release);
+    sampler.join().unwrap();
+
+    let most = most.load(Ordering::Acquire);
+    assert!(most <= 3, "{most} server connections with pool_size = 3");
+    assert!(most >= 1, "the sampler never saw a server connection");
+    assert!(backends_of(ROLE).len() <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_keeps_server_connections_open_without_clients() {
+    const ROLE: &str = "pools_warm";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user("", ROLE, &password),
+        "pool_size = 5\nmin_pool_size = 3",
+    ));
+
+    // The pool exists once a client has used it; then the client leaves.
+    let client = connect(&px.url(ROLE, &password, APP_DB)).await;
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+
+    let warm = poll_until_async(PATIENCE, || async {
+        backends_of_async(ROLE).await.len() == 3
+    })
+    .await;
+    assert!(
+        warm,
+        "min_pool_size = 3 but {} server connections",
+        backends_of(ROLE).len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeout_closes_idle_server_connections() {
+    const ROLE: &str = "pools_idle";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user("server_idle_timeout = \"1s\"", ROLE, &password),
+        "",
+    ));
+
+    let client = connect(&px.url(ROLE, &password, APP_DB)).await;
+    let first: i32 = client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // The client stays connected, but holds no server between transactions.
+    let closed = poll_until_async(PATIENCE, || async {
+        backends_of_async(ROLE).await.is_empty()
+    })
+    .await;
+    assert!(
+        closed,
+        "the idle server connection (pid {first}) was not closed"
+    );
+
+    let row = client.query_one("select 1 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "the client gets a new connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_lifetime_replaces_old_server_connections() {
+    const ROLE: &str = "pools_lifetime";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user("server_lifetime = \"1s\"", ROLE, &password),
+        "pool_size = 1",
+    ));
+
+    let client = connect(&px.url(ROLE, &password, APP_DB)).await;
+    let backend_pid = || async {
+        client
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    let first = backend_pid().await;
+    let replaced = poll_until_async(PATIENCE, || async { backend_pid().await != first }).await;
+    assert!(replaced, "the server connection was never replaced");
+    let gone = poll_until_async(PATIENCE, || async {
+        !backends_of_async(ROLE).await.contains(&first)
+    })
+    .await;
+    assert!(
+        gone,
+        "the old server connection (pid {first}) is still open"
+    );
+}
+
+#[test]
+fn waiting_clients_are_served_in_arrival_order() {
+    const ROLE: &str = "pools_fifo";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    pg.sql(
+        APP_DB,
+        &format!(
+            "CREATE SEQUENCE pools_fifo_seq; GRANT USAGE ON SEQUENCE pools_fifo_seq TO {ROLE}"
+        ),
+    );
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user("auth_method = \"trust\"", ROLE, &password),
+        "pool_size = 1",
+    ));
+
+    // The holder keeps the only server connection inside a transaction.
+    let mut holder = RawClient::login_trust(px.port, ROLE, APP_DB);
+    holder.query("BEGIN").unwrap();
+
+    // Each waiter sends its query only once pgmux has read the previous one's:
+    // the arrival order is certain.
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let mut w = RawClient::login_trust(px.port, ROLE, APP_DB);
+        w.send_query("select nextval('pools_fifo_seq')");
+        wait_until_read_by_pgmux(&px, &w);
+        waiters.push(w);
+    }
+    holder.query("COMMIT").unwrap();
+
+    // With one server connection, the sequence numbers are the serving order.
+    let served: Vec<i64> = waiters
+        .iter_mut()
+        .map(|w| w.read_result().unwrap()[0].parse().unwrap())
+        .collect();
+    let mut sorted = served.clone();
+    sorted.sort_unstable();
+    assert_eq!(served, sorted, "served out of arrival order");
+}
+
+#[tokio::test]
+async fn max_client_conn_refuses_extra_clients_with_53300_until_one_leaves() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "max_client_conn = 2", ""));
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+
+    let first = connect(&url).await;
+    let second = connect(&url).await;
+    let err = try_connect(&url)
+        .await
+        .expect_err("a third client is one too many");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    second.simple_query("select 1").await.unwrap();
+
+    drop(first);
+    let admitted = poll_until_async(PATIENCE, || async { try_connect(&url).await.is_ok() }).await;
+    assert!(admitted, "no client admitted after one left");
+    second.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_idle_server_connection_is_replaced_not_handed_out() {
+    const ROLE: &str = "pools_broken";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user("", ROLE, &password),
+        "pool_size = 1",
+    ));
+    let client = connect(&px.url(ROLE, &password, APP_DB)).await;
+    // The simple protocol: a prepared statement would be closed by tokio-postgres
+    // afterwards, on the server, possibly just as the backend is killed.
+    let first = simple_backend_pid(&client).await;
+
+    tokio::task::spawn_blocking(move || {
+        shared_primary().sql("postgres", &format!("select pg_terminate_backend({first})"))
+    })
+    .await
+    .unwrap();
+    let gone = poll_until_async(PATIENCE, || async {
+        !backends_of_async(ROLE).await.contains(&first)
+    })
+    .await;
+    assert!(gone, "the terminated backend is still there");
+
+    let rows = client
+        .simple_query("select pg_backend_pid()")
+        .await
+        .expect("the next query runs on a fresh server connection");
+    assert_ne!(first_value(&rows), first.to_string());
+}
+
+async fn simple_backend_pid(client: &tokio_postgres::Client) -> i32 {
+    let rows = client
+        .simple_query("select pg_backend_pid()")
+        .await
+        .unwrap();
+    first_value(&rows).parse().unwrap()
+}
+
+/// The first column of the first row of a simple-protocol result.
+fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> String {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+// ------------------------------------------------------------------ cancel
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_clients_running_statement_with_57014() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let client = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+    let token = client.cancel_token();
+
+    let sleeper = tokio::spawn(async move {
+        let r = client
+            .simple_query("select pg_sleep(30) /* pools_cancel_running */")
+            .await;
+        (client, r)
+    });
+    wait_until_running_async("pools_cancel_running").await;
+    token.cancel_query(NoTls).await.unwrap();
+
+    let (client, r) = sleeper.await.unwrap();
+    let err = r.expect_err("the statement was cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let row = client.query_one("select 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1, "the client goes on after a cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_gets_through_when_the_pool_is_full_and_clients_wait() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "auth_method = \"trust\"",
+        "pool_size = 1",
+    ));
+    let client = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        client
+            .simple_query("select pg_sleep(30) /* pools_cancel_full */")
+            .await
+    });
+    wait_until_running_async("pools_cancel_full").await;
+
+    // A second client waits for the only server connection.
+    let port = px.port;
+    let (mut waiter, waiter_port) = tokio::task::spawn_blocking(move || {
+        let mut w = RawClient::login_trust(port, APP_USER, APP_DB);
+        w.send_query("select 2");
+        let p = w.local_port();
+        (w, p)
+    })
+    .await
+    .unwrap();
+    let queued = poll_until(PATIENCE, || {
+        wire::unread_bytes(px.port, waiter_port) == Some(0)
+    });
+    assert!(queued, "the waiter's query did not reach pgmux");
+
+    token.cancel_query(NoTls).await.unwrap();
+    let err = sleeper
+        .await
+        .unwrap()
+        .expect_err("the statement was cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+
+    let rows = tokio::task::spawn_blocking(move || waiter.read_result())
+        .await
+        .unwrap();
+    assert_eq!(rows, Ok(vec!["2".to_owned()]), "the waiter is served next");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_for_an_idle_client_changes_nothing() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let idle = connect(&url).await;
+    let busy = connect(&url).await;
+
+    let sleeper = tokio::spawn(async move {
+        busy.simple_query("select pg_sleep(1) /* pools_cancel_idle */")
+            .await
+    });
+    wait_until_running_async("pools_cancel_idle").await;
+    idle.cancel_token().cancel_query(NoTls).await.unwrap();
+
+    sleeper
+        .await
+        .unwrap()
+        .expect("another client's statement must not be cancelled");
+    let row = idle.query_one("select 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1, "the idle client's next query runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_never_hits_a_later_clients_statement_on_the_same_server_connection() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let early = connect(&url).await;
+    let later = connect(&url).await;
+
+    let early_backend: i32 = early
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sleeper = tokio::spawn(async move {
+        later
+            .simple_query("select pg_sleep(1) /* pools_cancel_later */")
+            .await
+    });
+    let later_backend = wait_until_running_async("pools_cancel_later").await;
+    assert_eq!(
+        later_backend, early_backend,
+        "with pool_size = 1 both clients use the same server connection"
+    );
+
+    early.cancel_token().cancel_query(NoTls).await.unwrap();
+    sleeper
+        .await
+        .unwrap()
+        .expect("the later client's statement must not be cancelled");
+}
+
+#[test]
+fn a_cancel_request_with_a_made_up_key_changes_nothing() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "auth_method = \"trust\"", ""));
+    let mut busy = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    busy.send_query("select pg_sleep(1) /* pools_cancel_made_up */");
+    wait_until_running("pools_cancel_made_up");
+
+    let (pid, secret) = random_key();
+    send_raw_cancel(&px, &wire::cancel_request(pid, secret));
+    // The right client, the wrong secret.
+    send_raw_cancel(&px, &wire::cancel_request(busy.pid, busy.secret ^ 0x5a5a));
+
+    let replies = busy.read_until_ready();
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "the statement must not be cancelled: {:?}",
+        replies.iter().find_map(|m| m.sqlstate())
+    );
+    assert!(px.accepts_tcp(), "pgmux stays up");
+    assert_eq!(busy.query("select 7"), Ok(vec!["7".to_owned()]));
+}
+
+#[test]
+fn a_cancel_request_cut_short_or_closed_at_once_changes_nothing() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "auth_method = \"trust\"", ""));
+    let mut busy = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    busy.send_query("select pg_sleep(1) /* pools_cancel_cut */");
+    wait_until_running("pools_cancel_cut");
+
+    // Half of a CancelRequest for the busy client's real key, then goodbye.
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::cancel_request(busy.pid, busy.secret)[..10])
+        .unwrap();
+    drop(tcp);
+    // A whole made-up one, closed before pgmux can answer anything.
+    let (pid, secret) = random_key();
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::cancel_request(pid, secret)).unwrap();
+    drop(tcp);
+
+    let replies = busy.read_until_ready();
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "the statement must not be cancelled: {:?}",
+        replies.iter().find_map(|m| m.sqlstate())
+    );
+    let mut fresh = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    assert_eq!(fresh.query("select 8"), Ok(vec!["8".to_owned()]));
+}
