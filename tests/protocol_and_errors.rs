@@ -1307,3 +1307,35 @@ async fn a_client_that_leaves_during_a_statement_in_a_transaction_has_it_rolled_
     assert_eq!(rows_in("left_mid_statement"), 0);
     assert_ne!(backend_pid(&next).await, pid);
 }
+
+#[tokio::test]
+async fn closing_a_statement_between_transactions_needs_no_server_connection() {
+    let px = pgmux(
+        "auth_method = \"trust\"\nquery_wait_timeout = \"300ms\"",
+        "pool_size = 1",
+    );
+    let mut raw = Raw::login(px.port).await;
+    raw.send(&concat(&[parse("s1", "select 7"), sync()])).await;
+    assert_eq!(tags(&raw.until_ready().await), "1Z");
+
+    // Another client holds the only server connection in a transaction.
+    let holder = connect(&app_url(&px)).await;
+    holder.batch_execute("begin; select 1").await.unwrap();
+
+    raw.send(&concat(&[message(b'C', b"Ss1\0"), sync()])).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(
+        tags(&msgs),
+        "3Z",
+        "answered without waiting for a server: {msgs:?}"
+    );
+
+    holder.batch_execute("commit").await.unwrap();
+    // The statement is gone for this client, as Postgres would have it.
+    raw.send(&concat(&[bind("s1"), execute(), sync()])).await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter().any(|m| m.tag == b'E'),
+        "binding a closed statement fails: {msgs:?}"
+    );
+}

@@ -486,6 +486,16 @@ impl Session {
                         })
                         .await;
                 };
+                if tag == fe::CLOSE && self.server.is_none() && self.renames() {
+                    // Between transactions no server holds anything of this client's:
+                    // its statements are pgmux's to forget and portals are gone.
+                    // Nothing is in flight, so the reply cannot overtake another.
+                    if t.kind == b'S' {
+                        self.stmts.remove(t.name);
+                    }
+                    build::close_complete(&mut self.cwbuf);
+                    return Ok(());
+                }
                 let known = (t.kind == b'S' && !t.name.is_empty() && self.renames())
                     .then(|| self.stmts.get(t.name).cloned())
                     .flatten();
@@ -529,6 +539,7 @@ impl Session {
             }
             fe::SYNC => {
                 if self.server.is_none() {
+                    self.unsynced = false;
                     build::ready_for_query(&mut self.cwbuf, self.tx);
                     return Ok(());
                 }
