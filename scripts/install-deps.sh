@@ -4,6 +4,7 @@
 #   - Postgres server and client tools (initdb, pg_ctl, pg_basebackup, psql, pgbench)
 #   - PgBouncer (the peer the benches compare against)
 #   - python3 with venv (tests/support makes a virtualenv of Python drivers)
+#   - Java and Debian's JDBC driver (tests/java runs with /usr/share/java/postgresql.jar)
 # and checks that cargo (with rustfmt and clippy) is available.
 set -euo pipefail
 
@@ -26,11 +27,14 @@ as_root() {
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
-    for pkg in postgresql pgbouncer; do
+    for pkg in postgresql pgbouncer libpostgresql-jdbc-java; do
         installed "$pkg" || missing+=("$pkg")
     done
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
         missing+=(python3-venv)
+    fi
+    if ! command -v java >/dev/null 2>&1; then
+        missing+=(default-jre-headless)
     fi
 else
     # Not Debian: check for the tools themselves and let the user install them.

@@ -1,0 +1,853 @@
+//! Named prepared statements in transaction mode (CONTRACT.md section 3): a statement
+//! a client prepared runs on whichever server connection its next transaction gets,
+//! two clients' statements of the same name never meet, a bounded server-side cache
+//! evicts and re-prepares transparently, and `DEALLOCATE`/`DISCARD ALL` forget the
+//! client's statements. Real drivers — tokio-postgres, pgbench `-M prepared`,
+//! asyncpg, psycopg 3 and JDBC — run many clients on a pool of two.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+/// Clients per test that runs many of them.
+const CLIENTS: i32 = 20;
+/// How long one driver script (Python, Java) may run.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(600);
+
+fn app_url(px: &Pgmux) -> String {
+    px.url(APP_USER, APP_PASSWORD, APP_DB)
+}
+
+/// A fresh table `name (client int, i int)` owned by the app role.
+fn fresh_table(pg: &PgServer, name: &str) {
+    pg.sql(
+        APP_DB,
+        &format!(
+            "drop table if exists {name}; create table {name} (client int, i int); \
+             alter table {name} owner to {APP_USER}"
+        ),
+    );
+}
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Runs `cmd`, and fails the test with its output unless it exits 0.
+fn run_script(cmd: &mut Command, what: &str, px: &Pgmux) -> String {
+    let out = support::process::run(cmd, SCRIPT_DEADLINE, what);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{}\n--- pgmux log ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        px.log()
+    );
+    stdout
+}
+
+async fn int(client: &Client, stmt: &tokio_postgres::Statement, arg: i32) -> i32 {
+    client.query_one(stmt, &[&arg]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_reused_across_transactions_by_20_clients_on_2_connections() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let url = app_url(&px);
+
+    let mut tasks = Vec::new();
+    for n in 0..CLIENTS {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            // Text unique to this client: a mix-up with another client's statement of
+            // the same name would give another client's answer.
+            let add = client
+                .prepare(&format!("select $1::int + {}", n * 1000))
+                .await
+                .unwrap();
+            let tag = client
+                .prepare(&format!("select $1::text || '-client-{n}'"))
+                .await
+                .unwrap();
+            // The same text in every client: one server-side statement, shared.
+            let double = client.prepare("select $1::int * 2").await.unwrap();
+            for i in 0..25 {
+                assert_eq!(int(&client, &add, i).await, i + n * 1000);
+                let row = client.query_one(&tag, &[&i.to_string()]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("{i}-client-{n}"));
+                assert_eq!(int(&client, &double, i).await, 2 * i);
+                // Pipelined: both go out before either is answered.
+                let next = i + 1;
+                let params: [&(dyn ToSql + Sync); 1] = [&next];
+                let (a, d) = tokio::join!(
+                    client.query_one(&add, &params),
+                    client.query_one(&double, &params)
+                );
+                assert_eq!(a.unwrap().get::<_, i32>(0), i + 1 + n * 1000);
+                assert_eq!(d.unwrap().get::<_, i32>(0), 2 * (i + 1));
+                if i % 5 == 0 {
+                    let txn = client.transaction().await.unwrap();
+                    let a: i32 = txn.query_one(&add, &[&i]).await.unwrap().get(0);
+                    let d: i32 = txn.query_one(&double, &[&i]).await.unwrap().get(0);
+                    txn.commit().await.unwrap();
+                    assert_eq!((a, d), (i + n * 1000, 2 * i));
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a client task failed");
+    }
+}
+
+#[tokio::test]
+async fn a_statement_prepared_on_one_connection_runs_on_the_other() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let url = app_url(&px);
+    let steer = Steering::new(&url).await;
+    let client = connect(&url).await;
+
+    steer.free(0).await;
+    let stmt = client
+        .prepare("select $1::int + 5, pg_backend_pid()")
+        .await
+        .unwrap();
+    let row = client.query_one(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, i32>(1)),
+        (6, steer.pids[0])
+    );
+    steer.retake(0).await;
+
+    for round in 0..3 {
+        for conn in [1, 0] {
+            steer.free(conn).await;
+            let row = client.query_one(&stmt, &[&round]).await.unwrap();
+            assert_eq!(
+                (row.get::<_, i32>(0), row.get::<_, i32>(1)),
+                (round + 5, steer.pids[conn]),
+                "round {round} on connection {conn}"
+            );
+            steer.retake(conn).await;
+        }
+    }
+}
+
+#[test]
+fn two_clients_statements_of_the_same_name_never_collide() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut a = wire::Wire::connect(px.port);
+    let mut b = wire::Wire::connect(px.port);
+
+    a.prepare("s", "select 1000 + $1::int");
+    b.prepare("s", "select 2000 + $1::int");
+    a.prepare("t", "select 'a:' || $1::text");
+    b.prepare("t", "select 'b:' || $1::text");
+    for i in 0..20 {
+        let arg = i.to_string();
+        assert_eq!(a.execute("s", &[&arg]), vec![(1000 + i).to_string()]);
+        assert_eq!(b.execute("s", &[&arg]), vec![(2000 + i).to_string()]);
+        assert_eq!(b.execute("t", &[&arg]), vec![format!("b:{i}")]);
+        assert_eq!(a.execute("t", &[&arg]), vec![format!("a:{i}")]);
+        if i % 4 == 0 {
+            // Inside transactions, both clients still get their own statements.
+            a.simple("begin");
+            assert_eq!(a.execute("s", &[&arg]), vec![(1000 + i).to_string()]);
+            a.simple("commit");
+            b.simple("begin");
+            assert_eq!(b.execute("s", &[&arg]), vec![(2000 + i).to_string()]);
+            b.simple("commit");
+        }
+    }
+
+    // A name closed by one client may be prepared again with another text; the
+    // other client's statement of that name is untouched.
+    a.close_statement("s");
+    a.prepare("s", "select 3000 + $1::int");
+    assert_eq!(a.execute("s", &["1"]), vec!["3001".to_string()]);
+    assert_eq!(b.execute("s", &["1"]), vec!["2001".to_string()]);
+    assert_eq!(a.execute("t", &["1"]), vec!["a:1".to_string()]);
+}
+
+#[tokio::test]
+async fn statements_beyond_max_prepared_statements_are_evicted_and_prepared_again() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "max_prepared_statements = 5",
+        "pool_size = 1",
+    ));
+    let client = connect(&app_url(&px)).await;
+    let mut stmts = Vec::new();
+    for k in 0..20 {
+        stmts.push(
+            client
+                .prepare(&format!("select $1::int + {}", k * 100))
+                .await
+                .unwrap(),
+        );
+    }
+    let count_on_server = client
+        .prepare("select count(*)::int from pg_prepared_statements")
+        .await
+        .unwrap();
+    for round in 0..3 {
+        for (k, stmt) in stmts.iter().enumerate() {
+            assert_eq!(
+                int(&client, stmt, round).await,
+                round + k as i32 * 100,
+                "statement {k} in round {round}"
+            );
+        }
+        // Pipelined, in reverse order: every one of them evicts another.
+        let reversed: Vec<_> = stmts.iter().rev().collect();
+        let answers = pipelined(&client, &reversed, round).await;
+        for (k, answer) in (0..stmts.len()).rev().zip(answers) {
+            assert_eq!(answer, round + k as i32 * 100, "pipelined statement {k}");
+        }
+        let held: i32 = client
+            .query_one(&count_on_server, &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            (1..=5).contains(&held),
+            "the server connection holds {held} prepared statements; max_prepared_statements is 5"
+        );
+    }
+}
+
+/// Runs every statement with `arg`, all sent before any answer is read.
+async fn pipelined(client: &Client, stmts: &[&tokio_postgres::Statement], arg: i32) -> Vec<i32> {
+    let params: [&(dyn ToSql + Sync); 1] = [&arg];
+    let futs: Vec<_> = stmts
+        .iter()
+        .map(|s| Box::pin(client.query_one(*s, &params)))
+        .collect();
+    join_all(futs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().get(0))
+        .collect()
+}
+
+/// Polls every future together until all are done (a tiny `join_all`): tokio-postgres
+/// sends a request when its future is first polled, so they share one pipeline.
+async fn join_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (fut, out) in futs.iter_mut().zip(outs.iter_mut()) {
+            if out.is_none() {
+                match std::pin::Pin::new(fut).poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().map(|o| o.expect("all done")).collect()
+}
+
+/// The protocol-level name tokio-postgres gave `stmt` (`s0`, `s1`, ...), which it
+/// shows only in its `Debug` output.
+fn name_of(stmt: &tokio_postgres::Statement) -> String {
+    let debug = format!("{stmt:?}");
+    let name = debug
+        .split("name: \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no statement name in {debug}"));
+    assert!(name.starts_with('s'), "unexpected statement name {name:?}");
+    name.to_string()
+}
+
+fn assert_gone(result: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>, what: &str) {
+    let err = result.expect_err(&format!("{what} must no longer exist"));
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_SQL_STATEMENT_NAME),
+        "{what}: {err}"
+    );
+    let db = err.as_db_error().expect("a server error");
+    assert!(
+        db.message().contains("does not exist"),
+        "{what}: {}",
+        db.message()
+    );
+}
+
+#[tokio::test]
+async fn deallocate_forgets_that_statement_only() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let client = connect(&app_url(&px)).await;
+    let gone = client.prepare("select $1::int + 1").await.unwrap();
+    let kept = client.prepare("select $1::int + 2").await.unwrap();
+    assert_eq!(int(&client, &gone, 1).await, 2);
+
+    client
+        .batch_execute(&format!("DEALLOCATE {}", name_of(&gone)))
+        .await
+        .unwrap();
+    assert_gone(
+        client.query(&gone, &[&1i32]).await,
+        "the deallocated statement",
+    );
+    assert_eq!(int(&client, &kept, 1).await, 3);
+    // The same text prepared again works.
+    let again = client.prepare("select $1::int + 1").await.unwrap();
+    assert_eq!(int(&client, &again, 5).await, 6);
+}
+
+#[tokio::test]
+async fn deallocate_prepare_name_inside_a_transaction_forgets_the_statement() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let client = connect(&app_url(&px)).await;
+    let gone = client.prepare("select $1::int + 11").await.unwrap();
+    let kept = client.prepare("select $1::int + 12").await.unwrap();
+    assert_eq!(int(&client, &gone, 1).await, 12);
+
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("DEALLOCATE PREPARE {}", name_of(&gone)))
+        .await
+        .unwrap();
+    assert_eq!(int(&client, &kept, 1).await, 13);
+    client.batch_execute("COMMIT").await.unwrap();
+
+    assert_gone(
+        client.query(&gone, &[&1i32]).await,
+        "the deallocated statement",
+    );
+    assert_eq!(int(&client, &kept, 2).await, 14);
+}
+
+#[tokio::test]
+async fn deallocate_all_forgets_every_statement_of_the_client() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let client = connect(&app_url(&px)).await;
+    let other = connect(&app_url(&px)).await;
+    let s1 = client.prepare("select $1::int + 21").await.unwrap();
+    let s2 = client.prepare("select $1::int + 22").await.unwrap();
+    // Another client with the same text shares the server-side statement.
+    let theirs = other.prepare("select $1::int + 21").await.unwrap();
+    assert_eq!(int(&client, &s1, 0).await, 21);
+    assert_eq!(int(&client, &s2, 0).await, 22);
+
+    client.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert_gone(client.query(&s1, &[&0i32]).await, "s1 after DEALLOCATE ALL");
+    assert_gone(client.query(&s2, &[&0i32]).await, "s2 after DEALLOCATE ALL");
+    assert_eq!(int(&other, &theirs, 1).await, 22);
+    let again = client.prepare("select $1::int + 22").await.unwrap();
+    assert_eq!(int(&client, &again, 1).await, 23);
+}
+
+#[tokio::test]
+async fn deallocate_all_inside_a_transaction_leaves_other_clients_statements_working() {
+    let pg = shared_primary();
+    // One server connection: both clients' statements live on it.
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let client = connect(&app_url(&px)).await;
+    let other = connect(&app_url(&px)).await;
+    let mine = client.prepare("select $1::int * 3").await.unwrap();
+    let theirs = other.prepare("select $1::int * 3").await.unwrap();
+    let theirs_too = other.prepare("select $1::int * 4").await.unwrap();
+    assert_eq!(int(&client, &mine, 2).await, 6);
+    assert_eq!(int(&other, &theirs, 2).await, 6);
+    assert_eq!(int(&other, &theirs_too, 2).await, 8);
+
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("DEALLOCATE ALL").await.unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+
+    assert_gone(
+        client.query(&mine, &[&1i32]).await,
+        "the statement after DEALLOCATE ALL",
+    );
+    assert_eq!(int(&other, &theirs, 3).await, 9);
+    assert_eq!(int(&other, &theirs_too, 3).await, 12);
+    let again = client.prepare("select $1::int * 3").await.unwrap();
+    assert_eq!(int(&client, &again, 4).await, 12);
+}
+
+#[tokio::test]
+async fn a_refused_discard_all_inside_a_transaction_leaves_statements_working() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let client = connect(&app_url(&px)).await;
+    let other = connect(&app_url(&px)).await;
+    let theirs = other.prepare("select $1::int * 5").await.unwrap();
+    assert_eq!(int(&other, &theirs, 1).await, 5);
+
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client
+        .batch_execute("DISCARD ALL")
+        .await
+        .expect_err("DISCARD ALL cannot run inside a transaction block");
+    assert_eq!(err.code(), Some(&SqlState::ACTIVE_SQL_TRANSACTION), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+
+    // The server connection still holds the statement: preparing the same text
+    // again, or running the old one, must both work.
+    assert_eq!(int(&other, &theirs, 2).await, 10);
+    let again = client.prepare("select $1::int * 5").await.unwrap();
+    assert_eq!(int(&client, &again, 3).await, 15);
+}
+
+#[tokio::test]
+async fn discard_all_forgets_every_statement_of_the_client() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let client = connect(&app_url(&px)).await;
+    let other = connect(&app_url(&px)).await;
+    let s1 = client.prepare("select $1::int + 31").await.unwrap();
+    let s2 = client.prepare("select $1::text || 'x'").await.unwrap();
+    let theirs = other.prepare("select $1::int + 31").await.unwrap();
+    assert_eq!(int(&client, &s1, 0).await, 31);
+
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    assert_gone(client.query(&s1, &[&0i32]).await, "s1 after DISCARD ALL");
+    assert_gone(
+        client.query(&s2, &[&"a".to_string()]).await,
+        "s2 after DISCARD ALL",
+    );
+    assert_eq!(int(&other, &theirs, 1).await, 32);
+    let again = client.prepare("select $1::int + 31").await.unwrap();
+    assert_eq!(int(&client, &again, 1).await, 32);
+}
+
+#[test]
+fn pgbench_prepared_with_20_clients_on_2_connections_has_no_failures() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let url = app_url(&px);
+    let init = pgbench(
+        &[
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            &pg.url(APP_USER, APP_PASSWORD, APP_DB),
+        ],
+        &[],
+    );
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    // pgbench prepares a client's statements with a blocking PQprepare, which stalls
+    // every client of that thread: with fewer threads than clients, a client holding a
+    // server connection mid-transaction can wait on a thread blocked for a connection
+    // (a deadlock any transaction pooler gets). Multi-statement transactions therefore
+    // run one thread per client; single-statement ones hold no connection across
+    // round trips and run on 2 threads.
+    for script in [
+        &["-b", "tpcb-like", "-j", "20"][..],
+        &["-b", "select-only", "-j", "2"][..],
+    ] {
+        let mut args = vec!["-n", "-M", "prepared", "-c", "20", "-t", "50"];
+        args.extend_from_slice(script);
+        args.push(&url);
+        let out = pgbench(&args, &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "pgbench {args:?} failed:\n{stdout}\n{stderr}\n--- pgmux log ---\n{}",
+            px.log()
+        );
+        assert!(
+            stdout.contains("number of transactions actually processed: 1000/1000"),
+            "{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains("number of failed transactions: 0 "),
+            "{stdout}\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn asyncpg_statement_cache_works_with_20_connections_on_2_server_connections() {
+    let pg = shared_primary();
+    fresh_table(pg, "asyncpg_prepared");
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let stdout = run_script(
+        Command::new(python())
+            .arg(repo_file("tests/python/asyncpg_prepared.py"))
+            .arg(app_url(&px))
+            .arg(CLIENTS.to_string()),
+        "tests/python/asyncpg_prepared.py",
+        &px,
+    );
+    assert!(stdout.contains("asyncpg ok"), "{stdout}");
+    let rows = pg.sql(
+        APP_DB,
+        "select count(*), count(distinct client) from asyncpg_prepared",
+    );
+    assert_eq!(rows, format!("{}|{CLIENTS}", CLIENTS * 10));
+}
+
+#[test]
+fn psycopg3_prepared_statements_work_with_20_connections_on_2_server_connections() {
+    let pg = shared_primary();
+    fresh_table(pg, "psycopg_prepared");
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let stdout = run_script(
+        Command::new(python())
+            .arg(repo_file("tests/python/psycopg_prepared.py"))
+            .arg(app_url(&px))
+            .arg(CLIENTS.to_string()),
+        "tests/python/psycopg_prepared.py",
+        &px,
+    );
+    assert!(stdout.contains("psycopg ok"), "{stdout}");
+    let rows = pg.sql(
+        APP_DB,
+        "select count(*), count(distinct client) from psycopg_prepared",
+    );
+    assert_eq!(rows, format!("{}|{CLIENTS}", CLIENTS * 10));
+}
+
+/// The JDBC driver and a Java runtime, installed from Debian's packages when missing.
+fn jdbc() -> (PathBuf, PathBuf) {
+    let jar = PathBuf::from("/usr/share/java/postgresql.jar");
+    let has_java = Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_java || !jar.exists() {
+        let install = || {
+            support::process::run(
+                Command::new("apt-get")
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(["default-jre-headless", "libpostgresql-jdbc-java"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+                Duration::from_secs(900),
+                "apt-get install java and the JDBC driver",
+            )
+        };
+        let mut out = install();
+        if !out.status.success() {
+            // The package lists may be missing or stale.
+            support::process::run(
+                Command::new("apt-get").arg("update"),
+                Duration::from_secs(900),
+                "apt-get update",
+            );
+            out = install();
+        }
+        assert!(
+            out.status.success(),
+            "installing java and libpostgresql-jdbc-java failed (run scripts/install-deps.sh): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (PathBuf::from("java"), jar)
+}
+
+#[test]
+fn jdbc_server_prepared_statements_work_with_20_threads_on_2_server_connections() {
+    let (java, jar) = jdbc();
+    let pg = shared_primary();
+    fresh_table(pg, "jdbc_prepared");
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let jdbc_url = format!("jdbc:postgresql://127.0.0.1:{}/{APP_DB}", px.port);
+    let stdout = run_script(
+        Command::new(java)
+            .arg("-cp")
+            .arg(jar)
+            .arg(repo_file("tests/java/JdbcPrepared.java"))
+            .args([&jdbc_url, APP_USER, APP_PASSWORD])
+            .arg(CLIENTS.to_string()),
+        "tests/java/JdbcPrepared.java",
+        &px,
+    );
+    assert!(stdout.contains("jdbc ok"), "{stdout}");
+    let rows = pg.sql(
+        APP_DB,
+        "select count(*), count(distinct client) from jdbc_prepared",
+    );
+    assert_eq!(rows, format!("{}|{CLIENTS}", CLIENTS * 10));
+}
+
+/// Steers a client onto a chosen server connection of a `pool_size = 2` pool: two
+/// holder clients keep both connections in open transactions, and [`Steering::free`]
+/// commits one of them so that connection is the only one anybody can get.
+struct Steering {
+    holders: [Client; 2],
+    /// The backend pid of each of the two server connections.
+    pids: [i32; 2],
+}
+
+impl Steering {
+    async fn new(url: &str) -> Steering {
+        let holders = [connect(url).await, connect(url).await];
+        let mut pids = [0; 2];
+        for (h, pid) in holders.iter().zip(pids.iter_mut()) {
+            h.batch_execute("BEGIN").await.unwrap();
+            *pid = h
+                .query_one("select pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+        }
+        assert_ne!(pids[0], pids[1], "the holders share a server connection");
+        Steering { holders, pids }
+    }
+
+    /// Makes connection `i` the only free one.
+    async fn free(&self, i: usize) {
+        self.holders[i].batch_execute("COMMIT").await.unwrap();
+    }
+
+    /// Takes connection `i` back (the only one its holder can get).
+    async fn retake(&self, i: usize) {
+        self.holders[i].batch_execute("BEGIN").await.unwrap();
+        let pid: i32 = self.holders[i]
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pid, self.pids[i], "holder {i} got another connection");
+    }
+}
+
+/// A minimal blocking Postgres client speaking the extended protocol directly, for
+/// tests that need to choose statement names (drivers pick their own).
+mod wire {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    use super::{APP_DB, APP_PASSWORD, APP_USER};
+
+    pub struct Wire {
+        stream: TcpStream,
+    }
+
+    /// What came back for one Sync or simple Query.
+    #[derive(Debug, Default)]
+    pub struct Reply {
+        /// The first column of each row, as text.
+        pub values: Vec<String>,
+        /// SQLSTATE and message of an ErrorResponse.
+        pub error: Option<(String, String)>,
+    }
+
+    fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+        out.push(tag);
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+
+    fn cstr(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+
+    impl Wire {
+        /// Connects to pgmux on `port` as the app user (SCRAM-SHA-256).
+        pub fn connect(port: u16) -> Wire {
+            let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to pgmux");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            let mut wire = Wire { stream };
+            let mut body = 196608i32.to_be_bytes().to_vec();
+            for s in ["user", APP_USER, "database", APP_DB] {
+                cstr(&mut body, s);
+            }
+            body.push(0);
+            let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+            out.extend_from_slice(&body);
+            wire.send(&out);
+
+            let mut scram = None;
+            loop {
+                let (tag, body) = wire.read_message();
+                match tag {
+                    b'R' => {
+                        let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+                        let data = &body[4..];
+                        match code {
+                            0 => {}
+                            10 => {
+                                let s = ScramSha256::new(
+                                    APP_PASSWORD.as_bytes(),
+                                    ChannelBinding::unsupported(),
+                                );
+                                let mut b = Vec::new();
+                                cstr(&mut b, "SCRAM-SHA-256");
+                                b.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
+                                b.extend_from_slice(s.message());
+                                let mut out = Vec::new();
+                                message(&mut out, b'p', &b);
+                                wire.send(&out);
+                                scram = Some(s);
+                            }
+                            11 => {
+                                let s = scram.as_mut().expect("SASL started");
+                                s.update(data).expect("SCRAM server-first");
+                                let mut out = Vec::new();
+                                message(&mut out, b'p', s.message());
+                                wire.send(&out);
+                            }
+                            12 => {
+                                scram
+                                    .take()
+                                    .expect("SASL started")
+                                    .finish(data)
+                                    .expect("SCRAM server-final");
+                            }
+                            other => panic!("unexpected authentication request {other}"),
+                        }
+                    }
+                    b'E' => panic!("login failed: {:?}", error_fields(&body)),
+                    b'Z' => return wire,
+                    _ => {}
+                }
+            }
+        }
+
+        fn send(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).expect("write to pgmux");
+        }
+
+        fn read_message(&mut self) -> (u8, Vec<u8>) {
+            let mut head = [0u8; 5];
+            self.stream.read_exact(&mut head).expect("read from pgmux");
+            let len = i32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+            let mut body = vec![0u8; len - 4];
+            self.stream.read_exact(&mut body).expect("read from pgmux");
+            (head[0], body)
+        }
+
+        /// Reads replies up to and including ReadyForQuery.
+        pub fn until_ready(&mut self) -> Reply {
+            let mut reply = Reply::default();
+            loop {
+                let (tag, body) = self.read_message();
+                match tag {
+                    b'D' => {
+                        let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                        let value = if len < 0 {
+                            "NULL".to_string()
+                        } else {
+                            String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
+                        };
+                        reply.values.push(value);
+                    }
+                    b'E' => reply.error = Some(error_fields(&body)),
+                    b'Z' => return reply,
+                    _ => {}
+                }
+            }
+        }
+
+        /// Parse + Sync; panics on an error.
+        pub fn prepare(&mut self, name: &str, sql: &str) {
+            let mut body = Vec::new();
+            cstr(&mut body, name);
+            cstr(&mut body, sql);
+            body.extend_from_slice(&0i16.to_be_bytes());
+            let mut out = Vec::new();
+            message(&mut out, b'P', &body);
+            message(&mut out, b'S', &[]);
+            self.send(&out);
+            let reply = self.until_ready();
+            assert!(reply.error.is_none(), "Parse {name}: {:?}", reply.error);
+        }
+
+        /// Bind (text parameters) + Execute + Sync of statement `name`.
+        pub fn try_execute(&mut self, name: &str, params: &[&str]) -> Reply {
+            let mut body = Vec::new();
+            cstr(&mut body, "");
+            cstr(&mut body, name);
+            body.extend_from_slice(&0i16.to_be_bytes());
+            body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+            for p in params {
+                body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+                body.extend_from_slice(p.as_bytes());
+            }
+            body.extend_from_slice(&0i16.to_be_bytes());
+            let mut out = Vec::new();
+            message(&mut out, b'B', &body);
+            let mut exec = Vec::new();
+            cstr(&mut exec, "");
+            exec.extend_from_slice(&0i32.to_be_bytes());
+            message(&mut out, b'E', &exec);
+            message(&mut out, b'S', &[]);
+            self.send(&out);
+            self.until_ready()
+        }
+
+        /// [`Wire::try_execute`], panicking on an error; the first column of each row.
+        pub fn execute(&mut self, name: &str, params: &[&str]) -> Vec<String> {
+            let reply = self.try_execute(name, params);
+            assert!(reply.error.is_none(), "Execute {name}: {:?}", reply.error);
+            reply.values
+        }
+
+        /// Close (statement) + Sync.
+        pub fn close_statement(&mut self, name: &str) {
+            let mut body = vec![b'S'];
+            cstr(&mut body, name);
+            let mut out = Vec::new();
+            message(&mut out, b'C', &body);
+            message(&mut out, b'S', &[]);
+            self.send(&out);
+            let reply = self.until_ready();
+            assert!(reply.error.is_none(), "Close {name}: {:?}", reply.error);
+        }
+
+        /// A simple Query; panics on an error.
+        pub fn simple(&mut self, sql: &str) -> Vec<String> {
+            let mut body = Vec::new();
+            cstr(&mut body, sql);
+            let mut out = Vec::new();
+            message(&mut out, b'Q', &body);
+            self.send(&out);
+            let reply = self.until_ready();
+            assert!(reply.error.is_none(), "{sql}: {:?}", reply.error);
+            reply.values
+        }
+    }
+
+    fn error_fields(body: &[u8]) -> (String, String) {
+        let (mut code, mut text) = (String::new(), String::new());
+        for field in body.split(|&b| b == 0) {
+            match field.first() {
+                Some(b'C') => code = String::from_utf8_lossy(&field[1..]).into_owned(),
+                Some(b'M') => text = String::from_utf8_lossy(&field[1..]).into_owned(),
+                _ => {}
+            }
+        }
+        (code, text)
+    }
+}
