@@ -82,8 +82,14 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             pgmux::observe::init_logging(cfg.proxy.log_format);
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if cfg.proxy.workers > 0 {
+            // One worker is a single-threaded event loop: no work stealing, so no
+            // cross-thread wake-ups. More workers share the clients by work stealing.
+            let mut rt = if cfg.proxy.workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+            };
+            if cfg.proxy.workers > 1 {
                 rt.worker_threads(cfg.proxy.workers);
             }
             let rt = match rt.enable_all().build() {

@@ -402,8 +402,6 @@ async fn set_in_a_rolled_back_transaction_neither_sticks_nor_leaks() {
 }
 
 #[tokio::test]
-#[ignore = "pgmux forgets every SET of a transaction that saw an error, even when a \
-            savepoint recovered it and it committed (see the report on issue point 7)"]
 async fn set_before_a_savepoint_that_recovered_from_an_error_sticks() {
     let px = pgmux_with_pool(2);
     let url = app_url(&px);

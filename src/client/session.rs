@@ -96,7 +96,8 @@ pub struct Session {
     pending_sets: Vec<(u64, SetOp)>,
     /// A transaction that changed settings failed: what the server holds is unknown.
     settings_uncertain: bool,
-    txn_failed: bool,
+    /// How the transaction carrying `pending_sets` is ending, from its replies.
+    outcome: Outcome,
     stmts: HashMap<Bytes, Arc<Statement>>,
 
     sent_units: u64,
@@ -114,6 +115,62 @@ pub struct Session {
     discard_until_sync: bool,
     unit_started: Option<Instant>,
     timeout_cancel_sent: bool,
+}
+
+/// The last transaction-ending command tag seen before ReadyForQuery.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum LastTag {
+    #[default]
+    Other,
+    Commit,
+    Rollback,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcome {
+    error: bool,
+    last: LastTag,
+    /// Statements ran after a COMMIT within one reply stream (a multi-statement
+    /// Query): which changes survived cannot be told from the tags alone.
+    ambiguous: bool,
+}
+
+impl Outcome {
+    fn saw_tag(&mut self, tag: &[u8]) {
+        let next = match tag {
+            b"COMMIT" => LastTag::Commit,
+            // Also the tag of ROLLBACK TO SAVEPOINT, which does not end the
+            // transaction: only the last tag before ReadyForQuery decides.
+            b"ROLLBACK" => LastTag::Rollback,
+            _ => LastTag::Other,
+        };
+        if self.last == LastTag::Commit {
+            self.ambiguous = true;
+        }
+        self.last = next;
+    }
+}
+
+/// Drops the changes a `ROLLBACK TO` undid; `None` when a savepoint is unknown.
+fn replay_savepoints(ops: Vec<SetOp>) -> Option<Vec<SetOp>> {
+    let mut kept = Vec::with_capacity(ops.len());
+    let mut marks: Vec<(String, usize)> = Vec::new();
+    for op in ops {
+        match op {
+            SetOp::Savepoint(name) => marks.push((name, kept.len())),
+            SetOp::Release(name) => {
+                let i = marks.iter().rposition(|(m, _)| *m == name)?;
+                marks.truncate(i);
+            }
+            SetOp::RollbackTo(name) => {
+                let i = marks.iter().rposition(|(m, _)| *m == name)?;
+                kept.truncate(marks[i].1);
+                marks.truncate(i + 1);
+            }
+            op => kept.push(op),
+        }
+    }
+    Some(kept)
 }
 
 enum Event {
@@ -151,7 +208,7 @@ impl Session {
             startup,
             pending_sets: Vec::new(),
             settings_uncertain: false,
-            txn_failed: false,
+            outcome: Outcome::default(),
             stmts: HashMap::new(),
             sent_units: 0,
             recv_units: 0,
@@ -897,7 +954,9 @@ impl Session {
                 }
             }
             be::ERROR_RESPONSE => {
-                self.txn_failed = true;
+                if !self.pending_sets.is_empty() {
+                    self.outcome.error = true;
+                }
                 if self.copy_in && self.unit_kinds.is_empty() {
                     // An extended-protocol COPY FROM STDIN failed: the server has left
                     // COPY mode and now discards messages up to the client's next Sync,
@@ -922,10 +981,9 @@ impl Session {
                     conn.settings.set_reported(&k, &v);
                 }
             }
-            be::COMMAND_COMPLETE
-                if !self.pending_sets.is_empty() && msg::command_tag(body) == Some(b"ROLLBACK") =>
-            {
-                self.txn_failed = true;
+            be::COMMAND_COMPLETE if !self.pending_sets.is_empty() => {
+                self.outcome
+                    .saw_tag(msg::command_tag(body).unwrap_or_default());
             }
             be::COPY_IN_RESPONSE => {
                 self.copy_in = true;
@@ -942,8 +1000,12 @@ impl Session {
         false
     }
 
-    /// Applies or discards the settings changes of a transaction that just ended.
+    /// Applies or discards the settings changes of a transaction that just ended:
+    /// applied when it committed (minus what a `ROLLBACK TO` undid), discarded when it
+    /// rolled back — the server has reverted them too. Only when the replies cannot
+    /// tell is the connection reset before reuse.
     fn end_of_transaction(&mut self, conn: &mut ServerConn) {
+        let outcome = std::mem::take(&mut self.outcome);
         // Changes sent in units still in flight belong to a later transaction.
         let done = self
             .pending_sets
@@ -951,16 +1013,36 @@ impl Session {
             .take_while(|(unit, _)| *unit <= self.recv_units)
             .count();
         if done == 0 {
-            self.txn_failed = false;
             return;
         }
         let ops: Vec<SetOp> = self.pending_sets.drain(..done).map(|(_, op)| op).collect();
-        if self.txn_failed {
-            self.txn_failed = false;
-            self.settings_uncertain = true;
+        let changes = ops.iter().any(|op| {
+            matches!(
+                op,
+                SetOp::Set { .. } | SetOp::Reset { .. } | SetOp::ResetAll
+            )
+        });
+        if !changes {
             return;
         }
-        for op in ops {
+        let committed = match outcome.last {
+            LastTag::Commit => true,
+            LastTag::Rollback => false,
+            LastTag::Other => !outcome.error,
+        };
+        let kept = if outcome.ambiguous {
+            None
+        } else {
+            replay_savepoints(ops)
+        };
+        let Some(kept) = kept else {
+            self.settings_uncertain = true;
+            return;
+        };
+        if !committed {
+            return;
+        }
+        for op in kept {
             match op {
                 SetOp::Set { name, statement } => {
                     self.settings.set(&name, &statement);
@@ -980,6 +1062,7 @@ impl Session {
                     self.settings = self.startup.clone();
                     conn.settings.clear();
                 }
+                SetOp::Savepoint(_) | SetOp::Release(_) | SetOp::RollbackTo(_) => {}
             }
         }
     }
@@ -1136,4 +1219,53 @@ pub(crate) async fn write_all(stream: &mut MaybeTls, data: &[u8]) -> std::io::Re
         stream.flush().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str) -> SetOp {
+        SetOp::Set {
+            name: name.into(),
+            statement: format!("SET {name} TO 1"),
+        }
+    }
+
+    #[test]
+    fn rollback_to_drops_only_the_changes_after_its_savepoint() {
+        let ops = vec![
+            set("a"),
+            SetOp::Savepoint("s".into()),
+            set("b"),
+            SetOp::RollbackTo("s".into()),
+            set("c"),
+        ];
+        assert_eq!(replay_savepoints(ops), Some(vec![set("a"), set("c")]));
+    }
+
+    #[test]
+    fn released_savepoints_keep_their_changes_and_unknown_ones_are_uncertain() {
+        let ops = vec![
+            SetOp::Savepoint("s".into()),
+            set("b"),
+            SetOp::Release("s".into()),
+        ];
+        assert_eq!(replay_savepoints(ops), Some(vec![set("b")]));
+        assert_eq!(
+            replay_savepoints(vec![set("a"), SetOp::RollbackTo("x".into())]),
+            None
+        );
+    }
+
+    #[test]
+    fn the_last_tag_decides_and_statements_after_a_commit_are_ambiguous() {
+        let mut o = Outcome::default();
+        o.saw_tag(b"ROLLBACK");
+        o.saw_tag(b"COMMIT");
+        assert_eq!(o.last, LastTag::Commit);
+        assert!(!o.ambiguous);
+        o.saw_tag(b"SELECT 1");
+        assert!(o.ambiguous);
+    }
 }

@@ -45,6 +45,10 @@ pub enum SetOp {
         name: String,
     },
     ResetAll,
+    /// Savepoint markers: a `ROLLBACK TO` undoes the changes made since its savepoint.
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +150,31 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
             }),
             Some(w) => fx.sets.push(SetOp::Reset { name: w.lower() }),
             None => {}
+        }
+    } else if first.is("savepoint") {
+        if let Some(n) = words.next() {
+            fx.sets.push(SetOp::Savepoint(Word(n).name()));
+        }
+    } else if first.is("release") {
+        let mut n = words.next();
+        if n.is_some_and(|w| Word(w).is("savepoint")) {
+            n = words.next();
+        }
+        if let Some(n) = n {
+            fx.sets.push(SetOp::Release(Word(n).name()));
+        }
+    } else if first.is("rollback") {
+        // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name; a plain ROLLBACK ends
+        // the transaction and is seen in its reply instead.
+        let rest: Vec<&[u8]> = words.collect();
+        if let Some(to) = rest.iter().position(|w| Word(w).is("to")) {
+            let mut i = to + 1;
+            if rest.get(i).is_some_and(|w| Word(w).is("savepoint")) {
+                i += 1;
+            }
+            if let Some(n) = rest.get(i) {
+                fx.sets.push(SetOp::RollbackTo(Word(n).name()));
+            }
         }
     } else if first.is("discard") {
         if words.next().is_some_and(|w| Word(w).is("all")) {
@@ -521,6 +550,28 @@ mod tests {
                 name: "work_mem".into()
             }]
         );
+    }
+
+    #[test]
+    fn savepoint_markers() {
+        assert_eq!(
+            analyze(b"SAVEPOINT a").sets,
+            vec![SetOp::Savepoint("a".into())]
+        );
+        assert_eq!(
+            analyze(b"release savepoint A").sets,
+            vec![SetOp::Release("a".into())]
+        );
+        assert_eq!(analyze(b"RELEASE a").sets, vec![SetOp::Release("a".into())]);
+        assert_eq!(
+            analyze(b"ROLLBACK TO SAVEPOINT a").sets,
+            vec![SetOp::RollbackTo("a".into())]
+        );
+        assert_eq!(
+            analyze(b"rollback work to a").sets,
+            vec![SetOp::RollbackTo("a".into())]
+        );
+        assert!(analyze(b"ROLLBACK").sets.is_empty());
     }
 
     #[test]
