@@ -1,0 +1,155 @@
+//! Server → client: forwarding replies, hiding the ones pgmux caused, and keeping
+//! count of units, transaction status, COPY and prepared statements.
+
+use std::time::Instant;
+
+use bytes::BufMut;
+
+use crate::protocol::build::{self};
+use crate::protocol::{be, complete_frame, msg, TxStatus};
+use crate::server::ServerConn;
+
+use super::io::write_all;
+use super::{End, Session};
+
+impl Session {
+    pub(super) async fn on_server_input(&mut self) -> Result<(), End> {
+        let mut co = self.server.take().expect("server input without a server");
+        let conn = co.conn();
+        let mut rbuf = std::mem::take(&mut conn.rbuf);
+        let mut pos = 0;
+        let mut forward_from = 0;
+        let mut rewritten = false;
+        while let Ok(Some((tag, len))) = complete_frame(&rbuf[pos..], usize::MAX) {
+            let swallow = self.on_server_message(conn, tag, &rbuf[pos + 5..pos + len]);
+            if swallow {
+                self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+                forward_from = pos + len;
+                rewritten = true;
+            }
+            pos += len;
+        }
+        if let Ok(Some((_, total))) = crate::protocol::peek_header(&rbuf[pos..], usize::MAX) {
+            rbuf.reserve(total.saturating_sub(rbuf.len() - pos));
+        }
+        let result = if rewritten {
+            self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+            let _ = rbuf.split_to(pos);
+            let r = write_all(&mut self.client, &self.cwbuf).await;
+            self.cwbuf.clear();
+            r
+        } else if pos > 0 {
+            let chunk = rbuf.split_to(pos);
+            write_all(&mut self.client, &chunk).await
+        } else {
+            Ok(())
+        };
+        co.conn().rbuf = rbuf;
+        self.server = Some(co);
+        result?;
+        self.release_if_done().await
+    }
+
+    /// Updates the session's view of the server from one reply; true to hide it.
+    pub(super) fn on_server_message(
+        &mut self,
+        conn: &mut ServerConn,
+        tag: u8,
+        body: &[u8],
+    ) -> bool {
+        if self.hidden_units > 0 {
+            match tag {
+                be::READY_FOR_QUERY => self.hidden_units -= 1,
+                be::ERROR_RESPONSE => {
+                    let f = msg::ErrorFields::parse(body);
+                    let text = f.message_lossy();
+                    tracing::warn!(database = %self.database, error = %text, "re-applying the client's settings failed");
+                    // Postgres would have refused such a setting at login; the client
+                    // should at least hear of it.
+                    build::notice(
+                        &mut self.cwbuf,
+                        &format!("pgmux could not apply this session's settings on a server connection: {text}"),
+                    );
+                    self.settings_uncertain = true;
+                }
+                _ => {}
+            }
+            return true;
+        }
+        match tag {
+            be::READY_FOR_QUERY => {
+                // Never more answers than units sent, whatever a server does.
+                self.recv_units = (self.recv_units + 1).min(self.sent_units);
+                self.unit_kinds.pop_front();
+                if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
+                    self.tx = s;
+                }
+                while self
+                    .fixups
+                    .front()
+                    .is_some_and(|f| f.unit < self.recv_units)
+                {
+                    let f = self.fixups.pop_front().expect("checked");
+                    if let Some(id) = f.parsed {
+                        // Skipped after an error: the server never prepared it.
+                        conn.prepared.remove(id);
+                    }
+                }
+                if self.copy_in && self.unit_kinds.is_empty() {
+                    self.copy_in = false;
+                }
+                if self.tx == TxStatus::Idle {
+                    self.end_of_transaction(conn);
+                }
+                if self.in_flight() > 0 {
+                    self.unit_started = Some(Instant::now());
+                    self.timeout_cancel_sent = false;
+                }
+            }
+            be::ERROR_RESPONSE => {
+                if !self.pending_sets.is_empty() {
+                    self.outcome.error = true;
+                }
+                if self.copy_in && self.unit_kinds.is_empty() {
+                    // An extended-protocol COPY FROM STDIN failed: the server has left
+                    // COPY mode and now discards messages up to the client's next Sync,
+                    // which it answers with ReadyForQuery (Postgres docs, "COPY
+                    // Operations"). That Sync must count, CopyDone or not.
+                    self.copy_in = false;
+                    self.unsynced = true;
+                }
+            }
+            be::PARSE_COMPLETE | be::CLOSE_COMPLETE => {
+                if let Some(f) = self.fixups.pop_front() {
+                    if f.tag != tag {
+                        tracing::warn!(expected = %(f.tag as char), got = %(tag as char), "reply order out of step");
+                    }
+                    return f.swallow;
+                }
+            }
+            be::PARAMETER_STATUS => {
+                if let Some((k, v)) = msg::parameter_status(body) {
+                    let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+                    self.settings.set_reported(&k, &v);
+                    conn.settings.set_reported(&k, &v);
+                }
+            }
+            be::COMMAND_COMPLETE if !self.pending_sets.is_empty() => {
+                self.outcome
+                    .saw_tag(msg::command_tag(body).unwrap_or_default());
+            }
+            be::COPY_IN_RESPONSE => {
+                self.copy_in = true;
+                if self.unit_kinds.front() != Some(&b'Q') {
+                    // Extended protocol: Postgres ignores Syncs during COPY FROM STDIN,
+                    // so none of those already sent will be answered.
+                    self.sent_units = self.recv_units;
+                    self.unit_kinds.clear();
+                    self.unsynced = true;
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+}

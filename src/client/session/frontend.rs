@@ -1,0 +1,489 @@
+//! Client → server: what each frontend message needs (a server, a rename, a local
+//! answer), and checking out a server connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes};
+
+use super::sql::{self, Deallocate, PinReason, SetOp};
+use crate::config::PoolMode;
+use crate::pool::PoolError;
+use crate::protocol::build::{self, PgError};
+use crate::protocol::{complete_frame, fe, msg, FrameError, SqlState, TxStatus};
+use crate::server::prepared::Statement;
+
+use super::io::{write_all, write_to_server};
+use super::{End, Fixup, Session};
+
+impl Session {
+    pub(super) async fn on_client_input(&mut self) -> Result<(), End> {
+        loop {
+            let (tag, len) = match complete_frame(&self.crbuf, self.limits.max_message_size) {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    if let Ok(Some((_, total))) =
+                        crate::protocol::peek_header(&self.crbuf, self.limits.max_message_size)
+                    {
+                        self.crbuf.reserve(total - self.crbuf.len());
+                    }
+                    break;
+                }
+                Err(e) => return self.protocol_violation(e).await,
+            };
+            let frame = self.crbuf.split_to(len).freeze();
+            if tag == fe::TERMINATE {
+                self.flush().await?;
+                return Err(End::ClientLeft);
+            }
+            self.on_client_message(tag, frame).await?;
+        }
+        self.flush().await?;
+        self.release_if_done().await
+    }
+
+    pub(super) async fn protocol_violation(&mut self, e: FrameError) -> Result<(), End> {
+        let text = match e {
+            FrameError::TooLarge { len, max } => format!(
+                "message of {len} bytes is larger than max_message_size ({max} bytes); the connection is closed"
+            ),
+            FrameError::BadLength { len } => format!("invalid message length {len}; the connection is closed"),
+        };
+        self.fatal(
+            PgError::fatal(SqlState::PROTOCOL_VIOLATION, text).with_hint(
+                "send valid protocol messages, or raise [proxy].max_message_size for larger ones",
+            ),
+        )
+        .await
+    }
+
+    pub(super) async fn malformed(&mut self, what: &str) -> Result<(), End> {
+        self.fatal(PgError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("malformed {what} message; the connection is closed"),
+        ))
+        .await
+    }
+
+    pub(super) async fn on_client_message(&mut self, tag: u8, frame: Bytes) -> Result<(), End> {
+        if self.discard_until_sync {
+            if tag == fe::SYNC {
+                self.discard_until_sync = false;
+                build::ready_for_query(&mut self.cwbuf, self.tx);
+            }
+            return Ok(());
+        }
+        let body = &frame[5..];
+        match tag {
+            fe::QUERY => {
+                let Some(text) = msg::query_text(body) else {
+                    return self.malformed("Query").await;
+                };
+                let fx = sql::analyze(text);
+                if !fx.is_empty() && self.renames() && self.answer_locally(&fx, text).await? {
+                    return Ok(());
+                }
+                if !self.ensure_server(tag).await? {
+                    return Ok(());
+                }
+                self.apply_effects(fx);
+                self.swbuf.put_slice(&frame);
+                self.unit_sent(b'Q');
+            }
+            fe::PARSE => {
+                let Some(p) = msg::Parse::decode(body) else {
+                    return self.malformed("Parse").await;
+                };
+                let fx = sql::analyze(p.query);
+                let named = (!p.name.is_empty() && self.renames()).then(|| {
+                    (
+                        Bytes::copy_from_slice(p.name),
+                        Arc::new(Statement::new(p.rest)),
+                    )
+                });
+                if !self.ensure_server(tag).await? {
+                    return Ok(());
+                }
+                self.apply_effects(fx);
+                match named {
+                    None => {
+                        self.swbuf.put_slice(&frame);
+                        self.expect(b'1', false, None);
+                    }
+                    Some((name, stmt)) => {
+                        self.stmts.insert(name, stmt.clone());
+                        let conn = self.server.as_mut().expect("ensured").conn();
+                        if !conn.prepared.touch(stmt.id) {
+                            if let Some(victim) = conn.prepared.insert(&stmt) {
+                                build::close_statement(&mut self.swbuf, &victim);
+                                self.expect(b'3', true, None);
+                            }
+                        }
+                        // Re-prepare even when the server has it, so the client gets a
+                        // ParseComplete (or an error) from the server itself.
+                        self.close_and_parse(&stmt, false);
+                    }
+                }
+                self.unsynced = true;
+            }
+            fe::BIND => {
+                let Some(b) = msg::Bind::decode(body) else {
+                    return self.malformed("Bind").await;
+                };
+                let stmt = self
+                    .renames()
+                    .then(|| self.stmts.get(b.statement).cloned())
+                    .flatten();
+                if !self.ensure_server(tag).await? {
+                    return Ok(());
+                }
+                match stmt {
+                    Some(stmt) => {
+                        self.ensure_prepared(&stmt);
+                        let (portal, rest) = (b.portal, b.rest);
+                        build::message(&mut self.swbuf, fe::BIND, |o| {
+                            build::put_cstr(o, portal);
+                            build::put_cstr(o, &stmt.server_name);
+                            o.put_slice(rest);
+                        });
+                    }
+                    None => self.swbuf.put_slice(&frame),
+                }
+                self.unsynced = true;
+            }
+            fe::DESCRIBE | fe::CLOSE => {
+                let Some(t) = msg::Target::decode(body) else {
+                    return self
+                        .malformed(if tag == fe::CLOSE {
+                            "Close"
+                        } else {
+                            "Describe"
+                        })
+                        .await;
+                };
+                if tag == fe::CLOSE && self.server.is_none() && self.renames() {
+                    // Between transactions no server holds anything of this client's:
+                    // its statements are pgmux's to forget and portals are gone.
+                    // Nothing is in flight, so the reply cannot overtake another.
+                    if t.kind == b'S' {
+                        self.stmts.remove(t.name);
+                    }
+                    build::close_complete(&mut self.cwbuf);
+                    return Ok(());
+                }
+                let known = (t.kind == b'S' && !t.name.is_empty() && self.renames())
+                    .then(|| self.stmts.get(t.name).cloned())
+                    .flatten();
+                if !self.ensure_server(tag).await? {
+                    return Ok(());
+                }
+                match (tag, known) {
+                    (fe::DESCRIBE, Some(stmt)) => {
+                        self.ensure_prepared(&stmt);
+                        build::message(&mut self.swbuf, fe::DESCRIBE, |o| {
+                            o.put_u8(b'S');
+                            build::put_cstr(o, &stmt.server_name);
+                        });
+                    }
+                    (fe::CLOSE, Some(_)) => {
+                        // The statement stays prepared on the server for reuse; the
+                        // client gets its CloseComplete from closing a name nobody uses.
+                        self.stmts.remove(t.name);
+                        build::close_statement(&mut self.swbuf, b"pgmux_none");
+                        self.expect(b'3', false, None);
+                    }
+                    (fe::CLOSE, None) => {
+                        self.swbuf.put_slice(&frame);
+                        self.expect(b'3', false, None);
+                    }
+                    _ => self.swbuf.put_slice(&frame),
+                }
+                self.unsynced = true;
+            }
+            fe::EXECUTE => {
+                if !self.ensure_server(tag).await? {
+                    return Ok(());
+                }
+                self.swbuf.put_slice(&frame);
+                self.unsynced = true;
+            }
+            fe::FLUSH => {
+                if self.server.is_some() {
+                    self.swbuf.put_slice(&frame);
+                }
+            }
+            fe::SYNC => {
+                if self.server.is_none() {
+                    self.unsynced = false;
+                    build::ready_for_query(&mut self.cwbuf, self.tx);
+                    return Ok(());
+                }
+                self.swbuf.put_slice(&frame);
+                self.unsynced = false;
+                if !self.copy_in {
+                    self.unit_sent(b'S');
+                }
+            }
+            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
+                // Without a server these are the tail of a COPY the server already
+                // ended with an error; Postgres ignores them too.
+                if self.server.is_some() {
+                    self.swbuf.put_slice(&frame);
+                    if tag != fe::COPY_DATA && self.copy_in {
+                        self.copy_in = false;
+                        if self.unit_kinds.is_empty() {
+                            // Extended-protocol COPY: the client's next Sync ends it.
+                            self.unsynced = true;
+                        }
+                    }
+                }
+            }
+            fe::FUNCTION_CALL => {
+                if !self.ensure_server(tag).await? {
+                    return Ok(());
+                }
+                self.swbuf.put_slice(&frame);
+                self.unit_sent(b'F');
+            }
+            _ => {
+                return self
+                    .fatal(PgError::fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!(
+                            "invalid frontend message type {:?}; the connection is closed",
+                            tag as char
+                        ),
+                    ))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// In transaction mode a client's named statements live under pgmux's names on
+    /// whichever connections it uses; in session mode the connection is the client's
+    /// own and everything passes through as sent.
+    pub(super) fn renames(&self) -> bool {
+        self.limits.pool_mode == PoolMode::Transaction
+    }
+
+    pub(super) fn unit_sent(&mut self, kind: u8) {
+        if self.in_flight() == 0 {
+            self.unit_started = Some(Instant::now());
+            self.timeout_cancel_sent = false;
+        }
+        self.sent_units += 1;
+        self.unit_kinds.push_back(kind);
+    }
+
+    pub(super) fn expect(&mut self, tag: u8, swallow: bool, parsed: Option<u128>) {
+        self.fixups.push_back(Fixup {
+            unit: self.sent_units,
+            tag,
+            swallow,
+            parsed,
+        });
+    }
+
+    /// Prepares `stmt` on the held server connection if it is not there yet.
+    pub(super) fn ensure_prepared(&mut self, stmt: &Statement) {
+        let conn = self.server.as_mut().expect("ensured").conn();
+        if conn.prepared.touch(stmt.id) {
+            return;
+        }
+        if let Some(victim) = conn.prepared.insert(stmt) {
+            build::close_statement(&mut self.swbuf, &victim);
+            self.expect(b'3', true, None);
+        }
+        self.close_and_parse(stmt, true);
+    }
+
+    /// Close, then Parse, `stmt` under its server name. The Close makes the Parse safe
+    /// when the server still holds the name though pgmux no longer counts it (after a
+    /// `DEALLOCATE ALL` or `DISCARD ALL` that failed); closing a name the server does not
+    /// have is no error (Postgres docs, "Extended Query").
+    pub(super) fn close_and_parse(&mut self, stmt: &Statement, swallow_parse: bool) {
+        build::close_statement(&mut self.swbuf, &stmt.server_name);
+        self.expect(b'3', true, None);
+        build::parse_with_rest(&mut self.swbuf, &stmt.server_name, &stmt.parse_rest);
+        self.expect(b'1', swallow_parse, Some(stmt.id));
+    }
+
+    pub(super) fn pin(&mut self, reason: PinReason) {
+        if self.pinned.is_none() {
+            tracing::debug!(database = %self.database, reason = reason.as_str(), "client pinned to its server connection");
+            self.pinned = Some(reason);
+            self.shared.pinned_changed(&self.database, 1);
+        }
+    }
+
+    pub(super) fn apply_effects(&mut self, fx: sql::Effects) {
+        if let Some(reason) = fx.pin {
+            self.pin(reason);
+        }
+        // Called before the message's unit is counted as sent: it is the next one.
+        let unit = self.sent_units + 1;
+        self.pending_sets
+            .extend(fx.sets.into_iter().map(|op| (unit, op)));
+        for d in fx.deallocate {
+            match d {
+                Deallocate::All => {
+                    self.stmts.clear();
+                    if let Some(s) = self.server.as_mut() {
+                        // The server drops every prepared statement of the connection,
+                        // also those other clients share.
+                        s.conn().prepared.clear();
+                    }
+                }
+                Deallocate::Name(n) => {
+                    self.stmts.remove(n.as_bytes());
+                }
+            }
+        }
+        if fx.discard_all {
+            self.stmts.clear();
+            self.pending_sets.push((unit, SetOp::ResetAll));
+            if let Some(s) = self.server.as_mut() {
+                // DISCARD ALL drops every prepared statement of the connection.
+                s.conn().prepared.clear();
+            }
+        }
+    }
+
+    /// `DEALLOCATE` of the client's own protocol-level statements and `DISCARD ALL`
+    /// outside a transaction are answered by pgmux: the server connection the client
+    /// will get next holds nothing of them anyway. `DEALLOCATE name` of a protocol-level
+    /// statement is answered by pgmux inside a transaction too (when nothing else is in
+    /// flight): the server knows that statement under another name, and would refuse.
+    pub(super) async fn answer_locally(
+        &mut self,
+        fx: &sql::Effects,
+        text: &[u8],
+    ) -> Result<bool, End> {
+        let single = !text.contains(&b';')
+            || text.iter().rposition(|&b| b == b';').is_some_and(|i| {
+                text[i + 1..].iter().all(u8::is_ascii_whitespace) && !text[..i].contains(&b';')
+            });
+        if !single || fx.pin.is_some() {
+            return Ok(false);
+        }
+        if self.server.is_some() {
+            let quiet = self.in_flight() == 0 && !self.unsynced && self.tx != TxStatus::Failed;
+            let own = match fx.deallocate.as_slice() {
+                [Deallocate::Name(n)] => !fx.discard_all && self.stmts.contains_key(n.as_bytes()),
+                _ => false,
+            };
+            if !quiet || !own {
+                return Ok(false);
+            }
+        }
+        let tag = if fx.discard_all {
+            self.stmts.clear();
+            self.settings = self.startup.clone();
+            "DISCARD ALL"
+        } else if let [d] = fx.deallocate.as_slice() {
+            match d {
+                Deallocate::All => {
+                    self.stmts.clear();
+                    "DEALLOCATE ALL"
+                }
+                Deallocate::Name(n) => {
+                    if self.stmts.remove(n.as_bytes()).is_none() {
+                        return Ok(false);
+                    }
+                    "DEALLOCATE"
+                }
+            }
+        } else {
+            return Ok(false);
+        };
+        build::command_complete(&mut self.cwbuf, tag);
+        build::ready_for_query(&mut self.cwbuf, self.tx);
+        Ok(true)
+    }
+
+    /// Reloaded timeouts and limits reach connected clients too: each transaction
+    /// starts with the current ones (the pool mode stays what the client logged in
+    /// with).
+    pub(super) fn refresh_limits(&mut self) {
+        let cfg = self.shared.config();
+        let proxy = &cfg.proxy;
+        self.limits.max_message_size = proxy.max_message_size;
+        self.limits.query_wait_timeout = proxy.query_wait_timeout;
+        self.limits.query_timeout = proxy.query_timeout;
+        self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout;
+    }
+
+    /// Makes sure a server connection is held; on failure the client has been told and
+    /// the rest of its unit will be dropped. Returns whether a server is held.
+    pub(super) async fn ensure_server(&mut self, tag: u8) -> Result<bool, End> {
+        if self.server.is_some() {
+            return Ok(true);
+        }
+        self.refresh_limits();
+        // Anything the client was already sent must go before a possible wait.
+        self.flush().await?;
+        match self.pool.checkout(self.limits.query_wait_timeout).await {
+            Ok(mut co) => {
+                let conn = co.conn();
+                self.cancel.slot.attach(conn.cancel_target());
+                if let Some(sql) = self.settings.sync_sql(&conn.settings) {
+                    build::query(&mut self.swbuf, &sql);
+                    self.hidden_units += 1;
+                }
+                conn.settings = self.settings.clone();
+                self.server = Some(co);
+                Ok(true)
+            }
+            Err(e) => {
+                let err = match &e {
+                    PoolError::Timeout(wait) => PgError::error(
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        format!(
+                            "no server connection for database \"{}\" became free within query_wait_timeout ({wait:?})",
+                            self.database
+                        ),
+                    )
+                    .with_hint("raise pool_size for this database or query_wait_timeout, or shorten transactions"),
+                    PoolError::Connect { .. } => PgError::error(SqlState::CONNECTION_FAILURE, e.to_string())
+                        .with_hint("check that the server is running and reachable; the statement was not run"),
+                };
+                tracing::warn!(database = %self.database, error = %e, "checkout failed");
+                err.encode(&mut self.cwbuf);
+                if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
+                    build::ready_for_query(&mut self.cwbuf, self.tx);
+                } else {
+                    self.discard_until_sync = true;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    pub(super) async fn flush(&mut self) -> Result<(), End> {
+        if !self.swbuf.is_empty() {
+            if let Some(s) = self.server.as_mut() {
+                let conn = s.conn();
+                if let Err(e) = write_to_server(conn, &self.swbuf).await {
+                    let addr = conn.addr.to_string();
+                    self.server = None;
+                    tracing::warn!(server = %addr, error = %e, "server write failed");
+                    return self
+                        .fatal(PgError::fatal(
+                            SqlState::CONNECTION_FAILURE,
+                            format!("lost the connection to server {addr}"),
+                        ))
+                        .await;
+                }
+            }
+            self.swbuf.clear();
+        }
+        if !self.cwbuf.is_empty() {
+            write_all(&mut self.client, &self.cwbuf).await?;
+            self.cwbuf.clear();
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- server → client
+}

@@ -1,0 +1,77 @@
+//! Socket reads and writes of the relay.
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use crate::server::ServerConn;
+use crate::tls::MaybeTls;
+
+pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads what is available, growing the buffer only when it is nearly full. A plain
+/// polled function rather than an `async fn`: the relay waits on two of these at
+/// once in every idle client's task, so their size is paid per client.
+pub(crate) fn read_some<'a>(
+    stream: &'a mut MaybeTls,
+    buf: &'a mut BytesMut,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if buf.capacity() - buf.len() < 2048 {
+            if buf.capacity() == 0 {
+                if let MaybeTls::Plain(tcp) = &*stream {
+                    // Allocate only once there is something to read.
+                    std::task::ready!(tcp.poll_read_ready(cx))?;
+                }
+            }
+            buf.reserve(8192);
+        }
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, buf)
+    })
+}
+
+/// Writes to a server while still reading its replies into its buffer: a client that
+/// pipelines a lot would otherwise fill both directions and deadlock pgmux against
+/// the server, which stops reading while its own writes are blocked.
+pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::io::Result<()> {
+    let MaybeTls::Plain(tcp) = &conn.stream else {
+        return write_all(&mut conn.stream, data).await;
+    };
+    let mut written = 0;
+    while written < data.len() {
+        match tcp.try_write(&data[written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    r = tcp.writable() => r?,
+                    r = tcp.readable() => {
+                        r?;
+                        conn.rbuf.reserve(8192);
+                        match tcp.try_read_buf(&mut conn.rbuf) {
+                            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+pub(crate) async fn write_all(stream: &mut MaybeTls, data: &[u8]) -> std::io::Result<()> {
+    stream.write_all(data).await?;
+    if stream.is_tls() {
+        stream.flush().await?;
+    }
+    Ok(())
+}

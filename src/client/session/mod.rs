@@ -1,0 +1,435 @@
+//! One logged-in client: the relay between it and the server connections it borrows.
+//!
+//! The session forwards the client's messages to a server and the server's replies
+//! back, byte for byte, and decides three things, each in one place:
+//!
+//! - **need a server** ([`Session::ensure_server`]): the first message that must run
+//!   on a server checks one out (FIFO wait up to `query_wait_timeout`), after which
+//!   the client's tracked settings are re-applied if that connection's differ;
+//! - **release it** ([`Session::release_if_done`]): in transaction mode, once every
+//!   unit sent has been answered — a unit is a simple Query, a FunctionCall, or the
+//!   extended-protocol messages up to and including a Sync — no extended message
+//!   awaits its Sync, no COPY is in progress, and the server says it is idle;
+//! - **pin** ([`Session::pin`]): statements that leave state only one server has keep
+//!   the connection until the client leaves.
+//!
+//! Named prepared statements are renamed to content-derived server names and prepared
+//! on demand on whichever connection the client holds (see `server::prepared`). The
+//! replies pgmux must hide (the ParseComplete of a Parse it injected, the CloseComplete
+//! of an eviction, the results of a settings re-apply) are matched to requests through
+//! [`Fixup`] queues, since Postgres answers strictly in order.
+
+mod backend;
+mod frontend;
+mod io;
+mod outcome;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::sql::{self, PinReason, SetOp};
+use crate::cancel::Registration;
+use crate::config::PoolMode;
+use crate::pool::{Checkout, Pool};
+use crate::protocol::build::PgError;
+use crate::protocol::{complete_frame, SqlState, TxStatus};
+use crate::proxy::Shared;
+use crate::server::prepared::Statement;
+use crate::server::Settings;
+use crate::tls::MaybeTls;
+
+use io::{read_some, sleep_until, write_all};
+use outcome::Outcome;
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    /// The client sent Terminate or closed its socket.
+    ClientLeft,
+    /// pgmux closed the client with a FATAL error (already sent).
+    Closed,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> End {
+        End::Io(e)
+    }
+}
+
+/// What to do with one reply of a Parse or Close pgmux sent.
+#[derive(Debug, Clone, Copy)]
+struct Fixup {
+    /// The unit (count of Syncs/Queries sent before it) the request belongs to.
+    unit: u64,
+    tag: u8,
+    swallow: bool,
+    /// A named Parse: the statement is on the server only once its ParseComplete comes.
+    parsed: Option<u128>,
+}
+
+/// Limits a session enforces, read once from the config at login.
+pub struct Limits {
+    pub max_message_size: usize,
+    pub query_wait_timeout: Duration,
+    pub query_timeout: Duration,
+    pub idle_transaction_timeout: Duration,
+    pub pool_mode: PoolMode,
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    client: MaybeTls,
+    crbuf: BytesMut,
+    /// Replies pgmux writes to the client itself, and rewritten server replies.
+    cwbuf: BytesMut,
+    /// Messages for the server, written once per batch.
+    swbuf: BytesMut,
+    pool: Arc<Pool>,
+    database: Arc<str>,
+    limits: Limits,
+    server: Option<Checkout>,
+    cancel: Registration,
+
+    /// Settings the client asked for at login; RESET returns to these.
+    startup: Settings,
+    settings: Settings,
+    /// Settings changes sent, each with the unit (count of units sent, itself included)
+    /// it belongs to: a change counts only once the transaction that unit ends in has
+    /// committed, not at the end of an earlier transaction still in the pipeline.
+    pending_sets: Vec<(u64, SetOp)>,
+    /// A transaction that changed settings failed: what the server holds is unknown.
+    settings_uncertain: bool,
+    /// How the transaction carrying `pending_sets` is ending, from its replies.
+    outcome: Outcome,
+    stmts: HashMap<Bytes, Arc<Statement>>,
+
+    sent_units: u64,
+    recv_units: u64,
+    /// 'Q', 'S' or 'F' per unit in flight, to tell a simple COPY from an extended one.
+    unit_kinds: VecDeque<u8>,
+    unsynced: bool,
+    copy_in: bool,
+    tx: TxStatus,
+    /// Units pgmux itself sent (settings re-apply) whose replies the client must not see.
+    hidden_units: u32,
+    fixups: VecDeque<Fixup>,
+    pinned: Option<PinReason>,
+    /// After a failed checkout mid-pipeline: drop messages until the client's Sync.
+    discard_until_sync: bool,
+    unit_started: Option<Instant>,
+    timeout_cancel_sent: bool,
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    Shutdown,
+    QueryTimeout,
+    IdleTransactionTimeout,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        client: MaybeTls,
+        leftover: BytesMut,
+        pool: Arc<Pool>,
+        database: Arc<str>,
+        limits: Limits,
+        cancel: Registration,
+        startup: Settings,
+    ) -> Session {
+        Session {
+            shared,
+            client,
+            crbuf: leftover,
+            cwbuf: BytesMut::new(),
+            swbuf: BytesMut::new(),
+            pool,
+            database,
+            limits,
+            server: None,
+            cancel,
+            settings: startup.clone(),
+            startup,
+            pending_sets: Vec::new(),
+            settings_uncertain: false,
+            outcome: Outcome::default(),
+            stmts: HashMap::new(),
+            sent_units: 0,
+            recv_units: 0,
+            unit_kinds: VecDeque::new(),
+            unsynced: false,
+            copy_in: false,
+            tx: TxStatus::Idle,
+            hidden_units: 0,
+            fixups: VecDeque::new(),
+            pinned: None,
+            discard_until_sync: false,
+            unit_started: None,
+            timeout_cancel_sent: false,
+        }
+    }
+
+    /// Relays until the client leaves; `slot` counts it against `max_client_conn`.
+    pub async fn run(mut self, slot: crate::proxy::ClientSlot) {
+        let _slot = slot;
+        if self.limits.pool_mode == PoolMode::Session {
+            self.pinned = Some(PinReason::SessionCharacteristics);
+        }
+        let end = self.relay().await;
+        if let Err(End::Io(e)) = &end {
+            tracing::debug!(database = %self.database, error = %e, "client connection ended with an I/O error");
+        }
+        let cleanup = Box::pin(self.cleanup());
+        cleanup.await;
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.sent_units - self.recv_units
+    }
+
+    async fn relay(&mut self) -> Result<(), End> {
+        if !self.crbuf.is_empty() {
+            self.client_input().await?;
+        }
+        loop {
+            if self.server.is_none() {
+                if self.shared.shutdown.is_cancelled() {
+                    return self
+                        .fatal(PgError::fatal(
+                            SqlState::ADMIN_SHUTDOWN,
+                            "pgmux is shutting down",
+                        ))
+                        .await;
+                }
+                // Idle between transactions: hold no buffers.
+                if self.crbuf.is_empty() && self.crbuf.capacity() > 0 {
+                    self.crbuf = BytesMut::new();
+                    self.cwbuf = BytesMut::new();
+                    self.swbuf = BytesMut::new();
+                }
+                let ev = tokio::select! {
+                    r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
+                    _ = self.shared.shutdown.cancelled() => Event::Shutdown,
+                };
+                match ev {
+                    Event::Client(Ok(0)) => return Err(End::ClientLeft),
+                    Event::Client(Ok(_)) => self.client_input().await?,
+                    Event::Client(Err(e)) => return Err(End::Io(e)),
+                    _ => continue,
+                }
+                continue;
+            }
+            if self.server_has_reply() {
+                // Replies read while pgmux was writing to the server.
+                self.server_input().await?;
+                continue;
+            }
+            let deadline = self.timer_deadline();
+            // A client that holds a server between transactions (session mode, or
+            // pinned) has nothing to finish: shutdown closes it like any idle one.
+            let idle = self.between_transactions();
+            let server = self.server.as_mut().expect("checked above").conn();
+            let ev = tokio::select! {
+                r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
+                r = read_some(&mut server.stream, &mut server.rbuf) => Event::Server(r),
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
+                }
+                _ = self.shared.shutdown.cancelled(), if idle => Event::Shutdown,
+            };
+            match ev {
+                Event::Client(Ok(0)) => return Err(End::ClientLeft),
+                Event::Client(Ok(_)) => self.client_input().await?,
+                Event::Client(Err(e)) => return Err(End::Io(e)),
+                Event::Server(Ok(0)) | Event::Server(Err(_)) => {
+                    let addr = self
+                        .server
+                        .as_mut()
+                        .map(|s| s.conn().addr.to_string())
+                        .unwrap_or_default();
+                    self.server = None;
+                    return self
+                        .fatal(PgError::fatal(
+                            SqlState::CONNECTION_FAILURE,
+                            format!("server {addr} closed the connection unexpectedly"),
+                        ))
+                        .await;
+                }
+                Event::Server(Ok(_)) => self.server_input().await?,
+                Event::QueryTimeout => {
+                    self.timeout_cancel_sent = true;
+                    let cancels = self.shared.cancels.clone();
+                    let (pid, secret) = (self.cancel.pid, self.cancel.secret);
+                    tokio::spawn(async move {
+                        cancels.cancel(pid, secret, Duration::from_secs(10)).await;
+                    });
+                }
+                Event::IdleTransactionTimeout => {
+                    return self
+                        .fatal(PgError::fatal(
+                            SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                            format!(
+                                "terminating connection: idle in transaction for longer than idle_transaction_timeout ({:?})",
+                                self.limits.idle_transaction_timeout
+                            ),
+                        ).with_hint("commit or roll back transactions promptly, or raise idle_transaction_timeout"))
+                        .await;
+                }
+                Event::Shutdown => {
+                    return self
+                        .fatal(PgError::fatal(
+                            SqlState::ADMIN_SHUTDOWN,
+                            "pgmux is shutting down",
+                        ))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Nothing sent is unanswered and no transaction, COPY or pipeline is open.
+    fn between_transactions(&self) -> bool {
+        self.in_flight() == 0
+            && self.tx == TxStatus::Idle
+            && !self.unsynced
+            && !self.copy_in
+            && self.hidden_units == 0
+            && self.swbuf.is_empty()
+    }
+
+    // The relay's handlers run boxed: an idle client's task then reserves room only
+    // for waiting, not for the deepest handler. The box is built in its own statement
+    // so the unboxed future's storage does not outlive it in the task.
+    async fn client_input(&mut self) -> Result<(), End> {
+        let work = Box::pin(self.on_client_input());
+        work.await
+    }
+
+    async fn server_input(&mut self) -> Result<(), End> {
+        let work = Box::pin(self.on_server_input());
+        work.await
+    }
+
+    fn server_has_reply(&mut self) -> bool {
+        self.server.as_mut().is_some_and(|s| {
+            let rbuf = &s.conn().rbuf;
+            !rbuf.is_empty() && matches!(complete_frame(rbuf, usize::MAX), Ok(Some(_)))
+        })
+    }
+
+    fn timer_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight() > 0 {
+            let qt = self.limits.query_timeout;
+            if qt.is_zero() || self.timeout_cancel_sent || self.copy_in {
+                return None;
+            }
+            self.unit_started.map(|s| (s + qt).into())
+        } else if self.tx != TxStatus::Idle && !self.limits.idle_transaction_timeout.is_zero() {
+            Some((Instant::now() + self.limits.idle_transaction_timeout).into())
+        } else {
+            None
+        }
+    }
+
+    /// Sends a FATAL error and ends the session.
+    async fn fatal(&mut self, err: PgError) -> Result<(), End> {
+        tracing::info!(database = %self.database, error = %err, "closing client");
+        let mut out = BytesMut::new();
+        err.encode(&mut out);
+        let write = Box::pin(write_all(&mut self.client, &out));
+        let _ = write.await;
+        Err(End::Closed)
+    }
+
+    // ---------------------------------------------------------------- client → server
+
+    /// In transaction mode, gives the server connection back once the client's work on
+    /// it is complete.
+    async fn release_if_done(&mut self) -> Result<(), End> {
+        if self.server.is_none()
+            || self.pinned.is_some()
+            || self.in_flight() > 0
+            || self.unsynced
+            || self.copy_in
+            || self.tx != TxStatus::Idle
+            || self.hidden_units > 0
+            || !self.swbuf.is_empty()
+        {
+            return Ok(());
+        }
+        let mut co = self.server.take().expect("checked");
+        let gate = self.cancel.slot.detach();
+        self.fixups.clear();
+        if gate.as_ref().is_some_and(|g| !g.is_clear()) || self.settings_uncertain {
+            // Rare: a cancel is in flight, or the settings need a reset first.
+            let uncertain = std::mem::take(&mut self.settings_uncertain);
+            Box::pin(async move {
+                if let Some(gate) = gate {
+                    gate.wait_clear().await;
+                }
+                if uncertain {
+                    let conn = co.conn();
+                    if conn.run("RESET ALL").await.is_err() {
+                        return;
+                    }
+                    conn.settings.clear();
+                }
+                co.release();
+            })
+            .await;
+            return Ok(());
+        }
+        co.release();
+        Ok(())
+    }
+
+    /// After the client is gone: the server connection goes back clean or is closed.
+    async fn cleanup(&mut self) {
+        if self
+            .pinned
+            .is_some_and(|r| r != PinReason::SessionCharacteristics)
+        {
+            self.shared.pinned_changed(&self.database, -1);
+        }
+        let Some(mut co) = self.server.take() else {
+            return;
+        };
+        if let Some(gate) = self.cancel.slot.detach() {
+            gate.wait_clear().await;
+        }
+        if self.in_flight() > 0
+            || self.copy_in
+            || self.unsynced
+            || self.hidden_units > 0
+            || !co.conn().rbuf.is_empty()
+        {
+            // Mid-statement: closing is the only way to be sure; Postgres rolls back.
+            // That includes extended messages without their Sync: a Sync sent for the
+            // departed client would commit their implicit transaction.
+            return;
+        }
+        let conn = co.conn();
+        let reset = async {
+            if self.tx != TxStatus::Idle {
+                conn.run("ROLLBACK").await?;
+            }
+            if self.pinned.is_some() || self.settings_uncertain {
+                conn.run("DISCARD ALL").await?;
+                conn.settings.clear();
+                conn.prepared.clear();
+            }
+            Ok::<(), crate::server::ServerError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), reset).await {
+            Ok(Ok(())) => co.release(),
+            _ => drop(co),
+        }
+    }
+}
