@@ -5,6 +5,7 @@
 #   - PgBouncer (the peer the benches compare against)
 #   - python3 with venv (tests/support makes a virtualenv of Python drivers)
 #   - Java and Debian's JDBC driver (tests/java runs with /usr/share/java/postgresql.jar)
+#   - Node.js and npm (tests/node installs node-postgres from the npm registry)
 # and checks that cargo (with rustfmt and clippy) is available.
 set -euo pipefail
 
@@ -35,6 +36,10 @@ if command -v dpkg-query >/dev/null 2>&1; then
     fi
     if ! command -v java >/dev/null 2>&1; then
         missing+=(default-jre-headless)
+    fi
+    # node-postgres runs under Node.js (tests/drivers.rs).
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        missing+=(nodejs npm)
     fi
 else
     # Not Debian: check for the tools themselves and let the user install them.

@@ -1,0 +1,86 @@
+//! The contract's other drivers through pgmux in transaction mode, each with ten times
+//! more clients than server connections: psycopg2 (simple protocol, client-side
+//! parameters, a server-side cursor) and node-postgres (named prepared statements).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::process::run;
+use support::*;
+
+fn pool_of_two() -> Pgmux {
+    start_pgmux(&pgmux_config(shared_primary(), "", "pool_size = 2"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn psycopg2_with_20_threads_on_2_server_connections() {
+    let px = pool_of_two();
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let out = run(
+        Command::new(python())
+            .arg(repo().join("tests/python/psycopg2_pool.py"))
+            .arg(&url),
+        Duration::from_secs(180),
+        "psycopg2_pool.py",
+    );
+    assert!(
+        out.status.success(),
+        "psycopg2 run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Installs node-postgres next to the test script once (npm registry).
+fn node_modules(dir: &Path) {
+    if dir.join("node_modules/pg/package.json").exists() {
+        return;
+    }
+    let out = run(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(dir),
+        Duration::from_secs(300),
+        "npm install pg",
+    );
+    assert!(
+        out.status.success(),
+        "npm install pg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn node_postgres_named_statements_with_20_clients_on_2_server_connections() {
+    let dir = repo().join("target/node-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        repo().join("tests/node/package.json"),
+        dir.join("package.json"),
+    )
+    .unwrap();
+    std::fs::copy(repo().join("tests/node/pg_pool.js"), dir.join("pg_pool.js")).unwrap();
+    node_modules(&dir);
+
+    let px = pool_of_two();
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let out = run(
+        Command::new("node").arg(dir.join("pg_pool.js")).arg(&url),
+        Duration::from_secs(180),
+        "node pg_pool.js",
+    );
+    assert!(
+        out.status.success(),
+        "node-postgres run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
