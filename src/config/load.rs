@@ -906,8 +906,14 @@ fn read_databases(
             Some(shards) => read_shards(shards, &db_path.key("shards"), problems),
             None => Vec::new(),
         };
+        // Shards that are listed but wrong have been reported already; only a
+        // database with none listed is missing them.
+        let listed = value
+            .get("shards")
+            .and_then(toml::Value::as_array)
+            .is_some_and(|a| !a.is_empty());
         if let Some(raw) = raw {
-            let database = build_database(name, raw, shards, &db_path, proxy, problems);
+            let database = build_database(name, raw, shards, listed, &db_path, proxy, problems);
             databases.insert(name.clone(), database);
         }
     }
@@ -970,6 +976,7 @@ fn build_database(
     name: &str,
     raw: RawDatabase,
     shards: Vec<ShardConfig>,
+    shards_listed: bool,
     path: &KeyPath,
     proxy: &ProxyConfig,
     problems: &mut Problems,
@@ -1009,7 +1016,7 @@ fn build_database(
             "has no effect without sharding_key; set sharding_key or remove this key",
         );
     }
-    if shards.is_empty() {
+    if shards.is_empty() && !shards_listed {
         problems.add(
             &path.key("shards"),
             format!(
@@ -1156,6 +1163,18 @@ primary = "127.0.0.1:5432/app"
             port,
             dbname: dbname.into(),
         }
+    }
+
+    #[test]
+    fn a_wrong_shard_is_reported_once_and_no_shards_at_all_is_refused() {
+        let errors = refused(
+            "[[users]]\nname = \"u\"\npassword = \"p\"\n[databases.d]\n[[databases.d.shards]]\nprimary = \"127.0.0.1:5442\"\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_error(&errors, "databases.d.shards[0].primary", "host:port/dbname");
+        let errors =
+            refused("[[users]]\nname = \"u\"\npassword = \"p\"\n[databases.d]\nshards = []\n");
+        assert_error(&errors, "databases.d.shards", "missing");
     }
 
     #[test]
