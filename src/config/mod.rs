@@ -82,7 +82,12 @@ pub struct ServerAddr {
 
 impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.host, self.port, self.dbname)
+        if self.host.contains(':') {
+            // An IPv6 address, bracketed as in the config.
+            write!(f, "[{}]:{}/{}", self.host, self.port, self.dbname)
+        } else {
+            write!(f, "{}:{}/{}", self.host, self.port, self.dbname)
+        }
     }
 }
 
@@ -191,6 +196,27 @@ pub struct DatabaseConfig {
 pub struct ShardConfig {
     pub primary: ServerAddr,
     pub replicas: Vec<ServerAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_print_as_written() {
+        let v4 = ServerAddr {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            dbname: "app".into(),
+        };
+        let v6 = ServerAddr {
+            host: "::1".into(),
+            port: 5432,
+            dbname: "app".into(),
+        };
+        assert_eq!(v4.to_string(), "127.0.0.1:5432/app");
+        assert_eq!(v6.to_string(), "[::1]:5432/app");
+    }
 }
 
 impl Config {
