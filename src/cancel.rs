@@ -3,8 +3,9 @@
 //! Each client gets its own random BackendKeyData from pgmux, never a server's. A
 //! CancelRequest carrying that key is forwarded — on a fresh connection, so it gets
 //! through even when the pool is full — to the server connection the client holds at
-//! that moment, with that server's key. A client holding no server has nothing running,
-//! and its cancel is dropped.
+//! that moment, with that server's key. A client queued for a server connection has
+//! its wait abandoned (57014, the statement never runs); an idle client's cancel is
+//! dropped.
 //!
 //! A cancel must never hit the next client's statement on the same server connection:
 //! the target is read and the connection's [`CancelGate`] entered under one lock, and
@@ -21,11 +22,19 @@ use crate::server::{send_cancel, CancelGate, CancelTarget};
 pub struct CancelSlot {
     secret: i32,
     target: Mutex<Option<CancelTarget>>,
+    /// Wakes a session that is queued for a server connection.
+    waiting: tokio::sync::Notify,
 }
 
 impl CancelSlot {
     pub fn attach(&self, target: CancelTarget) {
         *self.target.lock() = Some(target);
+    }
+
+    /// Completes when a cancel arrives for this client while it holds no server
+    /// connection (it is waiting for one, or idle — then nobody listens).
+    pub async fn cancelled_while_waiting(&self) {
+        self.waiting.notified().await
     }
 
     /// Forgets the target; returns its gate, which the caller must see clear before
@@ -65,6 +74,7 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 secret,
                 target: Mutex::new(None),
+                waiting: tokio::sync::Notify::new(),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(pid) {
                 v.insert(slot.clone());
@@ -97,7 +107,10 @@ impl CancelRegistry {
             })
         };
         let Some(target) = target else {
-            tracing::debug!(pid, "cancel for an idle client ignored");
+            // Only a session queued for a server connection listens: an idle
+            // client's cancel changes nothing (notify_waiters keeps no permit).
+            slot.waiting.notify_waiters();
+            tracing::debug!(pid, "cancel for a client without a running statement");
             return;
         };
         if let Err(e) = send_cancel(&target, timeout).await {

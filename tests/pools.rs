@@ -552,3 +552,46 @@ fn a_cancel_request_cut_short_or_closed_at_once_changes_nothing() {
     let mut fresh = RawClient::login_trust(px.port, APP_USER, APP_DB);
     assert_eq!(fresh.query("select 8"), Ok(vec!["8".to_owned()]));
 }
+
+#[tokio::test]
+async fn a_cancel_while_queued_for_a_server_abandons_the_wait_and_the_statement_never_runs() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "auth_method = \"trust\"\nquery_wait_timeout = \"60s\"",
+        "pool_size = 1",
+    ));
+    let holder = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+    holder.batch_execute("begin; select 1").await.unwrap();
+
+    // A second client queues for the only server connection.
+    let port = px.port;
+    let (mut waiter, waiter_port) = tokio::task::spawn_blocking(move || {
+        let mut w = RawClient::login_trust(port, APP_USER, APP_DB);
+        w.send_query("select 1 / 0 /* must never run */");
+        let p = w.local_port();
+        (w, p)
+    })
+    .await
+    .unwrap();
+    let queued = poll_until(PATIENCE, || {
+        wire::unread_bytes(px.port, waiter_port) == Some(0)
+    });
+    assert!(queued, "the waiter's query did not reach pgmux");
+
+    let (pid, secret) = (waiter.pid, waiter.secret);
+    let result = tokio::task::spawn_blocking(move || {
+        let mut c = wire::tcp(port);
+        c.write_all(&wire::cancel_request(pid, secret)).unwrap();
+        drop(c);
+        waiter.read_result().map(|rows| (rows, waiter))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        result.err().as_deref(),
+        Some("57014"),
+        "the queued statement is cancelled before the holder lets go"
+    );
+    holder.batch_execute("commit").await.unwrap();
+}

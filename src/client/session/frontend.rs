@@ -423,7 +423,21 @@ impl Session {
         self.refresh_limits();
         // Anything the client was already sent must go before a possible wait.
         self.flush().await?;
-        match self.pool.checkout(self.limits.query_wait_timeout).await {
+        // A cancel while the client waits in the queue abandons the wait: the
+        // statement has not run anywhere, so it is simply not run.
+        let checkout = self.pool.checkout(self.limits.query_wait_timeout);
+        let waited = tokio::select! {
+            r = checkout => Some(r),
+            _ = self.cancel.slot.cancelled_while_waiting() => None,
+        };
+        let Some(checkout) = waited else {
+            PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")
+                .with_hint("the statement was cancelled while it waited for a server connection; it did not run")
+                .encode(&mut self.cwbuf);
+            self.end_unit_unrun(tag);
+            return Ok(false);
+        };
+        match checkout {
             Ok(mut co) => {
                 let conn = co.conn();
                 self.cancel.slot.attach(conn.cancel_target());
@@ -450,13 +464,19 @@ impl Session {
                 };
                 tracing::warn!(database = %self.database, error = %e, "checkout failed");
                 err.encode(&mut self.cwbuf);
-                if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
-                    build::ready_for_query(&mut self.cwbuf, self.tx);
-                } else {
-                    self.discard_until_sync = true;
-                }
+                self.end_unit_unrun(tag);
                 Ok(false)
             }
+        }
+    }
+
+    /// After an error instead of a server: a Query or FunctionCall ends here; the
+    /// rest of an extended-protocol unit is dropped until its Sync.
+    fn end_unit_unrun(&mut self, tag: u8) {
+        if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) {
+            build::ready_for_query(&mut self.cwbuf, self.tx);
+        } else {
+            self.discard_until_sync = true;
         }
     }
 
