@@ -198,6 +198,16 @@ pub struct ShardConfig {
     pub replicas: Vec<ServerAddr>,
 }
 
+impl Config {
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.get(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,15 +226,5 @@ mod tests {
         };
         assert_eq!(v4.to_string(), "127.0.0.1:5432/app");
         assert_eq!(v6.to_string(), "[::1]:5432/app");
-    }
-}
-
-impl Config {
-    pub fn user(&self, name: &str) -> Option<&UserConfig> {
-        self.users.iter().find(|u| u.name == name)
-    }
-
-    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
-        self.databases.get(name)
     }
 }
