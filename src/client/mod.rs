@@ -188,7 +188,7 @@ async fn login(
     let user = shared.user(&user_name);
 
     let mut buf = BytesMut::new();
-    authenticate(
+    let mut out = authenticate(
         shared,
         cfg.proxy.auth_method,
         &mut stream,
@@ -205,6 +205,8 @@ async fn login(
             format!("database \"{database}\" does not exist"),
         )
         .with_hint("pgmux serves the databases listed under [databases] in its config");
+        // As in Postgres, the client learns of the database after its login succeeded.
+        stream.write_all(&out).await?;
         return Err(refuse(&mut stream, e).await);
     };
     let pool = crate::route::primary_pool(shared, cfg, db, &user);
@@ -235,7 +237,6 @@ async fn login(
     );
     let client_values = params.session_settings();
     let cancel = shared.cancels.register();
-    let mut out = BytesMut::new();
     for (name, value) in reported.iter() {
         let own = client_values
             .iter()
@@ -325,7 +326,7 @@ async fn authenticate(
     buf: &mut BytesMut,
     user_name: &str,
     user: Option<&UserEntry>,
-) -> Result<(), LoginError> {
+) -> Result<BytesMut, LoginError> {
     let mut out = BytesMut::new();
     let secret = user.map(|u| &u.secret);
     let use_md5 = match method {
@@ -334,8 +335,7 @@ async fn authenticate(
                 return Err(refuse(stream, auth_failed(user_name)).await);
             }
             build::auth_ok(&mut out);
-            stream.write_all(&out).await?;
-            return Ok(());
+            return Ok(out);
         }
         // Unknown users get the md5 request too: the kind of request must not
         // tell which user names exist.
@@ -349,6 +349,7 @@ async fn authenticate(
         build::auth_md5(&mut out, salt);
         stream.write_all(&out).await?;
         let body = expect_password(stream, buf).await?;
+        out.clear();
         let hash = secret
             .and_then(|s| s.md5_hash.as_deref())
             .unwrap_or_default();
@@ -404,12 +405,10 @@ async fn authenticate(
         }
         out.clear();
         build::auth_sasl_final(&mut out, &last);
-        stream.write_all(&out).await?;
     }
-    out.clear();
+    // Sent together with the login reply that follows, in one write.
     build::auth_ok(&mut out);
-    stream.write_all(&out).await?;
-    Ok(())
+    Ok(out)
 }
 
 /// What pgmux reports at login when no server could be reached to learn the real
