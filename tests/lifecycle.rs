@@ -45,16 +45,6 @@ fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// Creates a login role `name` (SCRAM) on the shared primary; its password.
-fn create_role(name: &str) -> String {
-    let password = format!("{name}-secret");
-    shared_primary().sql(
-        "postgres",
-        &format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
-    );
-    password
-}
-
 /// The running pgmux's config file, as it is now.
 fn current_config(px: &Pgmux) -> String {
     std::fs::read_to_string(&px.config_path).unwrap()

@@ -24,16 +24,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------ helpers
 
-/// Creates a login role `name` (SCRAM) on the shared primary; its password.
-fn create_role(name: &str) -> String {
-    let password = format!("{name}-secret");
-    shared_primary().sql(
-        "postgres",
-        &format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
-    );
-    password
-}
-
 /// `[proxy]` keys, then a `[[users]]` entry for `role`: the `extra_proxy` of
 /// [`pgmux_config`].
 fn proxy_with_user(proxy_keys: &str, role: &str, password: &str) -> String {

@@ -39,7 +39,9 @@ pub use pgmux::{
     pgmux_bin, pgmux_command, pgmux_config, pgmux_config_with_replicas, start_pgmux, Pgmux,
     LISTEN_PLACEHOLDER,
 };
-pub use postgres::{shared_primary, shared_replica, start_primary, start_replica, PgServer, Role};
+pub use postgres::{
+    create_role, shared_primary, shared_replica, start_primary, start_replica, PgServer, Role,
+};
 
 /// The application role; logs in over TCP with SCRAM-SHA-256.
 pub const APP_USER: &str = "app";

@@ -444,3 +444,13 @@ impl PgServer {
         );
     }
 }
+
+/// Creates a login role `name` (SCRAM) on the shared primary; its password.
+pub fn create_role(name: &str) -> String {
+    let password = format!("{name}-secret");
+    shared_primary().sql(
+        "postgres",
+        &format!("CREATE ROLE {name} LOGIN PASSWORD '{password}'"),
+    );
+    password
+}
