@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
+use support::wire::{self, RawClient};
 use support::*;
 
 /// The longest any single step may take before the test fails: a safety net
@@ -1338,4 +1339,52 @@ async fn closing_a_statement_between_transactions_needs_no_server_connection() {
         msgs.iter().any(|m| m.tag == b'E'),
         "binding a closed statement fails: {msgs:?}"
     );
+}
+
+/// A result larger than both socket buffers, to a client that does not read until
+/// pgmux's writes to it would block: pgmux must finish the write later, keep every
+/// byte in order, and then give the server connection back.
+#[test]
+fn a_large_result_to_a_slow_reader_arrives_whole_and_frees_the_connection() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "auth_method = \"trust\"",
+        "pool_size = 1",
+    ));
+    let mut client = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    let rows = 32_000;
+    client.send_query(&format!(
+        "select lpad(g::text, 1000, 'x') from generate_series(1, {rows}) g"
+    ));
+    // The client reads nothing, so pgmux's send queue to it fills (32 MB do not fit
+    // in it): pgmux's writes are blocked.
+    let port = client.local_port();
+    let stalled = poll_until(Duration::from_secs(30), || {
+        wire::unread_bytes(port, px.port).is_some_and(|n| n > 0)
+            && wire::unsent_bytes(px.port, port).is_some_and(|n| n > 1 << 20)
+    });
+    assert!(
+        stalled,
+        "pgmux's writes to the slow client never backed up: unread {:?}, unsent {:?}",
+        wire::unread_bytes(port, px.port),
+        wire::unsent_bytes(px.port, port)
+    );
+
+    let got = client.read_result().expect("the large result");
+    assert_eq!(got.len(), rows, "every row arrived");
+    for (i, row) in got.iter().enumerate() {
+        let n = (i + 1).to_string();
+        assert!(
+            row.len() == 1000
+                && row.ends_with(&n)
+                && row[..1000 - n.len()].bytes().all(|b| b == b'x'),
+            "row {} arrived intact",
+            i + 1
+        );
+    }
+    // The only server connection went back: another client gets it.
+    let mut other = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    assert_eq!(other.query("select 7"), Ok(vec!["7".to_owned()]));
+    assert_eq!(client.query("select 8"), Ok(vec!["8".to_owned()]));
 }

@@ -449,8 +449,11 @@ mod tests {
         let fut = serve(shared, tcp);
         let size = std::mem::size_of_val(&fut);
         eprintln!(
-            "client task future: {size} bytes; session: {} bytes",
-            std::mem::size_of::<Session>()
+            "client task future: {size} bytes; session: {} bytes; checkout: {} bytes; server conn: {} bytes; tls: {} bytes",
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<crate::pool::Checkout>(),
+            std::mem::size_of::<crate::server::ServerConn>(),
+            std::mem::size_of::<crate::tls::MaybeTls>(),
         );
         assert!(size <= 2048, "client task future is {size} bytes");
     }

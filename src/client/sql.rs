@@ -273,18 +273,33 @@ fn trim(s: &[u8]) -> &[u8] {
 
 /// Case-insensitive substring test; `needle` must be lower case ASCII.
 pub fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    let first = needle[0];
-    let upper = first.to_ascii_uppercase();
-    let mut at = 0;
-    while let Some(i) = memchr::memchr2(first, upper, &hay[at..]) {
-        let start = at + i;
-        if hay.len() - start < needle.len() {
+    // Search for the needle's rarest letter in SQL rather than its first: the scan
+    // stops at each candidate, and "a" or "t" occur in nearly every statement.
+    let anchor = needle
+        .iter()
+        .position(|b| matches!(b, b'v' | b'x' | b'q' | b'z' | b'j' | b'k' | b'y'))
+        .or_else(|| {
+            needle
+                .iter()
+                .position(|b| matches!(b, b'm' | b'p' | b'h' | b'g'))
+        })
+        .unwrap_or(0);
+    let (lower, upper) = (needle[anchor], needle[anchor].to_ascii_uppercase());
+    let tail = needle.len() - anchor;
+    let mut at = anchor;
+    while at < hay.len() {
+        let Some(i) = memchr::memchr2(lower, upper, &hay[at..]) else {
+            return false;
+        };
+        let hit = at + i;
+        if hay.len() - hit < tail {
             return false;
         }
+        let start = hit - anchor;
         if hay[start..start + needle.len()].eq_ignore_ascii_case(needle) {
             return true;
         }
-        at = start + 1;
+        at = hit + 1;
     }
     false
 }
@@ -466,6 +481,30 @@ impl<'a> Iterator for Words<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contains_ci_finds_a_needle_anywhere_in_any_case() {
+        for (hay, needle, want) in [
+            ("select pg_advisory_lock(1)", "advisory", true),
+            ("SELECT PG_ADVISORY_LOCK(1)", "advisory", true),
+            ("advisory", "advisory", true),
+            ("ADVISORy", "advisory", true),
+            ("dvisory", "advisory", false),
+            ("xx advisor", "advisory", false),
+            ("select 1 into temp t", "temp", true),
+            ("TEMP", "temp", true),
+            ("emp", "temp", false),
+            ("tem", "temp", false),
+            ("select m, tm, temP", "temp", true),
+            ("", "temp", false),
+        ] {
+            assert_eq!(
+                contains_ci(hay.as_bytes(), needle.as_bytes()),
+                want,
+                "{hay:?} / {needle:?}"
+            );
+        }
+    }
 
     fn pin(sql: &str) -> Option<PinReason> {
         analyze(sql.as_bytes()).pin

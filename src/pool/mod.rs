@@ -140,6 +140,14 @@ impl Pool {
     }
 
     /// Takes a server connection, waiting in FIFO order at most `wait`.
+    /// The usual case, without an await: a free permit and a live idle connection.
+    /// A free permit means nobody is queued (released permits go to waiters first).
+    pub fn try_checkout(self: &Arc<Self>) -> Option<Checkout> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let conn = self.take_idle()?;
+        Some(self.lend(conn, permit))
+    }
+
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PoolError> {
         // The usual case — a free permit and an idle connection — needs no await;
         // the rest is boxed so that every client's task stays small.

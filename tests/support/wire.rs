@@ -244,6 +244,18 @@ fn first_column(body: &[u8]) -> String {
 /// With it a test knows that a process (pgmux) has read a message, e.g. that a
 /// client's query has reached its session and it is now waiting for a server.
 pub fn unread_bytes(local_port: u16, peer_port: u16) -> Option<u64> {
+    tcp_queue(local_port, peer_port, 1)
+}
+
+/// How many bytes the socket on 127.0.0.1:`local_port` has queued for its peer on
+/// 127.0.0.1:`peer_port` that the peer has not yet acknowledged (its send queue).
+pub fn unsent_bytes(local_port: u16, peer_port: u16) -> Option<u64> {
+    tcp_queue(local_port, peer_port, 0)
+}
+
+/// Column `which` (0 = tx_queue, 1 = rx_queue) of a loopback connection in
+/// `/proc/net/tcp`.
+fn tcp_queue(local_port: u16, peer_port: u16, which: usize) -> Option<u64> {
     let text = fs::read_to_string("/proc/net/tcp").ok()?;
     let local = format!("0100007F:{local_port:04X}");
     let peer = format!("0100007F:{peer_port:04X}");
@@ -253,7 +265,7 @@ pub fn unread_bytes(local_port: u16, peer_port: u16) -> Option<u64> {
         if cols.get(1) != Some(&local.as_str()) || cols.get(2) != Some(&peer.as_str()) {
             return None;
         }
-        let rx = cols.get(4)?.split(':').nth(1)?;
-        u64::from_str_radix(rx, 16).ok()
+        let n = cols.get(4)?.split(':').nth(which)?;
+        u64::from_str_radix(n, 16).ok()
     })
 }

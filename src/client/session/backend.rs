@@ -3,17 +3,19 @@
 
 use std::time::Instant;
 
-use bytes::BufMut;
+use bytes::{Buf, BufMut};
 
 use crate::protocol::build::{self};
 use crate::protocol::{be, complete_frame, msg, TxStatus};
 use crate::server::ServerConn;
 
-use super::io::write_all;
-use super::{End, Session};
+use super::io::write_some_now;
+use super::{Blocked, Session};
 
 impl Session {
-    pub(super) async fn on_server_input(&mut self) -> Result<(), End> {
+    /// Forwards the server's complete replies to the client, as far as it can without
+    /// waiting: replies pass through as the bytes read, unless one must be hidden.
+    pub(super) fn server_input_now(&mut self) -> Result<(), Blocked> {
         let mut co = self.server.take().expect("server input without a server");
         let conn = co.conn();
         let mut rbuf = std::mem::take(&mut conn.rbuf);
@@ -29,25 +31,26 @@ impl Session {
             }
             pos += len;
         }
-        if let Ok(Some((_, total))) = crate::protocol::peek_header(&rbuf[pos..], usize::MAX) {
-            rbuf.reserve(total.saturating_sub(rbuf.len() - pos));
-        }
-        let result = if rewritten {
+        let mut result = Ok(());
+        if rewritten {
             self.cwbuf.put_slice(&rbuf[forward_from..pos]);
-            let _ = rbuf.split_to(pos);
-            let r = write_all(&mut self.client, &self.cwbuf).await;
-            self.cwbuf.clear();
-            r
         } else if pos > 0 {
-            let chunk = rbuf.split_to(pos);
-            write_all(&mut self.client, &chunk).await
-        } else {
-            Ok(())
-        };
+            let n = write_some_now(&mut self.client, &rbuf[..pos]);
+            if n < pos {
+                // The rest waits in cwbuf for the awaited write.
+                self.cwbuf.put_slice(&rbuf[n..pos]);
+                result = Err(Blocked::Flush);
+            }
+        }
+        rbuf.advance(pos);
+        if let Ok(Some((_, total))) = crate::protocol::peek_header(&rbuf, usize::MAX) {
+            rbuf.reserve(total.saturating_sub(rbuf.len()));
+        }
         co.conn().rbuf = rbuf;
         self.server = Some(co);
         result?;
-        self.release_if_done().await
+        self.flush_now()?;
+        self.release_if_done()
     }
 
     /// Updates the session's view of the server from one reply; true to hide it.
@@ -102,7 +105,7 @@ impl Session {
                     self.end_of_transaction(conn);
                 }
                 if self.in_flight() > 0 {
-                    self.unit_started = Some(Instant::now());
+                    self.unit_started = (!self.limits.query_timeout.is_zero()).then(Instant::now);
                     self.timeout_cancel_sent = false;
                 }
             }

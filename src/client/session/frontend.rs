@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 use super::sql::{self, Deallocate, PinReason, SetOp};
 use crate::config::PoolMode;
@@ -13,59 +13,57 @@ use crate::protocol::build::{self, PgError};
 use crate::protocol::{complete_frame, fe, msg, FrameError, SqlState, TxStatus};
 use crate::server::prepared::Statement;
 
-use super::io::{write_all, write_to_server};
-use super::{End, Fixup, Session};
+use super::io::{write_all, write_now, write_to_server};
+use super::{Blocked, End, Fixup, Session};
+use crate::pool::Checkout;
 
 impl Session {
-    pub(super) async fn on_client_input(&mut self) -> Result<(), End> {
-        loop {
-            let (tag, len) = match complete_frame(&self.crbuf, self.limits.max_message_size) {
+    /// Handles what the client sent, as far as it can without waiting: the usual
+    /// transaction (a free server connection, socket buffers with room) completes
+    /// here, with no allocation and no future to box.
+    pub(super) fn client_input_now(&mut self) -> Result<(), Blocked> {
+        self.handle_client_frames()?;
+        self.flush_now()?;
+        self.release_if_done()
+    }
+
+    /// Handles every complete message in `crbuf`. A message that needs a server
+    /// connection when none is free stays at the head of `crbuf`, to be handled again
+    /// once one is.
+    fn handle_client_frames(&mut self) -> Result<(), Blocked> {
+        let max = self.limits.max_message_size;
+        let mut buf = std::mem::take(&mut self.crbuf);
+        let mut pos = 0;
+        let result = loop {
+            let (tag, len) = match complete_frame(&buf[pos..], max) {
                 Ok(Some(f)) => f,
-                Ok(None) => {
-                    if let Ok(Some((_, total))) =
-                        crate::protocol::peek_header(&self.crbuf, self.limits.max_message_size)
-                    {
-                        self.crbuf.reserve(total - self.crbuf.len());
-                    }
-                    break;
-                }
-                Err(e) => return self.protocol_violation(e).await,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Blocked::Fatal(protocol_violation(e))),
             };
-            let frame = self.crbuf.split_to(len).freeze();
             if tag == fe::TERMINATE {
-                self.flush().await?;
-                return Err(End::ClientLeft);
+                break Err(Blocked::Terminate);
             }
-            self.on_client_message(tag, frame).await?;
-        }
-        self.flush().await?;
-        self.release_if_done().await
-    }
-
-    pub(super) async fn protocol_violation(&mut self, e: FrameError) -> Result<(), End> {
-        let text = match e {
-            FrameError::TooLarge { len, max } => format!(
-                "message of {len} bytes is larger than max_message_size ({max} bytes); the connection is closed"
-            ),
-            FrameError::BadLength { len } => format!("invalid message length {len}; the connection is closed"),
+            if let Err(b) = self.on_client_message(tag, &buf[pos..pos + len]) {
+                break Err(b);
+            }
+            pos += len;
         };
-        self.fatal(
-            PgError::fatal(SqlState::PROTOCOL_VIOLATION, text).with_hint(
-                "send valid protocol messages, or raise [proxy].max_message_size for larger ones",
-            ),
-        )
-        .await
+        buf.advance(pos);
+        if let Ok(Some((_, total))) = crate::protocol::peek_header(&buf, max) {
+            buf.reserve(total.saturating_sub(buf.len()));
+        }
+        self.crbuf = buf;
+        result
     }
 
-    pub(super) async fn malformed(&mut self, what: &str) -> Result<(), End> {
-        self.fatal(PgError::fatal(
+    fn malformed(&self, what: &str) -> Blocked {
+        Blocked::Fatal(PgError::fatal(
             SqlState::PROTOCOL_VIOLATION,
             format!("malformed {what} message; the connection is closed"),
         ))
-        .await
     }
 
-    pub(super) async fn on_client_message(&mut self, tag: u8, frame: Bytes) -> Result<(), End> {
+    fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), Blocked> {
         if self.discard_until_sync {
             if tag == fe::SYNC {
                 self.discard_until_sync = false;
@@ -77,22 +75,20 @@ impl Session {
         match tag {
             fe::QUERY => {
                 let Some(text) = msg::query_text(body) else {
-                    return self.malformed("Query").await;
+                    return Err(self.malformed("Query"));
                 };
                 let fx = sql::analyze(text);
-                if !fx.is_empty() && self.renames() && self.answer_locally(&fx, text).await? {
+                if !fx.is_empty() && self.renames() && self.answer_locally(&fx, text) {
                     return Ok(());
                 }
-                if !self.ensure_server(tag).await? {
-                    return Ok(());
-                }
+                self.ensure_server()?;
                 self.apply_effects(fx);
-                self.swbuf.put_slice(&frame);
+                self.swbuf.put_slice(frame);
                 self.unit_sent(b'Q');
             }
             fe::PARSE => {
                 let Some(p) = msg::Parse::decode(body) else {
-                    return self.malformed("Parse").await;
+                    return Err(self.malformed("Parse"));
                 };
                 let fx = sql::analyze(p.query);
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
@@ -101,13 +97,11 @@ impl Session {
                         Arc::new(Statement::new(p.rest)),
                     )
                 });
-                if !self.ensure_server(tag).await? {
-                    return Ok(());
-                }
+                self.ensure_server()?;
                 self.apply_effects(fx);
                 match named {
                     None => {
-                        self.swbuf.put_slice(&frame);
+                        self.swbuf.put_slice(frame);
                         self.expect(b'1', false, None);
                     }
                     Some((name, stmt)) => {
@@ -128,15 +122,13 @@ impl Session {
             }
             fe::BIND => {
                 let Some(b) = msg::Bind::decode(body) else {
-                    return self.malformed("Bind").await;
+                    return Err(self.malformed("Bind"));
                 };
                 let stmt = self
                     .renames()
                     .then(|| self.stmts.get(b.statement).cloned())
                     .flatten();
-                if !self.ensure_server(tag).await? {
-                    return Ok(());
-                }
+                self.ensure_server()?;
                 match stmt {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
@@ -147,19 +139,17 @@ impl Session {
                             o.put_slice(rest);
                         });
                     }
-                    None => self.swbuf.put_slice(&frame),
+                    None => self.swbuf.put_slice(frame),
                 }
                 self.unsynced = true;
             }
             fe::DESCRIBE | fe::CLOSE => {
                 let Some(t) = msg::Target::decode(body) else {
-                    return self
-                        .malformed(if tag == fe::CLOSE {
-                            "Close"
-                        } else {
-                            "Describe"
-                        })
-                        .await;
+                    return Err(self.malformed(if tag == fe::CLOSE {
+                        "Close"
+                    } else {
+                        "Describe"
+                    }));
                 };
                 if tag == fe::CLOSE && self.server.is_none() && self.renames() {
                     // Between transactions no server holds anything of this client's:
@@ -174,9 +164,7 @@ impl Session {
                 let known = (t.kind == b'S' && !t.name.is_empty() && self.renames())
                     .then(|| self.stmts.get(t.name).cloned())
                     .flatten();
-                if !self.ensure_server(tag).await? {
-                    return Ok(());
-                }
+                self.ensure_server()?;
                 match (tag, known) {
                     (fe::DESCRIBE, Some(stmt)) => {
                         self.ensure_prepared(&stmt);
@@ -193,23 +181,21 @@ impl Session {
                         self.expect(b'3', false, None);
                     }
                     (fe::CLOSE, None) => {
-                        self.swbuf.put_slice(&frame);
+                        self.swbuf.put_slice(frame);
                         self.expect(b'3', false, None);
                     }
-                    _ => self.swbuf.put_slice(&frame),
+                    _ => self.swbuf.put_slice(frame),
                 }
                 self.unsynced = true;
             }
             fe::EXECUTE => {
-                if !self.ensure_server(tag).await? {
-                    return Ok(());
-                }
-                self.swbuf.put_slice(&frame);
+                self.ensure_server()?;
+                self.swbuf.put_slice(frame);
                 self.unsynced = true;
             }
             fe::FLUSH => {
                 if self.server.is_some() {
-                    self.swbuf.put_slice(&frame);
+                    self.swbuf.put_slice(frame);
                 }
             }
             fe::SYNC => {
@@ -218,7 +204,7 @@ impl Session {
                     build::ready_for_query(&mut self.cwbuf, self.tx);
                     return Ok(());
                 }
-                self.swbuf.put_slice(&frame);
+                self.swbuf.put_slice(frame);
                 self.unsynced = false;
                 if !self.copy_in {
                     self.unit_sent(b'S');
@@ -228,7 +214,7 @@ impl Session {
                 // Without a server these are the tail of a COPY the server already
                 // ended with an error; Postgres ignores them too.
                 if self.server.is_some() {
-                    self.swbuf.put_slice(&frame);
+                    self.swbuf.put_slice(frame);
                     if tag != fe::COPY_DATA && self.copy_in {
                         self.copy_in = false;
                         if self.unit_kinds.is_empty() {
@@ -239,22 +225,18 @@ impl Session {
                 }
             }
             fe::FUNCTION_CALL => {
-                if !self.ensure_server(tag).await? {
-                    return Ok(());
-                }
-                self.swbuf.put_slice(&frame);
+                self.ensure_server()?;
+                self.swbuf.put_slice(frame);
                 self.unit_sent(b'F');
             }
             _ => {
-                return self
-                    .fatal(PgError::fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!(
-                            "invalid frontend message type {:?}; the connection is closed",
-                            tag as char
-                        ),
-                    ))
-                    .await;
+                return Err(Blocked::Fatal(PgError::fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    format!(
+                        "invalid frontend message type {:?}; the connection is closed",
+                        tag as char
+                    ),
+                )));
             }
         }
         Ok(())
@@ -269,7 +251,8 @@ impl Session {
 
     pub(super) fn unit_sent(&mut self, kind: u8) {
         if self.in_flight() == 0 {
-            self.unit_started = Some(Instant::now());
+            // The clock is read only when a query_timeout needs it.
+            self.unit_started = (!self.limits.query_timeout.is_zero()).then(Instant::now);
             self.timeout_cancel_sent = false;
         }
         self.sent_units += 1;
@@ -355,17 +338,13 @@ impl Session {
     /// will get next holds nothing of them anyway. `DEALLOCATE name` of a protocol-level
     /// statement is answered by pgmux inside a transaction too (when nothing else is in
     /// flight): the server knows that statement under another name, and would refuse.
-    pub(super) async fn answer_locally(
-        &mut self,
-        fx: &sql::Effects,
-        text: &[u8],
-    ) -> Result<bool, End> {
+    pub(super) fn answer_locally(&mut self, fx: &sql::Effects, text: &[u8]) -> bool {
         let single = !text.contains(&b';')
             || text.iter().rposition(|&b| b == b';').is_some_and(|i| {
                 text[i + 1..].iter().all(u8::is_ascii_whitespace) && !text[..i].contains(&b';')
             });
         if !single || fx.pin.is_some() {
-            return Ok(false);
+            return false;
         }
         if self.server.is_some() {
             let quiet = self.in_flight() == 0 && !self.unsynced && self.tx != TxStatus::Failed;
@@ -374,7 +353,7 @@ impl Session {
                 _ => false,
             };
             if !quiet || !own {
-                return Ok(false);
+                return false;
             }
         }
         let tag = if fx.discard_all {
@@ -389,17 +368,17 @@ impl Session {
                 }
                 Deallocate::Name(n) => {
                     if self.stmts.remove(n.as_bytes()).is_none() {
-                        return Ok(false);
+                        return false;
                     }
                     "DEALLOCATE"
                 }
             }
         } else {
-            return Ok(false);
+            return false;
         };
         build::command_complete(&mut self.cwbuf, tag);
         build::ready_for_query(&mut self.cwbuf, self.tx);
-        Ok(true)
+        true
     }
 
     /// Reloaded timeouts and limits reach connected clients too: each transaction
@@ -414,14 +393,37 @@ impl Session {
         self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout;
     }
 
-    /// Makes sure a server connection is held; on failure the client has been told and
-    /// the rest of its unit will be dropped. Returns whether a server is held.
-    pub(super) async fn ensure_server(&mut self, tag: u8) -> Result<bool, End> {
+    /// Makes sure a server connection is held, without waiting: `Blocked::Checkout`
+    /// when none is free.
+    pub(super) fn ensure_server(&mut self) -> Result<(), Blocked> {
         if self.server.is_some() {
-            return Ok(true);
+            return Ok(());
         }
         self.refresh_limits();
-        // Anything the client was already sent must go before a possible wait.
+        match self.pool.try_checkout() {
+            Some(co) => {
+                self.take_server(co);
+                Ok(())
+            }
+            None => Err(Blocked::Checkout),
+        }
+    }
+
+    fn take_server(&mut self, mut co: Checkout) {
+        let conn = co.conn();
+        self.cancel.slot.attach(conn.cancel_target());
+        if let Some(sql) = self.settings.sync_sql(&conn.settings) {
+            build::query(&mut self.swbuf, &sql);
+            self.hidden_units += 1;
+        }
+        conn.settings = self.settings.clone();
+        self.server = Some(co);
+    }
+
+    /// Waits in the pool's queue for the message at the head of `crbuf`. If no
+    /// connection comes, the client is told why and that message is dropped.
+    pub(super) async fn wait_for_server(&mut self) -> Result<(), End> {
+        // Anything the client was already sent must go before the wait.
         self.flush().await?;
         // A cancel while the client waits in the queue abandons the wait: the
         // statement has not run anywhere, so it is simply not run.
@@ -430,27 +432,16 @@ impl Session {
             r = checkout => Some(r),
             _ = self.cancel.slot.cancelled_while_waiting() => None,
         };
-        let Some(checkout) = waited else {
-            PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")
-                .with_hint("the statement was cancelled while it waited for a server connection; it did not run")
-                .encode(&mut self.cwbuf);
-            self.end_unit_unrun(tag);
-            return Ok(false);
-        };
-        match checkout {
-            Ok(mut co) => {
-                let conn = co.conn();
-                self.cancel.slot.attach(conn.cancel_target());
-                if let Some(sql) = self.settings.sync_sql(&conn.settings) {
-                    build::query(&mut self.swbuf, &sql);
-                    self.hidden_units += 1;
-                }
-                conn.settings = self.settings.clone();
-                self.server = Some(co);
-                Ok(true)
+        let err = match waited {
+            Some(Ok(co)) => {
+                self.take_server(co);
+                return Ok(());
             }
-            Err(e) => {
-                let err = match &e {
+            None => PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")
+                .with_hint("the statement was cancelled while it waited for a server connection; it did not run"),
+            Some(Err(e)) => {
+                tracing::warn!(database = %self.database, error = %e, "checkout failed");
+                match &e {
                     PoolError::Timeout(wait) => PgError::error(
                         SqlState::TOO_MANY_CONNECTIONS,
                         format!(
@@ -461,13 +452,15 @@ impl Session {
                     .with_hint("raise pool_size for this database or query_wait_timeout, or shorten transactions"),
                     PoolError::Connect { .. } => PgError::error(SqlState::CONNECTION_FAILURE, e.to_string())
                         .with_hint("check that the server is running and reachable; the statement was not run"),
-                };
-                tracing::warn!(database = %self.database, error = %e, "checkout failed");
-                err.encode(&mut self.cwbuf);
-                self.end_unit_unrun(tag);
-                Ok(false)
+                }
             }
+        };
+        err.encode(&mut self.cwbuf);
+        if let Ok(Some((tag, len))) = complete_frame(&self.crbuf, usize::MAX) {
+            self.crbuf.advance(len);
+            self.end_unit_unrun(tag);
         }
+        Ok(())
     }
 
     /// After an error instead of a server: a Query or FunctionCall ends here; the
@@ -478,6 +471,18 @@ impl Session {
         } else {
             self.discard_until_sync = true;
         }
+    }
+
+    /// Writes `swbuf` to the server and `cwbuf` to the client as far as the sockets
+    /// take them now; `Blocked::Flush` leaves the rest to [`Session::flush`].
+    pub(super) fn flush_now(&mut self) -> Result<(), Blocked> {
+        if !self.swbuf.is_empty() {
+            match self.server.as_mut() {
+                Some(s) => write_now(&mut s.conn().stream, &mut self.swbuf)?,
+                None => self.swbuf.clear(),
+            }
+        }
+        write_now(&mut self.client, &mut self.cwbuf)
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), End> {
@@ -506,4 +511,16 @@ impl Session {
     }
 
     // ---------------------------------------------------------------- server → client
+}
+
+fn protocol_violation(e: FrameError) -> PgError {
+    let text = match e {
+        FrameError::TooLarge { len, max } => format!(
+            "message of {len} bytes is larger than max_message_size ({max} bytes); the connection is closed"
+        ),
+        FrameError::BadLength { len } => format!("invalid message length {len}; the connection is closed"),
+    };
+    PgError::fatal(SqlState::PROTOCOL_VIOLATION, text).with_hint(
+        "send valid protocol messages, or raise [proxy].max_message_size for larger ones",
+    )
 }

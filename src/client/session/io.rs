@@ -1,8 +1,9 @@
 //! Socket reads and writes of the relay.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
+use super::Blocked;
 use crate::server::ServerConn;
 use crate::tls::MaybeTls;
 
@@ -65,6 +66,39 @@ pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::
         }
     }
     Ok(())
+}
+
+/// Writes as much of `buf` as the socket takes without waiting, dropping what was
+/// written; `Blocked::Flush` when something is left.
+pub(super) fn write_now(stream: &mut MaybeTls, buf: &mut BytesMut) -> Result<(), Blocked> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let n = write_some_now(stream, buf);
+    buf.advance(n);
+    if buf.is_empty() {
+        buf.clear();
+        Ok(())
+    } else {
+        Err(Blocked::Flush)
+    }
+}
+
+/// Writes as much of `data` as the socket takes without waiting; returns how much.
+/// Nothing is written to TLS streams here: their writes go through [`write_all`].
+pub(super) fn write_some_now(stream: &mut MaybeTls, data: &[u8]) -> usize {
+    let MaybeTls::Plain(tcp) = stream else {
+        return 0;
+    };
+    let mut written = 0;
+    while written < data.len() {
+        match tcp.try_write(&data[written..]) {
+            Ok(n) if n > 0 => written += n,
+            // Would block, or an error that the awaited write will report.
+            _ => break,
+        }
+    }
+    written
 }
 
 #[inline]

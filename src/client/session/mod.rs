@@ -25,10 +25,12 @@ mod io;
 mod outcome;
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::sql::{self, PinReason, SetOp};
 use crate::cancel::Registration;
@@ -38,7 +40,7 @@ use crate::protocol::build::PgError;
 use crate::protocol::{complete_frame, SqlState, TxStatus};
 use crate::proxy::Shared;
 use crate::server::prepared::Statement;
-use crate::server::Settings;
+use crate::server::{CancelGate, Settings};
 use crate::tls::MaybeTls;
 
 use io::{read_some, sleep_until, write_all};
@@ -58,6 +60,21 @@ impl From<std::io::Error> for End {
     fn from(e: std::io::Error) -> End {
         End::Io(e)
     }
+}
+
+/// What the synchronous handling of input could not finish; the relay awaits it on
+/// the slow path ([`Session::finish`]).
+pub(super) enum Blocked {
+    /// The message at the head of `crbuf` needs a server connection and none is free.
+    Checkout,
+    /// Output is left in `swbuf` or `cwbuf`: a socket did not take it all.
+    Flush,
+    /// The connection may go back only once a cancel in flight is done, or after a
+    /// settings reset. Carries the gate taken from the cancel slot.
+    Release(Option<Arc<CancelGate>>),
+    /// The client sent Terminate.
+    Terminate,
+    Fatal(PgError),
 }
 
 /// What to do with one reply of a Parse or Close pgmux sent.
@@ -122,6 +139,9 @@ pub struct Session {
     discard_until_sync: bool,
     unit_started: Option<Instant>,
     timeout_cancel_sent: bool,
+    /// Registered with the shutdown token once per session rather than on every wait
+    /// for the client: that registration takes a lock.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 enum Event {
@@ -145,6 +165,7 @@ impl Session {
         startup: Settings,
     ) -> Session {
         Session {
+            shutdown: Box::pin(shared.shutdown.clone().cancelled_owned()),
             shared,
             client,
             crbuf: leftover,
@@ -216,7 +237,7 @@ impl Session {
                 }
                 let ev = tokio::select! {
                     r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
-                    _ = self.shared.shutdown.cancelled() => Event::Shutdown,
+                    _ = &mut self.shutdown => Event::Shutdown,
                 };
                 match ev {
                     Event::Client(Ok(0)) => return Err(End::ClientLeft),
@@ -242,7 +263,7 @@ impl Session {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
                 }
-                _ = self.shared.shutdown.cancelled(), if idle => Event::Shutdown,
+                _ = &mut self.shutdown, if idle => Event::Shutdown,
             };
             match ev {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),
@@ -304,17 +325,57 @@ impl Session {
             && self.swbuf.is_empty()
     }
 
-    // The relay's handlers run boxed: an idle client's task then reserves room only
-    // for waiting, not for the deepest handler. The box is built in its own statement
+    // The relay's handlers first run synchronously; only what must wait runs as a
+    // boxed future, so an idle client's task reserves no room for the deepest handler
+    // and the usual transaction boxes nothing. The box is built in its own statement
     // so the unboxed future's storage does not outlive it in the task.
     async fn client_input(&mut self) -> Result<(), End> {
-        let work = Box::pin(self.on_client_input());
-        work.await
+        match self.client_input_now() {
+            Ok(()) => Ok(()),
+            Err(blocked) => {
+                let work = Box::pin(self.finish(blocked));
+                work.await
+            }
+        }
     }
 
     async fn server_input(&mut self) -> Result<(), End> {
-        let work = Box::pin(self.on_server_input());
-        work.await
+        match self.server_input_now() {
+            Ok(()) => Ok(()),
+            Err(blocked) => {
+                let work = Box::pin(self.finish(blocked));
+                work.await
+            }
+        }
+    }
+
+    /// The slow path: awaits what blocked, then goes on with the synchronous handling.
+    async fn finish(&mut self, mut blocked: Blocked) -> Result<(), End> {
+        loop {
+            let next = match blocked {
+                Blocked::Checkout => {
+                    self.wait_for_server().await?;
+                    self.client_input_now()
+                }
+                Blocked::Flush => {
+                    self.flush().await?;
+                    self.release_if_done()
+                }
+                Blocked::Release(gate) => {
+                    self.release_slow(gate).await;
+                    Ok(())
+                }
+                Blocked::Terminate => {
+                    self.flush().await?;
+                    return Err(End::ClientLeft);
+                }
+                Blocked::Fatal(err) => return self.fatal(err).await,
+            };
+            match next {
+                Ok(()) => return Ok(()),
+                Err(b) => blocked = b,
+            }
+        }
     }
 
     fn server_has_reply(&mut self) -> bool {
@@ -352,7 +413,7 @@ impl Session {
 
     /// In transaction mode, gives the server connection back once the client's work on
     /// it is complete.
-    async fn release_if_done(&mut self) -> Result<(), End> {
+    fn release_if_done(&mut self) -> Result<(), Blocked> {
         if self.server.is_none()
             || self.pinned.is_some()
             || self.in_flight() > 0
@@ -364,30 +425,30 @@ impl Session {
         {
             return Ok(());
         }
-        let mut co = self.server.take().expect("checked");
         let gate = self.cancel.slot.detach();
         self.fixups.clear();
         if gate.as_ref().is_some_and(|g| !g.is_clear()) || self.settings_uncertain {
             // Rare: a cancel is in flight, or the settings need a reset first.
-            let uncertain = std::mem::take(&mut self.settings_uncertain);
-            Box::pin(async move {
-                if let Some(gate) = gate {
-                    gate.wait_clear().await;
-                }
-                if uncertain {
-                    let conn = co.conn();
-                    if conn.run("RESET ALL").await.is_err() {
-                        return;
-                    }
-                    conn.settings.clear();
-                }
-                co.release();
-            })
-            .await;
-            return Ok(());
+            return Err(Blocked::Release(gate));
+        }
+        self.server.take().expect("checked").release();
+        Ok(())
+    }
+
+    async fn release_slow(&mut self, gate: Option<Arc<CancelGate>>) {
+        let mut co = self.server.take().expect("release without a server");
+        let uncertain = std::mem::take(&mut self.settings_uncertain);
+        if let Some(gate) = gate {
+            gate.wait_clear().await;
+        }
+        if uncertain {
+            let conn = co.conn();
+            if conn.run("RESET ALL").await.is_err() {
+                return;
+            }
+            conn.settings.clear();
         }
         co.release();
-        Ok(())
     }
 
     /// After the client is gone: the server connection goes back clean or is closed.
