@@ -80,7 +80,9 @@ pub struct Pool {
     permits: Arc<Semaphore>,
     /// Permits the semaphore was created or grown with, to shrink on reload.
     capacity: AtomicUsize,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed, so that a checkout and a release move a pointer, not the connection.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     open: AtomicUsize,
     waiting: AtomicUsize,
     active: AtomicUsize,
@@ -187,7 +189,7 @@ impl Pool {
         Ok(self.lend(conn, permit))
     }
 
-    fn lend(self: &Arc<Self>, conn: ServerConn, permit: OwnedSemaphorePermit) -> Checkout {
+    fn lend(self: &Arc<Self>, conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Checkout {
         self.active.fetch_add(1, Ordering::Relaxed);
         Checkout {
             conn: Some(conn),
@@ -196,7 +198,7 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<ServerConn> {
+    fn take_idle(&self) -> Option<Box<ServerConn>> {
         let settings = self.settings.load();
         loop {
             let conn = self.idle.lock().pop()?;
@@ -207,7 +209,7 @@ impl Pool {
         }
     }
 
-    async fn open_new(&self) -> Result<ServerConn, PoolError> {
+    async fn open_new(&self) -> Result<Box<ServerConn>, PoolError> {
         let opts = self.connect.load_full();
         let max_prepared = self.settings.load().max_prepared;
         match ServerConn::connect(&opts, max_prepared).await {
@@ -217,7 +219,7 @@ impl Pool {
                 if reported.is_none() {
                     *reported = Some(conn.reported.clone());
                 }
-                Ok(conn)
+                Ok(Box::new(conn))
             }
             Err(source) => Err(PoolError::Connect {
                 addr: opts.addr.clone(),
@@ -226,9 +228,9 @@ impl Pool {
         }
     }
 
-    fn closed(&self, conn: ServerConn) {
+    fn closed(&self, conn: Box<ServerConn>) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        tokio::spawn(conn.terminate());
+        tokio::spawn((*conn).terminate());
     }
 
     /// ParameterStatus values of this pool's server, once any connection has logged in.
@@ -240,7 +242,7 @@ impl Pool {
     /// dead, and opens connections up to `min_pool_size`.
     pub async fn maintain(self: &Arc<Self>) {
         let settings = self.settings.load_full();
-        let expired: Vec<ServerConn> = {
+        let expired: Vec<Box<ServerConn>> = {
             let mut idle = self.idle.lock();
             let (keep, drop): (Vec<_>, Vec<_>) =
                 std::mem::take(&mut *idle).into_iter().partition(|c| {
@@ -301,7 +303,7 @@ pub struct PoolStats {
 /// A server connection lent to one client. Dropping it closes the connection; only
 /// [`Checkout::release`] returns it to the pool.
 pub struct Checkout {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }

@@ -235,7 +235,10 @@ impl Session {
                     self.cwbuf = BytesMut::new();
                     self.swbuf = BytesMut::new();
                 }
+                // Biased: polled in this order, so the usual wakeup (the client's next
+                // query) polls nothing else and draws no random number.
                 let ev = tokio::select! {
+                    biased;
                     r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
                     _ = &mut self.shutdown => Event::Shutdown,
                 };
@@ -257,9 +260,12 @@ impl Session {
             // pinned) has nothing to finish: shutdown closes it like any idle one.
             let idle = self.between_transactions();
             let server = self.server.as_mut().expect("checked above").conn();
+            // The server first: its replies are what the usual wakeup brings, and a
+            // client that sends more meanwhile is read once the server has nothing.
             let ev = tokio::select! {
-                r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
+                biased;
                 r = read_some(&mut server.stream, &mut server.rbuf) => Event::Server(r),
+                r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
                 }
