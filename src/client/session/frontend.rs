@@ -77,11 +77,20 @@ impl Session {
                 let Some(text) = msg::query_text(body) else {
                     return Err(self.malformed("Query"));
                 };
-                let fx = sql::analyze(text);
+                // A Query that waited for a server is handled again once it has one;
+                // the usual one, without session effects, is not analyzed twice.
+                let fx = if std::mem::take(&mut self.head_is_plain) {
+                    sql::Effects::default()
+                } else {
+                    sql::analyze(text)
+                };
                 if !fx.is_empty() && self.renames() && self.answer_locally(&fx, text) {
                     return Ok(());
                 }
-                self.ensure_server()?;
+                if let Err(b) = self.ensure_server() {
+                    self.head_is_plain = fx.is_empty();
+                    return Err(b);
+                }
                 self.apply_effects(fx);
                 self.swbuf.put_slice(frame);
                 self.unit_sent(b'Q');
@@ -90,6 +99,7 @@ impl Session {
                 let Some(p) = msg::Parse::decode(body) else {
                     return Err(self.malformed("Parse"));
                 };
+                self.ensure_server()?;
                 let fx = sql::analyze(p.query);
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
                     (
@@ -97,7 +107,6 @@ impl Session {
                         Arc::new(Statement::new(p.rest)),
                     )
                 });
-                self.ensure_server()?;
                 self.apply_effects(fx);
                 match named {
                     None => {
@@ -456,6 +465,7 @@ impl Session {
             }
         };
         err.encode(&mut self.cwbuf);
+        self.head_is_plain = false;
         if let Ok(Some((tag, len))) = complete_frame(&self.crbuf, usize::MAX) {
             self.crbuf.advance(len);
             self.end_unit_unrun(tag);

@@ -137,6 +137,8 @@ pub struct Session {
     pinned: Option<PinReason>,
     /// After a failed checkout mid-pipeline: drop messages until the client's Sync.
     discard_until_sync: bool,
+    /// The Query at the head of `crbuf` waits for a server and has no session effects.
+    head_is_plain: bool,
     unit_started: Option<Instant>,
     timeout_cancel_sent: bool,
     /// Registered with the shutdown token once per session rather than on every wait
@@ -192,6 +194,7 @@ impl Session {
             fixups: VecDeque::new(),
             pinned: None,
             discard_until_sync: false,
+            head_is_plain: false,
             unit_started: None,
             timeout_cancel_sent: false,
         }
