@@ -17,6 +17,8 @@
 #   ONLY          regex: run only the workloads whose name matches (e.g. 'select')
 #   SKIP_MEMORY=1 skip the idle-client memory measurement
 #   KEEP=1        keep the temp dir (logs, configs) after the run
+#   FLOOR=1       also measure benches/floor: byte forwarders with no pooling logic, on
+#                 epoll and on io_uring (what a proxy costs at least, per I/O model)
 #   OUT           also write the report to this file        [target/bench/load-last.md]
 #
 # It installs what it needs (scripts/install-deps.sh), builds pgmux in release, starts
@@ -43,6 +45,7 @@ POOL_SIZE=${POOL_SIZE:-20}
 JOBS=${JOBS:-2}
 ONLY=${ONLY:-}
 SKIP_MEMORY=${SKIP_MEMORY:-0}
+FLOOR=${FLOOR:-0}
 KEEP=${KEEP:-0}
 OUT=${OUT:-$ROOT/target/bench/load-last.md}
 
@@ -263,6 +266,23 @@ done
 
 TARGETS=(direct pgbouncer)
 for w in "${WORKER_LIST[@]}"; do TARGETS+=("$(pgmux_name "$w")"); done
+
+# The floor: forwarders that pass bytes between one client and one server connection
+# of their own, nothing else (benches/floor). They share the pgmux bookkeeping.
+if [ "$FLOOR" = 1 ]; then
+    log "building benches/floor"
+    cargo build --release --quiet --manifest-path "$ROOT/benches/floor/Cargo.toml" --target-dir "$ROOT/target/floor"
+    for f in floor-epoll floor-uring; do
+        port=$(free_port)
+        "$ROOT/target/floor/release/$f" "127.0.0.1:$port" "127.0.0.1:$PG_PORT" >>"$TMP/$f.log" 2>&1 &
+        PGMUX_PID[$f]=$!
+        PGMUX_PORT[$f]=$port
+        PIDS+=("$!")
+        wait_port "$port" "$!" "$f" "$TMP/$f.log"
+        log "$f on 127.0.0.1:$port (pid $!)"
+        TARGETS+=("$f")
+    done
+fi
 
 target_port() {
     case $1 in
@@ -507,7 +527,7 @@ report() {
     echo "### pgmux load benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
     echo
     local cmd="" v
-    for v in QUICK DURATION ROUNDS WORKERS IDLE_CLIENTS SCALE POOL_SIZE JOBS ONLY SKIP_MEMORY; do
+    for v in QUICK DURATION ROUNDS WORKERS IDLE_CLIENTS SCALE POOL_SIZE JOBS ONLY SKIP_MEMORY FLOOR; do
         if printenv "$v" >/dev/null; then cmd+="$v=$(printf '%q' "$(printenv "$v")") "; fi
     done
     echo "Command: \`${cmd}bash benches/load.sh\`"
