@@ -232,8 +232,13 @@ impl Session {
                         ))
                         .await;
                 }
-                // Idle between transactions: hold no buffers.
-                if self.crbuf.is_empty() && self.crbuf.capacity() > 0 {
+                // Idle between transactions: hold no buffers. (A read buffer consumed
+                // to its very end has no capacity left, but the others may.)
+                if self.crbuf.is_empty()
+                    && (self.crbuf.capacity() > 0
+                        || self.swbuf.capacity() > 0
+                        || self.cwbuf.capacity() > 0)
+                {
                     self.crbuf = BytesMut::new();
                     self.cwbuf = BytesMut::new();
                     self.swbuf = BytesMut::new();
