@@ -8,19 +8,18 @@ use bytes::{Buf, BufMut, Bytes};
 
 use super::sql::{self, Deallocate, PinReason, SetOp};
 use crate::config::PoolMode;
-use crate::pool::PoolError;
+use crate::pool::{Checkout, PoolError};
 use crate::protocol::build::{self, PgError};
 use crate::protocol::{complete_frame, fe, msg, FrameError, SqlState, TxStatus};
 use crate::server::prepared::Statement;
 
 use super::io::{write_all, write_now, write_to_server};
 use super::{Blocked, End, Fixup, Session};
-use crate::pool::Checkout;
 
 impl Session {
     /// Handles what the client sent, as far as it can without waiting: the usual
     /// transaction (a free server connection, socket buffers with room) completes
-    /// here, with no allocation and no future to box.
+    /// here, without an await and without boxing a future.
     pub(super) fn client_input_now(&mut self) -> Result<(), Blocked> {
         self.handle_client_frames()?;
         self.flush_now()?;
