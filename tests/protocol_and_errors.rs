@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use support::wire::{self, RawClient};
+use support::wire::{self, tagged, Message, RawClient};
 use support::*;
 
 /// The longest any single step may take before the test fails: a safety net
@@ -125,56 +125,7 @@ fn assert_error(err: &tokio_postgres::Error, severity: &str, code: SqlState) {
 
 // ------------------------------------------------------------------ raw protocol
 
-/// One backend message.
-#[derive(Debug)]
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-impl Msg {
-    /// A field of an ErrorResponse or NoticeResponse (`b'C'` SQLSTATE, `b'V'`
-    /// severity, `b'M'` message).
-    fn field(&self, code: u8) -> Option<String> {
-        let mut rest = self.body.as_slice();
-        while let Some((&kind, tail)) = rest.split_first() {
-            if kind == 0 {
-                break;
-            }
-            let end = tail.iter().position(|&b| b == 0)?;
-            if kind == code {
-                return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-            }
-            rest = &tail[end + 1..];
-        }
-        None
-    }
-
-    /// `(severity, SQLSTATE)` of an ErrorResponse.
-    fn error(&self) -> (String, String) {
-        assert_eq!(self.tag, b'E', "not an ErrorResponse: {self:?}");
-        (
-            self.field(b'V').unwrap_or_default(),
-            self.field(b'C').unwrap_or_default(),
-        )
-    }
-
-    /// The first column of a DataRow, as text.
-    fn first_column(&self) -> String {
-        assert_eq!(self.tag, b'D', "not a DataRow: {self:?}");
-        let len = i32::from_be_bytes(self.body[2..6].try_into().expect("4 bytes"));
-        let len = usize::try_from(len).expect("not NULL");
-        String::from_utf8_lossy(&self.body[6..6 + len]).into_owned()
-    }
-
-    /// The transaction status of a ReadyForQuery.
-    fn tx_status(&self) -> char {
-        assert_eq!(self.tag, b'Z', "not a ReadyForQuery: {self:?}");
-        self.body[0] as char
-    }
-}
-
-fn tags(msgs: &[Msg]) -> String {
+fn tags(msgs: &[Message]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
 }
 
@@ -220,14 +171,14 @@ impl Raw {
     }
 
     /// The next message, or `None` once pgmux has closed the connection.
-    async fn recv(&mut self) -> Option<Msg> {
+    async fn recv(&mut self) -> Option<Message> {
         loop {
             if self.buf.len() >= 5 {
                 let len = i32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes"));
                 let total = 1 + usize::try_from(len).expect("a sane length from pgmux");
                 if self.buf.len() >= total {
                     let frame: Vec<u8> = self.buf.drain(..total).collect();
-                    return Some(Msg {
+                    return Some(Message {
                         tag: frame[0],
                         body: frame[5..].to_vec(),
                     });
@@ -245,7 +196,7 @@ impl Raw {
     }
 
     /// Messages up to and including the next ReadyForQuery.
-    async fn until_ready(&mut self) -> Vec<Msg> {
+    async fn until_ready(&mut self) -> Vec<Message> {
         let mut msgs = Vec::new();
         loop {
             let msg = self
@@ -261,7 +212,7 @@ impl Raw {
     }
 
     /// The next `n` messages.
-    async fn take(&mut self, n: usize) -> Vec<Msg> {
+    async fn take(&mut self, n: usize) -> Vec<Message> {
         let mut msgs = Vec::new();
         while msgs.len() < n {
             let msg = self
@@ -274,21 +225,13 @@ impl Raw {
     }
 
     /// Everything until pgmux closes the connection.
-    async fn until_closed(&mut self) -> Vec<Msg> {
+    async fn until_closed(&mut self) -> Vec<Message> {
         let mut msgs = Vec::new();
         while let Some(msg) = self.recv().await {
             msgs.push(msg);
         }
         msgs
     }
-}
-
-/// A tagged frontend message.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
 }
 
 fn cstr(out: &mut Vec<u8>, s: &str) {
@@ -299,7 +242,7 @@ fn cstr(out: &mut Vec<u8>, s: &str) {
 fn query(sql: &str) -> Vec<u8> {
     let mut body = Vec::new();
     cstr(&mut body, sql);
-    message(b'Q', &body)
+    tagged(b'Q', &body)
 }
 
 fn parse(name: &str, sql: &str) -> Vec<u8> {
@@ -307,7 +250,7 @@ fn parse(name: &str, sql: &str) -> Vec<u8> {
     cstr(&mut body, name);
     cstr(&mut body, sql);
     body.extend_from_slice(&0_i16.to_be_bytes());
-    message(b'P', &body)
+    tagged(b'P', &body)
 }
 
 /// Bind of the unnamed portal, no parameters, text results.
@@ -316,7 +259,7 @@ fn bind(statement: &str) -> Vec<u8> {
     cstr(&mut body, "");
     cstr(&mut body, statement);
     body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    message(b'B', &body)
+    tagged(b'B', &body)
 }
 
 /// Execute of the unnamed portal, all rows.
@@ -324,15 +267,15 @@ fn execute() -> Vec<u8> {
     let mut body = Vec::new();
     cstr(&mut body, "");
     body.extend_from_slice(&0_i32.to_be_bytes());
-    message(b'E', &body)
+    tagged(b'E', &body)
 }
 
 fn sync() -> Vec<u8> {
-    message(b'S', &[])
+    tagged(b'S', &[])
 }
 
 fn flush() -> Vec<u8> {
-    message(b'H', &[])
+    tagged(b'H', &[])
 }
 
 fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
@@ -807,7 +750,7 @@ async fn a_failed_extended_copy_ends_at_the_clients_sync_even_without_copy_done(
     .await;
     let msgs = raw.take(3).await;
     assert_eq!(tags(&msgs), "12G", "{msgs:?}");
-    raw.send(&message(b'd', b"not-a-number\tx\n")).await;
+    raw.send(&tagged(b'd', b"not-a-number\tx\n")).await;
     let msgs = raw.take(1).await;
     assert_eq!(msgs[0].error(), ("ERROR".into(), "22P02".into()));
 
@@ -837,10 +780,10 @@ async fn a_copy_the_client_abandons_with_copy_fail_leaves_a_clean_server() {
     raw.send(&query("copy copy_abandoned from stdin")).await;
     let msgs = raw.take(1).await;
     assert_eq!(tags(&msgs), "G", "{msgs:?}");
-    raw.send(&message(b'd', b"1\tone\n")).await;
+    raw.send(&tagged(b'd', b"1\tone\n")).await;
     let mut body = Vec::new();
     cstr(&mut body, "changed my mind");
-    raw.send(&message(b'f', &body)).await;
+    raw.send(&tagged(b'f', &body)).await;
     let msgs = raw.until_ready().await;
     assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
     assert_eq!(msgs[0].error(), ("ERROR".into(), "57014".into()));
@@ -1157,7 +1100,7 @@ async fn a_message_of_unknown_type_gets_fatal_08p01_and_only_that_client_is_clos
     let bystander = connect(&app_url(&px)).await;
     let mut raw = Raw::login(px.port).await;
 
-    raw.send(&message(b'?', b"garbage")).await;
+    raw.send(&tagged(b'?', b"garbage")).await;
     let msgs = raw.until_closed().await;
     assert_eq!(tags(&msgs), "E", "{msgs:?}");
     assert_eq!(msgs[0].error(), ("FATAL".into(), "08P01".into()));
@@ -1323,7 +1266,7 @@ async fn closing_a_statement_between_transactions_needs_no_server_connection() {
     let holder = connect(&app_url(&px)).await;
     holder.batch_execute("begin; select 1").await.unwrap();
 
-    raw.send(&concat(&[message(b'C', b"Ss1\0"), sync()])).await;
+    raw.send(&concat(&[tagged(b'C', b"Ss1\0"), sync()])).await;
     let msgs = raw.until_ready().await;
     assert_eq!(
         tags(&msgs),

@@ -70,7 +70,8 @@ fn request(code: i32, rest: &[u8]) -> Vec<u8> {
     out
 }
 
-fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
+/// A frontend message: its type byte, its length and `body`.
+pub fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
     let len = i32::try_from(4 + body.len()).expect("a small message");
     let mut out = vec![tag];
     out.extend_from_slice(&len.to_be_bytes());
@@ -101,6 +102,27 @@ impl Message {
             .split(|&b| b == 0)
             .find(|f| f.first() == Some(&code))
             .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+    }
+
+    /// `(severity, SQLSTATE)` of an ErrorResponse.
+    pub fn error(&self) -> (String, String) {
+        assert_eq!(self.tag, b'E', "not an ErrorResponse: {self:?}");
+        (
+            self.field(b'V').unwrap_or_default(),
+            self.field(b'C').unwrap_or_default(),
+        )
+    }
+
+    /// The first column of a DataRow, as text ("NULL" for null).
+    pub fn first_column(&self) -> String {
+        assert_eq!(self.tag, b'D', "not a DataRow: {self:?}");
+        first_column(&self.body)
+    }
+
+    /// The transaction status of a ReadyForQuery.
+    pub fn tx_status(&self) -> char {
+        assert_eq!(self.tag, b'Z', "not a ReadyForQuery: {self:?}");
+        self.body[0] as char
     }
 
     /// The request code of an Authentication message (`R`): 0 ok, 5 md5, 10 SASL.
