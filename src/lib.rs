@@ -3,7 +3,8 @@
 //! A request flows one way — listener ([`proxy`]) → client session ([`client`]) →
 //! router ([`route`]) → pool ([`pool`]) → server connection ([`server`]) — and replies
 //! flow back. Each module is one of those concepts; [`protocol`] frames the bytes,
-//! [`auth`] and [`tls`] secure both sides, [`cancel`] routes CancelRequests.
+//! [`auth`] and [`tls`] secure both sides, [`cancel`] routes CancelRequests, and
+//! [`uring`] carries the relay's plain sockets over io_uring.
 
 pub mod auth;
 pub mod cancel;
@@ -16,3 +17,4 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod tls;
+pub mod uring;

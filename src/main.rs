@@ -87,6 +87,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             pgmux::observe::init_logging(cfg.proxy.log_format);
+            let uring = pgmux::uring::init();
+            tracing::debug!(io_uring = uring, "relay I/O");
             // One worker is a single-threaded event loop: no work stealing, so no
             // cross-thread wake-ups. More workers share the clients by work stealing.
             let mut rt = if cfg.proxy.workers == 1 {
@@ -97,6 +99,9 @@ fn main() -> ExitCode {
             if cfg.proxy.workers > 1 {
                 rt.worker_threads(cfg.proxy.workers);
             }
+            // io_uring operations queued during a pass of the event loop go to the
+            // kernel together, when the thread has nothing left to run.
+            rt.on_thread_park(pgmux::uring::submit_local);
             let rt = match rt.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

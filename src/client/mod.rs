@@ -258,7 +258,7 @@ async fn login(
     };
     let session = Session::new(
         shared.clone(),
-        stream,
+        stream.into_uring()?,
         buf,
         pool,
         Arc::from(database.as_str()),

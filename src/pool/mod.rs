@@ -263,6 +263,7 @@ impl Pool {
             match self.open_new().await {
                 Ok(mut conn) => {
                     conn.last_used = Instant::now();
+                    conn.park();
                     self.idle.lock().push(conn);
                 }
                 Err(e) => {
@@ -329,6 +330,7 @@ impl Checkout {
                 if conn.rbuf.capacity() > 64 * 1024 {
                     conn.rbuf = bytes::BytesMut::with_capacity(8192);
                 }
+                conn.park();
                 self.pool.idle.lock().push(conn);
             } else {
                 self.pool.closed(conn);

@@ -172,7 +172,9 @@ impl ServerConn {
             gate: Arc::default(),
         };
         conn.login(opts).await?;
-        Ok(conn)
+        // Logged in on the tokio reactor; the relay's traffic goes through io_uring.
+        let stream = conn.stream.into_uring()?;
+        Ok(ServerConn { stream, ..conn })
     }
 
     async fn login(&mut self, opts: &ConnectOptions) -> Result<(), ServerError> {
@@ -368,18 +370,21 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return false;
         }
+        let tcp = match &self.stream {
+            // A receive stays armed on an idle pooled connection: its state answers.
+            MaybeTls::Uring(s) => return s.is_quiet(),
+            other => other.tcp().expect("not io_uring"),
+        };
         // The reactor's cached readiness answers without a syscall in the usual case:
         // the last read of the previous transaction drained the socket, so it is
         // flagged readable only if the server has said something since (or closed).
         // A task out of its coop budget gets Pending whatever the readiness: then
         // only the syscall below can tell.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if tokio::task::coop::has_budget_remaining()
-            && self.stream.tcp().poll_read_ready(&mut cx).is_pending()
-        {
+        if tokio::task::coop::has_budget_remaining() && tcp.poll_read_ready(&mut cx).is_pending() {
             return true;
         }
-        let fd = self.stream.tcp().as_raw_fd();
+        let fd = tcp.as_raw_fd();
         let mut byte = 0u8;
         // SAFETY: recv with MSG_PEEK on a valid socket fd into a 1-byte stack buffer.
         let n = unsafe {
@@ -410,7 +415,21 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();
         build::terminate(&mut out);
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+        let bye = async {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(100), bye).await;
+    }
+
+    /// Goes idle in the pool. With io_uring a receive stays armed meanwhile, so a
+    /// server that closes the connection or says something is noticed at checkout
+    /// without a system call ([`ServerConn::is_alive`]), and the next transaction's
+    /// first reply lands in that same receive.
+    pub fn park(&mut self) {
+        if let MaybeTls::Uring(s) = &self.stream {
+            s.watch();
+        }
     }
 }
 

@@ -276,7 +276,7 @@ mod tests {
 
         let mut conn = connect(&connector, addr, "localhost").await.unwrap();
         assert!(conn.is_tls());
-        assert_eq!(conn.tcp().peer_addr().unwrap(), addr);
+        assert_eq!(conn.tcp().unwrap().peer_addr().unwrap(), addr);
         assert_echoes(&mut conn).await;
     }
 
@@ -294,7 +294,7 @@ mod tests {
 
         let mut conn = MaybeTls::from(TcpStream::connect(addr).await.unwrap());
         assert!(!conn.is_tls());
-        assert_eq!(conn.tcp().peer_addr().unwrap(), addr);
+        assert_eq!(conn.tcp().unwrap().peer_addr().unwrap(), addr);
         assert_echoes(&mut conn).await;
     }
 

@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub enum MaybeTls {
     Plain(TcpStream),
+    /// Plain TCP through io_uring, once a connection is logged in (see `uring`).
+    Uring(crate::uring::UringStream),
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -23,18 +25,39 @@ pub enum MaybeTls {
 impl MaybeTls {
     /// Whether the bytes on the wire are encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, MaybeTls::Plain(_))
+        !matches!(self, MaybeTls::Plain(_) | MaybeTls::Uring(_))
     }
 
-    /// The TCP socket underneath, for addresses and socket options.
+    /// The tokio TCP socket underneath, for addresses and socket options; `None` once
+    /// the connection moved to io_uring.
     ///
     /// Reading or writing it directly would corrupt a TLS session; use the `MaybeTls`.
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            MaybeTls::Plain(tcp) => tcp,
-            MaybeTls::Server(tls) => tls.get_ref().0,
-            MaybeTls::Client(tls) => tls.get_ref().0,
+            MaybeTls::Plain(tcp) => Some(tcp),
+            MaybeTls::Uring(_) => None,
+            MaybeTls::Server(tls) => Some(tls.get_ref().0),
+            MaybeTls::Client(tls) => Some(tls.get_ref().0),
         }
+    }
+
+    /// Output handed to an io_uring socket and not yet taken by the kernel.
+    pub fn backlog(&self) -> usize {
+        match self {
+            MaybeTls::Uring(s) => s.backlog(),
+            _ => 0,
+        }
+    }
+
+    /// Moves a plain connection to io_uring when it is on (`uring::enabled`); TLS
+    /// connections stay where they are.
+    pub fn into_uring(self) -> io::Result<MaybeTls> {
+        Ok(match self {
+            MaybeTls::Plain(tcp) if crate::uring::enabled() => {
+                MaybeTls::Uring(crate::uring::UringStream::new(tcp.into_std()?))
+            }
+            other => other,
+        })
     }
 }
 
@@ -61,6 +84,10 @@ macro_rules! delegate {
     ($self:ident, $io:ident => $body:expr) => {
         match $self.get_mut() {
             MaybeTls::Plain(s) => {
+                let $io = Pin::new(s);
+                $body
+            }
+            MaybeTls::Uring(s) => {
                 let $io = Pin::new(s);
                 $body
             }
@@ -106,6 +133,7 @@ impl AsyncWrite for MaybeTls {
     fn is_write_vectored(&self) -> bool {
         match self {
             MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Uring(s) => s.is_write_vectored(),
             MaybeTls::Server(s) => s.is_write_vectored(),
             MaybeTls::Client(s) => s.is_write_vectored(),
         }

@@ -8,6 +8,8 @@ use bytes::{Buf, BufMut};
 use crate::protocol::build::{self};
 use crate::protocol::{be, complete_frame, msg, TxStatus};
 use crate::server::ServerConn;
+use crate::tls::MaybeTls;
+use crate::uring::HIGH_WATER;
 
 use super::io::write_some_now;
 use super::{Blocked, Session};
@@ -32,8 +34,29 @@ impl Session {
             pos += len;
         }
         let mut result = Ok(());
+        let mut taken = false;
         if rewritten {
             self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+        } else if let (true, MaybeTls::Uring(s)) = (pos > 0, &self.client) {
+            // The usual reply is all of the buffer: it goes to the kernel as it is.
+            let sent = if pos == rbuf.len() {
+                s.send_buf(&mut rbuf)
+            } else {
+                s.send_slice(&rbuf[..pos])
+            };
+            match sent {
+                Ok(backlog) => {
+                    taken = rbuf.is_empty();
+                    if backlog > HIGH_WATER {
+                        result = Err(Blocked::Flush);
+                    }
+                }
+                Err(_) => {
+                    // The awaited write reports it.
+                    self.cwbuf.put_slice(&rbuf[..pos]);
+                    result = Err(Blocked::Flush);
+                }
+            }
         } else if pos > 0 {
             let n = write_some_now(&mut self.client, &rbuf[..pos]);
             if n < pos {
@@ -42,7 +65,9 @@ impl Session {
                 result = Err(Blocked::Flush);
             }
         }
-        rbuf.advance(pos);
+        if !taken {
+            rbuf.advance(pos);
+        }
         if let Ok(Some((_, total))) = crate::protocol::peek_header(&rbuf, usize::MAX) {
             rbuf.reserve(total.saturating_sub(rbuf.len()));
         }

@@ -15,6 +15,7 @@ use crate::server::prepared::Statement;
 
 use super::io::{write_all, write_now, write_to_server};
 use super::{Blocked, End, Fixup, Session};
+use crate::uring::HIGH_WATER;
 
 impl Session {
     /// Handles what the client sent, as far as it can without waiting: the usual
@@ -495,9 +496,9 @@ impl Session {
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), End> {
-        if !self.swbuf.is_empty() {
-            if let Some(s) = self.server.as_mut() {
-                let conn = s.conn();
+        if let Some(s) = self.server.as_mut() {
+            let conn = s.conn();
+            if !self.swbuf.is_empty() || conn.stream.backlog() > HIGH_WATER {
                 if let Err(e) = write_to_server(conn, &self.swbuf).await {
                     let addr = conn.addr.to_string();
                     self.server = None;
@@ -510,9 +511,9 @@ impl Session {
                         .await;
                 }
             }
-            self.swbuf.clear();
         }
-        if !self.cwbuf.is_empty() {
+        self.swbuf.clear();
+        if !self.cwbuf.is_empty() || self.client.backlog() > HIGH_WATER {
             write_all(&mut self.client, &self.cwbuf).await?;
             self.cwbuf.clear();
         }

@@ -1,11 +1,14 @@
 //! Socket reads and writes of the relay.
 
+use std::task::Poll;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::Blocked;
 use crate::server::ServerConn;
 use crate::tls::MaybeTls;
+use crate::uring::HIGH_WATER;
 
 pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -22,6 +25,9 @@ pub(crate) fn read_some<'a>(
     buf: &'a mut BytesMut,
 ) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
+        if let MaybeTls::Uring(s) = &*stream {
+            return s.poll_read_buf(cx, buf);
+        }
         if buf.capacity() - buf.len() < 2048 {
             if buf.capacity() == 0 {
                 if let MaybeTls::Plain(tcp) = &*stream {
@@ -39,6 +45,23 @@ pub(crate) fn read_some<'a>(
 /// pipelines a lot would otherwise fill both directions and deadlock pgmux against
 /// the server, which stops reading while its own writes are blocked.
 pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::io::Result<()> {
+    if let MaybeTls::Uring(s) = &conn.stream {
+        s.send_slice(data)?;
+        let rbuf = &mut conn.rbuf;
+        return std::future::poll_fn(|cx| loop {
+            if s.poll_backlog(cx, HIGH_WATER)?.is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            match s.poll_read_buf(cx, rbuf)? {
+                Poll::Ready(0) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                Poll::Ready(_) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+    }
     let MaybeTls::Plain(tcp) = &conn.stream else {
         return write_all(&mut conn.stream, data).await;
     };
@@ -69,10 +92,17 @@ pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::
 }
 
 /// Writes as much of `buf` as the socket takes without waiting, dropping what was
-/// written; `Blocked::Flush` when something is left.
+/// written; `Blocked::Flush` when something is left. An io_uring socket takes it all,
+/// and blocks only when too much is queued (or the socket failed).
 pub(super) fn write_now(stream: &mut MaybeTls, buf: &mut BytesMut) -> Result<(), Blocked> {
     if buf.is_empty() {
         return Ok(());
+    }
+    if let MaybeTls::Uring(s) = stream {
+        return match s.send_buf(buf) {
+            Ok(backlog) if backlog <= HIGH_WATER => Ok(()),
+            _ => Err(Blocked::Flush),
+        };
     }
     let n = write_some_now(stream, buf);
     buf.advance(n);
@@ -101,8 +131,14 @@ pub(super) fn write_some_now(stream: &mut MaybeTls, data: &[u8]) -> usize {
     written
 }
 
+/// Writes all of `data`. On io_uring, "written" means queued on the socket, behind at
+/// most [`HIGH_WATER`] bytes: a socket closes only after its output has gone out.
 #[inline]
 pub(crate) async fn write_all(stream: &mut MaybeTls, data: &[u8]) -> std::io::Result<()> {
+    if let MaybeTls::Uring(s) = stream {
+        s.send_slice(data)?;
+        return std::future::poll_fn(|cx| s.poll_backlog(cx, HIGH_WATER)).await;
+    }
     stream.write_all(data).await?;
     if stream.is_tls() {
         stream.flush().await?;

@@ -139,6 +139,8 @@ pub struct Session {
     discard_until_sync: bool,
     /// The Query at the head of `crbuf` waits for a server and has no session effects.
     head_is_plain: bool,
+    /// The buffers were dropped since the client last sent something.
+    trimmed: bool,
     unit_started: Option<Instant>,
     timeout_cancel_sent: bool,
     /// Registered with the shutdown token once per session rather than on every wait
@@ -195,6 +197,7 @@ impl Session {
             pinned: None,
             discard_until_sync: false,
             head_is_plain: false,
+            trimmed: false,
             unit_started: None,
             timeout_cancel_sent: false,
         }
@@ -232,16 +235,15 @@ impl Session {
                         ))
                         .await;
                 }
-                // Idle between transactions: hold no buffers. (A read buffer consumed
-                // to its very end has no capacity left, but the others may.)
-                if self.crbuf.is_empty()
-                    && (self.crbuf.capacity() > 0
-                        || self.swbuf.capacity() > 0
-                        || self.cwbuf.capacity() > 0)
-                {
+                // Idle between transactions: hold no buffers, here or in the socket.
+                if self.crbuf.is_empty() && !self.trimmed {
                     self.crbuf = BytesMut::new();
                     self.cwbuf = BytesMut::new();
                     self.swbuf = BytesMut::new();
+                    if let MaybeTls::Uring(s) = &self.client {
+                        s.trim();
+                    }
+                    self.trimmed = true;
                 }
                 // Biased: polled in this order, so the usual wakeup (the client's next
                 // query) polls nothing else and draws no random number.
@@ -252,7 +254,10 @@ impl Session {
                 };
                 match ev {
                     Event::Client(Ok(0)) => return Err(End::ClientLeft),
-                    Event::Client(Ok(_)) => self.client_input().await?,
+                    Event::Client(Ok(_)) => {
+                        self.trimmed = false;
+                        self.client_input().await?
+                    }
                     Event::Client(Err(e)) => return Err(End::Io(e)),
                     _ => continue,
                 }
@@ -281,7 +286,10 @@ impl Session {
             };
             match ev {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),
-                Event::Client(Ok(_)) => self.client_input().await?,
+                Event::Client(Ok(_)) => {
+                    self.trimmed = false;
+                    self.client_input().await?
+                }
                 Event::Client(Err(e)) => return Err(End::Io(e)),
                 Event::Server(Ok(0)) | Event::Server(Err(_)) => {
                     let addr = self

@@ -1,0 +1,713 @@
+//! io_uring for the relay's plain TCP sockets.
+//!
+//! On epoll, every message costs a system call of its own, and each `send()` wakes its
+//! peer (a Postgres backend, a client) which then preempts pgmux at the exit of that
+//! call: on two shared cores that is most of what a proxy costs per transaction (see
+//! BENCHMARKS.md, "the floor"). Here the sends and receives that one pass of the event
+//! loop produces are queued in the thread's ring and handed to the kernel together,
+//! once, when the thread is about to sleep ([`submit_local`], the runtime's park
+//! hook): one `io_uring_enter` for many transactions, and one preemption point.
+//!
+//! - Each runtime thread has a ring; a socket's operations go to the ring of the
+//!   thread that issues them. A ring's completions are reaped by a task of its own,
+//!   woken through the tokio reactor, wherever that task runs.
+//! - Receives take a buffer from the ring's provided-buffer pool only when data
+//!   arrives, so an idle client with a receive armed holds no buffer. What arrives is
+//!   moved to the socket's inbox; a reader whose buffer is empty takes the inbox whole.
+//! - A send hands the caller's buffer to the kernel (the caller gets an empty one
+//!   back); while one is in flight, more output is queued behind it. Callers wait only
+//!   when more than [`HIGH_WATER`] bytes are queued.
+//! - A socket's state is shared between its owner and the ring that runs its
+//!   operations, and the file descriptor closes only when the last of them lets go, so
+//!   a descriptor number is never reused while an operation may still name it.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BytesMut};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use parking_lot::Mutex;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Output queued on one socket above which writers wait for the kernel to take it.
+pub const HIGH_WATER: usize = 256 * 1024;
+
+const BUF_SIZE: usize = 16 * 1024;
+const BUF_COUNT: u16 = 256;
+const BUF_GROUP: u16 = 0;
+const RING_ENTRIES: u32 = 1024;
+
+static MODE: AtomicU8 = AtomicU8::new(OFF);
+const OFF: u8 = 0;
+const ON: u8 = 1;
+
+/// Turns io_uring on for sockets converted from now on, if this kernel allows it:
+/// `PGMUX_IO=epoll` keeps every socket on the tokio reactor. Returns whether it is on.
+pub fn init() -> bool {
+    let wanted = std::env::var("PGMUX_IO").unwrap_or_default();
+    if wanted == "epoll" {
+        return false;
+    }
+    match Driver::new() {
+        Ok(_) => {
+            MODE.store(ON, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "io_uring is not available; sockets use epoll");
+            false
+        }
+    }
+}
+
+pub fn enabled() -> bool {
+    MODE.load(Ordering::Relaxed) == ON
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
+    /// Whether this thread submits at park; other threads submit at each push.
+    static PARKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The runtime's park hook: hands the thread's queued operations to the kernel.
+pub fn submit_local() {
+    PARKS.with(|p| p.set(true));
+    LOCAL.with(|l| {
+        if let Some(ring) = &*l.borrow() {
+            ring.submit();
+        }
+    });
+}
+
+fn local_ring() -> io::Result<Arc<Ring>> {
+    LOCAL.with(|l| {
+        if let Some(r) = &*l.borrow() {
+            return Ok(r.clone());
+        }
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("io_uring socket used outside the runtime"))?;
+        let driver = Driver::new()?;
+        let fd = driver.ring.as_raw_fd();
+        let ring = Arc::new(Ring {
+            inner: Mutex::new(driver),
+        });
+        let afd = {
+            let _guard = handle.enter();
+            // SAFETY: the descriptor is the ring's, which `RingFd` keeps alive.
+            unsafe {
+                AsyncFd::register_with_interest(
+                    RingFd(ring.clone(), fd),
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| io::Error::other(e.to_string()))?
+        };
+        handle.spawn(reap_forever(afd));
+        *l.borrow_mut() = Some(ring.clone());
+        Ok(ring)
+    })
+}
+
+fn push(sqe: squeue::Entry, op: Op) -> io::Result<()> {
+    let ring = local_ring()?;
+    let parks = PARKS.with(|p| p.get());
+    let mut d = ring.inner.lock();
+    let idx = match d.free.pop() {
+        Some(i) => {
+            d.ops[i as usize] = Some(op);
+            i
+        }
+        None => {
+            d.ops.push(Some(op));
+            (d.ops.len() - 1) as u32
+        }
+    };
+    let sqe = sqe.user_data(idx as u64);
+    // SAFETY: every buffer an entry names lives in a socket state that the entry's
+    // `Op` keeps alive, and is not touched until the operation completes.
+    unsafe {
+        while d.ring.submission().push(&sqe).is_err() {
+            d.ring.submit()?;
+        }
+    }
+    if !parks {
+        d.ring.submit()?;
+    }
+    Ok(())
+}
+
+/// A ring's descriptor, registered with the tokio reactor: readable when completions
+/// wait.
+struct RingFd(Arc<Ring>, RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.1
+    }
+}
+
+async fn reap_forever(afd: AsyncFd<RingFd>) {
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
+        // Cleared before reaping: a completion that comes after this reap marks the
+        // descriptor readable again.
+        guard.clear_ready();
+        afd.get_ref().0.reap();
+    }
+}
+
+struct Ring {
+    inner: Mutex<Driver>,
+}
+
+enum Op {
+    Recv(Arc<Sock>),
+    Send(Arc<Sock>),
+}
+
+struct Driver {
+    ring: IoUring,
+    ops: Vec<Option<Op>>,
+    free: Vec<u32>,
+    bufs: BufRing,
+}
+
+impl Driver {
+    fn new() -> io::Result<Driver> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_cqsize(RING_ENTRIES * 4)
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        let bufs = BufRing::new(&ring)?;
+        Ok(Driver {
+            ring,
+            ops: Vec::new(),
+            free: Vec::new(),
+            bufs,
+        })
+    }
+}
+
+impl Ring {
+    fn submit(&self) {
+        let mut d = self.inner.lock();
+        if d.ring.submission().is_empty() {
+            return;
+        }
+        // EBUSY (completions not yet reaped) leaves the entries queued for the next
+        // park; the reaper is already due.
+        if let Err(e) = d.ring.submit() {
+            tracing::debug!(error = %e, "io_uring submit deferred");
+        }
+    }
+
+    fn reap(&self) {
+        let mut wake = Vec::new();
+        let mut rearm = Vec::new();
+        {
+            let mut guard = self.inner.lock();
+            let d = &mut *guard;
+            let mut cq = d.ring.completion();
+            cq.sync();
+            for cqe in &mut cq {
+                let idx = cqe.user_data() as usize;
+                let Some(op) = d.ops[idx].take() else {
+                    continue;
+                };
+                d.free.push(idx as u32);
+                let res = cqe.result();
+                match op {
+                    Op::Recv(sock) => {
+                        let mut st = sock.state.lock();
+                        st.recv_armed = false;
+                        if res > 0 {
+                            match cqueue::buffer_select(cqe.flags()) {
+                                Some(bid) => {
+                                    st.inbox.extend_from_slice(d.bufs.get(bid, res as usize));
+                                    d.bufs.recycle(bid);
+                                }
+                                None => st.error = Some(libc::EIO),
+                            }
+                        } else if res == 0 {
+                            st.eof = true;
+                        } else if res == -libc::ENOBUFS {
+                            // Every buffer was in use in this batch; they are back now.
+                            st.recv_armed = true;
+                            drop(st);
+                            rearm.push(Op::Recv(sock));
+                            continue;
+                        } else {
+                            st.error = Some(-res);
+                        }
+                        if let Some(w) = st.reader.take() {
+                            wake.push(w);
+                        }
+                    }
+                    Op::Send(sock) => {
+                        let mut st = sock.state.lock();
+                        if res < 0 {
+                            st.error = Some(-res);
+                            st.send_armed = false;
+                            st.sending.clear();
+                            st.queued.clear();
+                        } else {
+                            st.sent += res as usize;
+                            if st.sent == st.sending.len() {
+                                st.sending.clear();
+                                st.sent = 0;
+                                if st.queued.is_empty() {
+                                    st.send_armed = false;
+                                    if std::mem::take(&mut st.trim_after_send) {
+                                        st.sending = BytesMut::new();
+                                        st.queued = BytesMut::new();
+                                    }
+                                } else {
+                                    let st = &mut *st;
+                                    std::mem::swap(&mut st.sending, &mut st.queued);
+                                }
+                            }
+                            if st.send_armed {
+                                rearm.push(Op::Send(sock.clone()));
+                            }
+                        }
+                        if st.backlog() <= HIGH_WATER || st.error.is_some() {
+                            if let Some(w) = st.writer.take() {
+                                wake.push(w);
+                            }
+                        }
+                        if st.backlog() == 0 || st.error.is_some() {
+                            if let Some(w) = st.flusher.take() {
+                                wake.push(w);
+                            }
+                        }
+                    }
+                }
+            }
+            cq.sync();
+        }
+        for op in rearm {
+            let result = match op {
+                Op::Recv(sock) => sock.clone().push_recv(),
+                Op::Send(sock) => sock.clone().push_send(),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "io_uring resubmission failed");
+            }
+        }
+        for w in wake {
+            w.wake();
+        }
+    }
+}
+
+/// The ring's pool of receive buffers (Linux "provided buffer rings"): the kernel
+/// takes one when a receive has data, and pgmux gives it back once it is copied out.
+struct BufRing {
+    entries: *mut io_uring::types::BufRingEntry,
+    /// Never freed: the kernel tears a ring down asynchronously and may still write
+    /// to a buffer after the ring's descriptor is closed. A ring lives as long as its
+    /// thread, and a process has one per runtime thread.
+    mem: &'static mut [u8],
+    tail: u16,
+}
+
+// SAFETY: the entries are written only under the driver's lock, and read by the
+// kernel as the ring's protocol prescribes (the tail is published with release).
+unsafe impl Send for BufRing {}
+
+impl BufRing {
+    fn layout() -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(
+            BUF_COUNT as usize * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .expect("valid layout")
+    }
+
+    fn new(ring: &IoUring) -> io::Result<BufRing> {
+        // SAFETY: a non-zero size; zeroed memory is a valid empty ring.
+        let entries = unsafe { std::alloc::alloc_zeroed(Self::layout()) }
+            as *mut io_uring::types::BufRingEntry;
+        if entries.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let mut bufs = BufRing {
+            entries,
+            mem: Box::leak(vec![0u8; BUF_SIZE * BUF_COUNT as usize].into_boxed_slice()),
+            tail: 0,
+        };
+        // SAFETY: the entries, like the buffers, are never freed.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                entries as u64,
+                BUF_COUNT,
+                BUF_GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..BUF_COUNT {
+            bufs.add(bid);
+        }
+        bufs.publish();
+        Ok(bufs)
+    }
+
+    fn add(&mut self, bid: u16) {
+        let slot = (self.tail & (BUF_COUNT - 1)) as usize;
+        // SAFETY: slot < BUF_COUNT entries; the kernel does not read slots past the
+        // published tail.
+        let e = unsafe { &mut *self.entries.add(slot) };
+        e.set_addr(self.mem[bid as usize * BUF_SIZE..].as_ptr() as u64);
+        e.set_len(BUF_SIZE as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the ring's tail is the u16 that overlays the first entry's reserved
+        // field (`struct io_uring_buf_ring`), 14 bytes in, 2-aligned.
+        let tail = unsafe { &*((self.entries as *const u8).add(14) as *const AtomicU16) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    fn get(&self, bid: u16, len: usize) -> &[u8] {
+        let start = bid as usize * BUF_SIZE;
+        &self.mem[start..start + len.min(BUF_SIZE)]
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        self.add(bid);
+        self.publish();
+    }
+}
+
+#[derive(Default)]
+struct State {
+    recv_armed: bool,
+    /// Received and not yet taken by the reader.
+    inbox: BytesMut,
+    eof: bool,
+    /// The first error of either direction; reported to both.
+    error: Option<i32>,
+    reader: Option<Waker>,
+
+    send_armed: bool,
+    /// In the kernel's hands from `sent` on while `send_armed`.
+    sending: BytesMut,
+    sent: usize,
+    /// Output behind the send in flight.
+    queued: BytesMut,
+    /// Waits for the backlog to fall to [`HIGH_WATER`].
+    writer: Option<Waker>,
+    /// Waits for the backlog to empty.
+    flusher: Option<Waker>,
+    /// The owner went idle while a send was in flight: drop the buffers after it.
+    trim_after_send: bool,
+}
+
+impl State {
+    fn backlog(&self) -> usize {
+        self.sending.len() - self.sent + self.queued.len()
+    }
+
+    fn error(&self) -> Option<io::Error> {
+        self.error.map(io::Error::from_raw_os_error)
+    }
+}
+
+struct Sock {
+    fd: OwnedFd,
+    state: Mutex<State>,
+}
+
+impl Sock {
+    fn push_recv(self: Arc<Self>) -> io::Result<()> {
+        let sqe = opcode::Recv::new(
+            types::Fd(self.fd.as_raw_fd()),
+            std::ptr::null_mut(),
+            BUF_SIZE as u32,
+        )
+        .buf_group(BUF_GROUP)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT);
+        push(sqe, Op::Recv(self))
+    }
+
+    fn push_send(self: Arc<Self>) -> io::Result<()> {
+        let (ptr, len) = {
+            let st = self.state.lock();
+            let rest = &st.sending[st.sent..];
+            (rest.as_ptr(), rest.len() as u32)
+        };
+        let sqe = opcode::Send::new(types::Fd(self.fd.as_raw_fd()), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        push(sqe, Op::Send(self))
+    }
+}
+
+/// A plain TCP connection whose reads and writes go through io_uring.
+pub struct UringStream {
+    sock: Arc<Sock>,
+    peer: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for UringStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringStream")
+            .field("fd", &self.sock.fd.as_raw_fd())
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl UringStream {
+    /// Takes over a connected socket (already non-blocking, as tokio leaves it).
+    pub fn new(tcp: std::net::TcpStream) -> UringStream {
+        let peer = tcp.peer_addr().ok();
+        UringStream {
+            sock: Arc::new(Sock {
+                fd: OwnedFd::from(tcp),
+                state: Mutex::new(State::default()),
+            }),
+            peer,
+        }
+    }
+
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Moves what has arrived into `buf` (whole, when `buf` is empty); otherwise makes
+    /// sure a receive is armed. `Ok(0)` at end of stream.
+    pub fn poll_read_buf(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let arm = {
+            let mut st = self.sock.state.lock();
+            if !st.inbox.is_empty() {
+                let n = st.inbox.len();
+                if buf.is_empty() {
+                    std::mem::swap(buf, &mut st.inbox);
+                } else {
+                    buf.extend_from_slice(&st.inbox);
+                    st.inbox.clear();
+                }
+                return Poll::Ready(Ok(n));
+            }
+            if st.eof {
+                return Poll::Ready(Ok(0));
+            }
+            if let Some(e) = st.error() {
+                return Poll::Ready(Err(e));
+            }
+            match &st.reader {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.reader = Some(cx.waker().clone()),
+            }
+            !std::mem::replace(&mut st.recv_armed, true)
+        };
+        if arm {
+            if let Err(e) = self.sock.clone().push_recv() {
+                self.sock.state.lock().recv_armed = false;
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Arms a receive with no reader waiting: an idle pooled server connection then
+    /// learns of a close or an unexpected message without a system call.
+    pub fn watch(&self) {
+        let arm = {
+            let mut st = self.sock.state.lock();
+            st.reader = None;
+            !st.eof && st.error.is_none() && !std::mem::replace(&mut st.recv_armed, true)
+        };
+        if arm && self.sock.clone().push_recv().is_err() {
+            self.sock.state.lock().recv_armed = false;
+        }
+    }
+
+    /// False once the peer closed, failed or sent something nobody read.
+    pub fn is_quiet(&self) -> bool {
+        let st = self.sock.state.lock();
+        st.inbox.is_empty() && !st.eof && st.error.is_none()
+    }
+
+    /// Hands all of `buf` to the socket (`buf` is left empty, possibly with another
+    /// buffer's capacity); returns the bytes now waiting to be sent.
+    pub fn send_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.send_with(|st| {
+            if st.send_armed {
+                st.queued.extend_from_slice(buf);
+                buf.clear();
+            } else {
+                std::mem::swap(&mut st.sending, buf);
+                buf.clear();
+            }
+        })
+    }
+
+    /// Like [`UringStream::send_buf`], for bytes the caller keeps.
+    pub fn send_slice(&self, data: &[u8]) -> io::Result<usize> {
+        self.send_with(|st| {
+            if st.send_armed {
+                st.queued.extend_from_slice(data);
+            } else {
+                st.sending.extend_from_slice(data);
+            }
+        })
+    }
+
+    fn send_with(&self, put: impl FnOnce(&mut State)) -> io::Result<usize> {
+        let (arm, backlog) = {
+            let mut st = self.sock.state.lock();
+            if let Some(e) = st.error() {
+                return Err(e);
+            }
+            let armed = st.send_armed;
+            put(&mut st);
+            let arm = !armed && !st.sending.is_empty();
+            if arm {
+                st.sent = 0;
+                st.send_armed = true;
+            }
+            (arm, st.backlog())
+        };
+        if arm {
+            if let Err(e) = self.sock.clone().push_send() {
+                let mut st = self.sock.state.lock();
+                st.send_armed = false;
+                st.sending.clear();
+                st.error = e.raw_os_error().or(Some(libc::EIO));
+                return Err(e);
+            }
+        }
+        Ok(backlog)
+    }
+
+    /// Bytes handed to this socket and not yet taken by the kernel.
+    pub fn backlog(&self) -> usize {
+        self.sock.state.lock().backlog()
+    }
+
+    /// Ready once at most `limit` bytes wait to be sent; an error of the socket ends
+    /// the wait.
+    pub fn poll_backlog(&self, cx: &mut Context<'_>, limit: usize) -> Poll<io::Result<()>> {
+        let mut st = self.sock.state.lock();
+        if let Some(e) = st.error() {
+            return Poll::Ready(Err(e));
+        }
+        if st.backlog() <= limit {
+            return Poll::Ready(Ok(()));
+        }
+        let slot = if limit == 0 {
+            &mut st.flusher
+        } else {
+            &mut st.writer
+        };
+        *slot = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Drops buffers kept for reuse (now, or once the send in flight is done): an
+    /// idle client holds none.
+    pub fn trim(&self) {
+        let mut st = self.sock.state.lock();
+        if st.inbox.is_empty() {
+            st.inbox = BytesMut::new();
+        }
+        if st.send_armed {
+            st.trim_after_send = true;
+        } else {
+            st.sending = BytesMut::new();
+            st.queued = BytesMut::new();
+        }
+    }
+}
+
+impl Drop for UringStream {
+    fn drop(&mut self) {
+        let st = self.sock.state.lock();
+        if st.recv_armed {
+            // A receive would keep the socket open until the peer spoke; shutting
+            // down the read side completes it. Output in flight still goes out before
+            // the close, which comes when the last operation lets go of the socket.
+            // SAFETY: shutdown on a descriptor this socket owns.
+            unsafe { libc::shutdown(self.sock.fd.as_raw_fd(), libc::SHUT_RD) };
+        }
+    }
+}
+
+impl AsyncRead for UringStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let arm = {
+            let mut st = self.sock.state.lock();
+            if !st.inbox.is_empty() {
+                let n = st.inbox.len().min(buf.remaining());
+                buf.put_slice(&st.inbox[..n]);
+                st.inbox.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if st.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = st.error() {
+                return Poll::Ready(Err(e));
+            }
+            st.reader = Some(cx.waker().clone());
+            !std::mem::replace(&mut st.recv_armed, true)
+        };
+        if arm {
+            if let Err(e) = self.sock.clone().push_recv() {
+                self.sock.state.lock().recv_armed = false;
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for UringStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_backlog(cx, HIGH_WATER))?;
+        self.send_slice(buf)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_backlog(cx, 0)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_backlog(cx, 0))?;
+        // SAFETY: shutdown on a descriptor this socket owns.
+        unsafe { libc::shutdown(self.sock.fd.as_raw_fd(), libc::SHUT_WR) };
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

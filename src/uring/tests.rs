@@ -1,0 +1,153 @@
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    b.enable_all().on_thread_park(submit_local).build().unwrap()
+}
+
+/// A connected pair: pgmux's side on io_uring, the peer on tokio.
+async fn pair() -> (UringStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let ours = UringStream::new(ours.unwrap().into_std().unwrap());
+    (ours, theirs.unwrap().0)
+}
+
+async fn read_some(s: &UringStream, buf: &mut BytesMut) -> usize {
+    let read = std::future::poll_fn(|cx| s.poll_read_buf(cx, buf));
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("data within 30 s")
+        .unwrap()
+}
+
+fn round_trip(workers: usize) {
+    runtime(workers).block_on(async {
+        let (ours, mut peer) = pair().await;
+        let mut out = BytesMut::from(&b"hello"[..]);
+        assert_eq!(ours.send_buf(&mut out).unwrap(), 5);
+        assert!(out.is_empty(), "the buffer went to the kernel");
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+
+        peer.write_all(b"world").await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut n = 0;
+        while n < 5 {
+            n += read_some(&ours, &mut buf).await;
+        }
+        assert_eq!(&buf[..], b"world");
+
+        drop(peer);
+        assert_eq!(read_some(&ours, &mut buf).await, 0, "end of stream");
+    });
+}
+
+#[test]
+fn bytes_go_both_ways_on_one_worker() {
+    round_trip(1);
+}
+
+#[test]
+fn bytes_go_both_ways_on_two_workers() {
+    round_trip(2);
+}
+
+#[test]
+fn a_peer_that_does_not_read_holds_writers_back_and_loses_nothing() {
+    runtime(1).block_on(async {
+        let (ours, mut peer) = pair().await;
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        // Queue until the socket says too much waits: the peer reads nothing yet.
+        let mut sent = 0usize;
+        loop {
+            let backlog = ours.send_slice(&chunk).unwrap();
+            sent += chunk.len();
+            if backlog > HIGH_WATER {
+                break;
+            }
+            assert!(sent < 1 << 30, "backlog never grew");
+            tokio::task::yield_now().await;
+        }
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            while all.len() < sent {
+                let n = peer.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early");
+                all.extend_from_slice(&buf[..n]);
+            }
+            all
+        });
+        let drained = std::future::poll_fn(|cx| ours.poll_backlog(cx, 0));
+        tokio::time::timeout(Duration::from_secs(30), drained)
+            .await
+            .expect("drained within 30 s")
+            .unwrap();
+        let all = reader.await.unwrap();
+        assert_eq!(all.len(), sent);
+        assert!(all.chunks(chunk.len()).all(|c| c == &chunk[..c.len()]));
+    });
+}
+
+#[test]
+fn a_watched_idle_socket_notices_the_peer_closing() {
+    runtime(1).block_on(async {
+        let (ours, peer) = pair().await;
+        ours.watch();
+        assert!(ours.is_quiet());
+        drop(peer);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while ours.is_quiet() {
+            assert!(tokio::time::Instant::now() < deadline, "close not seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+}
+
+#[test]
+fn dropping_a_socket_with_a_receive_armed_closes_it() {
+    runtime(1).block_on(async {
+        let (ours, mut peer) = pair().await;
+        ours.watch();
+        ours.send_slice(b"bye").unwrap();
+        drop(ours);
+        let mut got = Vec::new();
+        let read = peer.read_to_end(&mut got);
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("closed within 30 s")
+            .unwrap();
+        assert_eq!(got, b"bye", "output queued before the drop still goes out");
+    });
+}
+
+#[test]
+fn async_read_and_write_work_for_the_slow_paths() {
+    runtime(1).block_on(async {
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"ping").await.unwrap();
+        ours.flush().await.unwrap();
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        peer.write_all(b"pong!").await.unwrap();
+        let mut got = [0u8; 5];
+        ours.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong!");
+    });
+}
