@@ -5,11 +5,13 @@
 #   bash benches/load.sh                 # full run (10 s per pgbench run, 10,000 idle clients)
 #   QUICK=1 bash benches/load.sh         # self-check: 2 s runs, 1,000 idle clients
 #   WORKERS="1 2" bash benches/load.sh   # one pgmux column per worker count
+#   WORKERS="1 1e" bash benches/load.sh  # io_uring (default) against epoll (PGMUX_IO=epoll)
 #
 # Environment (defaults in brackets):
 #   DURATION      seconds per pgbench run                        [10; QUICK: 2]
 #   ROUNDS        rounds of every workload × target; medians     [1]
 #   WORKERS       pgmux [proxy].workers; a list runs one pgmux each  [0 = one per core]
+#                 (an "e" suffix runs that one on epoll: PGMUX_IO=epoll)
 #   IDLE_CLIENTS  idle logged-in clients for the memory figure   [10000; QUICK: 1000]
 #   SCALE         pgbench -i scale                               [10]
 #   POOL_SIZE     server connections per pool (both proxies)     [20]
@@ -222,9 +224,10 @@ stop_proxy() { # PID: stops it and forgets it (its number may be reused later)
 # ---- pgmux (one per entry of WORKERS)
 declare -A PGMUX_PORT PGMUX_PID
 pgmux_name() { if [ "$N_PGMUX" = 1 ]; then echo pgmux; else echo "pgmux-w$1"; fi; }
-start_pgmux() { # WORKERS
-    local w=$1 name port mport dir
-    name=$(pgmux_name "$w")
+start_pgmux() { # WORKERS, with an optional "e" suffix for epoll
+    local w=${1%e} io=io_uring name port mport dir
+    [ "$1" != "$w" ] && io=epoll
+    name=$(pgmux_name "$1")
     dir=$TMP/$name
     mkdir -p "$dir"
     port=$(free_port)
@@ -249,7 +252,7 @@ pool_size = $POOL_SIZE
 primary = "127.0.0.1:$PG_PORT/$BENCH_DB"
 replicas = []
 EOF
-    "$PGMUX_BIN" --config "$dir/pgmux.toml" >>"$dir/pgmux.log" 2>&1 &
+    PGMUX_IO=$io "$PGMUX_BIN" --config "$dir/pgmux.toml" >>"$dir/pgmux.log" 2>&1 &
     PGMUX_PID[$name]=$!
     PGMUX_PORT[$name]=$port
     PIDS+=("$!")
