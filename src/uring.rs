@@ -87,61 +87,67 @@ pub fn submit_local() {
     });
 }
 
-fn local_ring() -> io::Result<Arc<Ring>> {
+/// Runs `f` on this thread's ring, created on first use.
+fn with_local_ring<R>(f: impl FnOnce(&Ring) -> io::Result<R>) -> io::Result<R> {
     LOCAL.with(|l| {
         if let Some(r) = &*l.borrow() {
-            return Ok(r.clone());
+            return f(r);
         }
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| io::Error::other("io_uring socket used outside the runtime"))?;
-        let driver = Driver::new()?;
-        let fd = driver.ring.as_raw_fd();
-        let ring = Arc::new(Ring {
-            inner: Mutex::new(driver),
-        });
-        let afd = {
-            let _guard = handle.enter();
-            // SAFETY: the descriptor is the ring's, which `RingFd` keeps alive.
-            unsafe {
-                AsyncFd::register_with_interest(
-                    RingFd(ring.clone(), fd),
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .map_err(|e| io::Error::other(e.to_string()))?
-        };
-        handle.spawn(reap_forever(afd));
-        *l.borrow_mut() = Some(ring.clone());
-        Ok(ring)
+        let ring = new_local_ring()?;
+        let r = f(&ring);
+        *l.borrow_mut() = Some(ring);
+        r
     })
 }
 
-fn push(sqe: squeue::Entry, op: Op) -> io::Result<()> {
-    let ring = local_ring()?;
-    let parks = PARKS.with(|p| p.get());
-    let mut d = ring.inner.lock();
-    let idx = match d.free.pop() {
-        Some(i) => {
-            d.ops[i as usize] = Some(op);
-            i
+#[cold]
+fn new_local_ring() -> io::Result<Arc<Ring>> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| io::Error::other("io_uring socket used outside the runtime"))?;
+    let driver = Driver::new()?;
+    let fd = driver.ring.as_raw_fd();
+    let ring = Arc::new(Ring {
+        inner: Mutex::new(driver),
+    });
+    let afd = {
+        let _guard = handle.enter();
+        // SAFETY: the descriptor is the ring's, which `RingFd` keeps alive.
+        unsafe {
+            AsyncFd::register_with_interest(RingFd(ring.clone(), fd), tokio::io::Interest::READABLE)
         }
-        None => {
-            d.ops.push(Some(op));
-            (d.ops.len() - 1) as u32
-        }
+        .map_err(|e| io::Error::other(e.to_string()))?
     };
-    let sqe = sqe.user_data(idx as u64);
-    // SAFETY: every buffer an entry names lives in a socket state that the entry's
-    // `Op` keeps alive, and is not touched until the operation completes.
-    unsafe {
-        while d.ring.submission().push(&sqe).is_err() {
+    handle.spawn(reap_forever(afd));
+    Ok(ring)
+}
+
+fn push(sqe: squeue::Entry, op: Op) -> io::Result<()> {
+    let parks = PARKS.with(|p| p.get());
+    with_local_ring(|ring| {
+        let mut d = ring.inner.lock();
+        let idx = match d.free.pop() {
+            Some(i) => {
+                d.ops[i as usize] = Some(op);
+                i
+            }
+            None => {
+                d.ops.push(Some(op));
+                (d.ops.len() - 1) as u32
+            }
+        };
+        let sqe = sqe.user_data(idx as u64);
+        // SAFETY: every buffer an entry names lives in a socket state that the
+        // entry's `Op` keeps alive, and is not touched until the operation completes.
+        unsafe {
+            while d.ring.submission().push(&sqe).is_err() {
+                d.ring.submit()?;
+            }
+        }
+        if !parks {
             d.ring.submit()?;
         }
-    }
-    if !parks {
-        d.ring.submit()?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// A ring's descriptor, registered with the tokio reactor: readable when completions
@@ -185,7 +191,13 @@ struct Driver {
 impl Driver {
     fn new() -> io::Result<Driver> {
         let ring = IoUring::builder()
+            // Only this thread submits to its ring.
             .setup_single_issuer()
+            // A completion waits for the thread's next system call rather than
+            // interrupting it (it makes one soon: the next submit, or the reactor's
+            // wait, which the completion's notification ends). Measured: 22 → 18 µs
+            // of pgmux CPU per select-only transaction with both flags.
+            .setup_coop_taskrun()
             .setup_cqsize(RING_ENTRIES * 4)
             .build(RING_ENTRIES)
             .or_else(|_| IoUring::new(RING_ENTRIES))?;
