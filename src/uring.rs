@@ -23,7 +23,6 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
@@ -40,7 +39,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const HIGH_WATER: usize = 256 * 1024;
 
 const BUF_SIZE: usize = 16 * 1024;
-const BUF_COUNT: u16 = 256;
+/// 2 MiB per ring: the kernel cycles through all of them, so all become resident.
+/// A burst of more receives than buffers between two reaps gets ENOBUFS for the
+/// rest, which are re-armed after the reap.
+const BUF_COUNT: u16 = 128;
 const BUF_GROUP: u16 = 0;
 const RING_ENTRIES: u32 = 1024;
 
@@ -293,13 +295,8 @@ impl Ring {
                                 rearm.push(Op::Send(sock.clone()));
                             }
                         }
-                        if st.backlog() <= HIGH_WATER || st.error.is_some() {
+                        if st.backlog() <= st.writer_limit || st.error.is_some() {
                             if let Some(w) = st.writer.take() {
-                                wake.push(w);
-                            }
-                        }
-                        if st.backlog() == 0 || st.error.is_some() {
-                            if let Some(w) = st.flusher.take() {
                                 wake.push(w);
                             }
                         }
@@ -420,10 +417,9 @@ struct State {
     sent: usize,
     /// Output behind the send in flight.
     queued: BytesMut,
-    /// Waits for the backlog to fall to [`HIGH_WATER`].
+    /// Waits for the backlog to fall to `writer_limit`.
     writer: Option<Waker>,
-    /// Waits for the backlog to empty.
-    flusher: Option<Waker>,
+    writer_limit: usize,
     /// The owner went idle while a send was in flight: drop the buffers after it.
     trim_after_send: bool,
 }
@@ -472,14 +468,12 @@ impl Sock {
 /// A plain TCP connection whose reads and writes go through io_uring.
 pub struct UringStream {
     sock: Arc<Sock>,
-    peer: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for UringStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringStream")
             .field("fd", &self.sock.fd.as_raw_fd())
-            .field("peer", &self.peer)
             .finish()
     }
 }
@@ -487,18 +481,12 @@ impl std::fmt::Debug for UringStream {
 impl UringStream {
     /// Takes over a connected socket (already non-blocking, as tokio leaves it).
     pub fn new(tcp: std::net::TcpStream) -> UringStream {
-        let peer = tcp.peer_addr().ok();
         UringStream {
             sock: Arc::new(Sock {
                 fd: OwnedFd::from(tcp),
                 state: Mutex::new(State::default()),
             }),
-            peer,
         }
-    }
-
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer
     }
 
     /// Moves what has arrived into `buf` (whole, when `buf` is empty); otherwise makes
@@ -627,12 +615,8 @@ impl UringStream {
         if st.backlog() <= limit {
             return Poll::Ready(Ok(()));
         }
-        let slot = if limit == 0 {
-            &mut st.flusher
-        } else {
-            &mut st.writer
-        };
-        *slot = Some(cx.waker().clone());
+        st.writer = Some(cx.waker().clone());
+        st.writer_limit = limit;
         Poll::Pending
     }
 
