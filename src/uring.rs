@@ -163,6 +163,8 @@ impl AsRawFd for RingFd {
 }
 
 async fn reap_forever(afd: AsyncFd<RingFd>) {
+    // Kept across reaps, so a reap allocates nothing.
+    let (mut wake, mut rearm) = (Vec::new(), Vec::new());
     loop {
         let Ok(mut guard) = afd.readable().await else {
             return;
@@ -170,7 +172,7 @@ async fn reap_forever(afd: AsyncFd<RingFd>) {
         // Cleared before reaping: a completion that comes after this reap marks the
         // descriptor readable again.
         guard.clear_ready();
-        afd.get_ref().0.reap();
+        afd.get_ref().0.reap(&mut wake, &mut rearm);
     }
 }
 
@@ -226,9 +228,9 @@ impl Ring {
         }
     }
 
-    fn reap(&self) {
-        let mut wake = Vec::new();
-        let mut rearm = Vec::new();
+    /// Hands out the completions waiting in the ring: data to inboxes, progress to
+    /// send queues, and wakes whoever waits on them.
+    fn reap(&self, wake: &mut Vec<Waker>, rearm: &mut Vec<Op>) {
         {
             let mut guard = self.inner.lock();
             let d = &mut *guard;
@@ -305,16 +307,16 @@ impl Ring {
             }
             cq.sync();
         }
-        for op in rearm {
+        for op in rearm.drain(..) {
             let result = match op {
-                Op::Recv(sock) => sock.clone().push_recv(),
-                Op::Send(sock) => sock.clone().push_send(),
+                Op::Recv(sock) => sock.push_recv(),
+                Op::Send(sock) => sock.push_send(),
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "io_uring resubmission failed");
             }
         }
-        for w in wake {
+        for w in wake.drain(..) {
             w.wake();
         }
     }
