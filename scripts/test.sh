@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: dependencies, formatting, lints, then every test target
 # (unit tests, integration tests against real Postgres, bench smoke runs, and the
-# protocol and pool suites once more with the relay on epoll).
+# protocol and pool suites once more with two workers, the relay on epoll).
 # Exits non-zero on the first failure; cargo test's own summary is the last output.
 # PGMUX_TEST_THREADS (default: cargo's) bounds tests run at once within a binary.
 set -euo pipefail
@@ -21,11 +21,11 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test --benches (the benchmarks run once each, as a smoke test)"
 cargo test --benches
 
-# pgmux carries plain connections over io_uring where the kernel allows it; the
-# relay's epoll path (PGMUX_IO=epoll, or a kernel without io_uring) gets the
-# protocol and pooling suites too.
-step "cargo test --test protocol_and_errors --test pools, on epoll (PGMUX_IO=epoll)"
-PGMUX_IO=epoll cargo test --test protocol_and_errors --test pools
+# The tests run pgmux with one worker, whose relay uses io_uring where the kernel
+# allows it. The protocol and pool suites run again with two workers: the
+# multi-threaded runtime, whose relay uses epoll.
+step "cargo test --test protocol_and_errors --test pools, with 2 workers (epoll)"
+PGMUX_TEST_WORKERS=2 cargo test --test protocol_and_errors --test pools
 
 step "cargo test (unit and integration tests)"
 exec cargo test

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             pgmux::observe::init_logging(cfg.proxy.log_format);
-            let uring = pgmux::uring::init();
+            let uring = pgmux::uring::init(cfg.proxy.workers == 1);
             tracing::debug!(io_uring = uring, "relay I/O");
             // One worker is a single-threaded event loop: no work stealing, so no
             // cross-thread wake-ups. More workers share the clients by work stealing.
@@ -111,7 +111,10 @@ fn main() -> ExitCode {
             };
             let result = rt.block_on(async {
                 let shared = pgmux::proxy::Shared::new(cfg)?;
-                pgmux::proxy::run(shared).await
+                let result = pgmux::proxy::run(shared).await;
+                // Replies and FATAL notices handed to io_uring go out before the exit.
+                pgmux::uring::drain(std::time::Duration::from_secs(2)).await;
+                result
             });
             rt.shutdown_timeout(std::time::Duration::from_millis(200));
             match result {

@@ -67,6 +67,7 @@ pub fn pgmux_config_with_replicas(
         r#"[proxy]
 listen = "127.0.0.1:{listen_port}"
 metrics_listen = ""
+workers = {workers}
 {extra_proxy}
 
 [[users]]
@@ -90,7 +91,16 @@ replicas = [{replicas}]
 "#,
         listen_port = free_port(),
         primary = primary.addr(APP_DB),
+        workers = test_workers(),
     )
+}
+
+/// `[proxy].workers` of every test configuration: 1, a single-threaded event loop
+/// whose relay runs on io_uring where the kernel allows it, unless
+/// `PGMUX_TEST_WORKERS` says otherwise (`scripts/test.sh` runs some suites with 2: the
+/// multi-threaded runtime, on epoll).
+fn test_workers() -> String {
+    std::env::var("PGMUX_TEST_WORKERS").unwrap_or_else(|_| "1".to_string())
 }
 
 /// A running pgmux process owned by a test; SIGKILLed on drop.
