@@ -550,20 +550,37 @@ impl UringStream {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
+        self.poll_recv(
+            cx,
+            |inbox| {
+                let n = inbox.len();
+                if buf.is_empty() {
+                    std::mem::swap(buf, inbox);
+                } else {
+                    buf.extend_from_slice(inbox);
+                    inbox.clear();
+                }
+                n
+            },
+            0,
+        )
+    }
+
+    /// Hands the inbox to `take` when something has arrived, `at_eof` at end of
+    /// stream; otherwise registers the waker and makes sure a receive is armed.
+    fn poll_recv<T>(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut BytesMut) -> T,
+        at_eof: T,
+    ) -> Poll<io::Result<T>> {
         let arm = {
             let mut st = self.sock.state.lock();
             if !st.inbox.is_empty() {
-                let n = st.inbox.len();
-                if buf.is_empty() {
-                    std::mem::swap(buf, &mut st.inbox);
-                } else {
-                    buf.extend_from_slice(&st.inbox);
-                    st.inbox.clear();
-                }
-                return Poll::Ready(Ok(n));
+                return Poll::Ready(Ok(take(&mut st.inbox)));
             }
             if st.eof {
-                return Poll::Ready(Ok(0));
+                return Poll::Ready(Ok(at_eof));
             }
             if let Some(e) = st.error() {
                 return Poll::Ready(Err(e));
@@ -709,30 +726,15 @@ impl AsyncRead for UringStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let arm = {
-            let mut st = self.sock.state.lock();
-            if !st.inbox.is_empty() {
-                let n = st.inbox.len().min(buf.remaining());
-                buf.put_slice(&st.inbox[..n]);
-                st.inbox.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if st.eof {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(e) = st.error() {
-                return Poll::Ready(Err(e));
-            }
-            st.reader = Some(cx.waker().clone());
-            !std::mem::replace(&mut st.recv_armed, true)
-        };
-        if arm {
-            if let Err(e) = self.sock.clone().push_recv() {
-                self.sock.state.lock().recv_armed = false;
-                return Poll::Ready(Err(e));
-            }
-        }
-        Poll::Pending
+        self.poll_recv(
+            cx,
+            |inbox| {
+                let n = inbox.len().min(buf.remaining());
+                buf.put_slice(&inbox[..n]);
+                inbox.advance(n);
+            },
+            (),
+        )
     }
 }
 

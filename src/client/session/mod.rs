@@ -254,10 +254,7 @@ impl Session {
                 };
                 match ev {
                     Event::Client(Ok(0)) => return Err(End::ClientLeft),
-                    Event::Client(Ok(_)) => {
-                        self.trimmed = false;
-                        self.client_input().await?
-                    }
+                    Event::Client(Ok(_)) => self.client_input().await?,
                     Event::Client(Err(e)) => return Err(End::Io(e)),
                     _ => continue,
                 }
@@ -286,10 +283,7 @@ impl Session {
             };
             match ev {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),
-                Event::Client(Ok(_)) => {
-                    self.trimmed = false;
-                    self.client_input().await?
-                }
+                Event::Client(Ok(_)) => self.client_input().await?,
                 Event::Client(Err(e)) => return Err(End::Io(e)),
                 Event::Server(Ok(0)) | Event::Server(Err(_)) => {
                     let addr = self
@@ -352,6 +346,8 @@ impl Session {
     // and the usual transaction boxes nothing. The box is built in its own statement
     // so the unboxed future's storage does not outlive it in the task.
     async fn client_input(&mut self) -> Result<(), End> {
+        // The client is active: its next idle period drops the buffers again.
+        self.trimmed = false;
         match self.client_input_now() {
             Ok(()) => Ok(()),
             Err(blocked) => {
