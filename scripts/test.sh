@@ -21,11 +21,14 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test --benches (the benchmarks run once each, as a smoke test)"
 cargo test --benches
 
-# The tests run pgmux with one worker, whose relay uses io_uring where the kernel
-# allows it. The protocol and pool suites run again with two workers: the
-# multi-threaded runtime, whose relay uses epoll.
-step "cargo test --test protocol_and_errors --test pools, with 2 workers (epoll)"
-PGMUX_TEST_WORKERS=2 cargo test --test protocol_and_errors --test pools
+# The tests run pgmux with two workers (two event loops sharing the pools), whose
+# relay uses io_uring where the kernel allows it. The protocol, pool and lifecycle
+# suites run again with one worker, and on epoll.
+step "protocol, pool and lifecycle suites with 1 worker"
+PGMUX_TEST_WORKERS=1 cargo test --test protocol_and_errors --test pools --test lifecycle
+
+step "protocol, pool and lifecycle suites on epoll"
+PGMUX_IO=epoll cargo test --test protocol_and_errors --test pools --test lifecycle
 
 step "cargo test (unit and integration tests)"
 exec cargo test

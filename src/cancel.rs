@@ -11,6 +11,7 @@
 //! the target is read and the connection's [`CancelGate`] entered under one lock, and
 //! the session waits for the gate to clear before it gives the connection back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,13 @@ use crate::server::{send_cancel, CancelGate, CancelTarget};
 pub struct CancelSlot {
     secret: i32,
     target: Mutex<Option<CancelTarget>>,
-    /// Wakes a session that is queued for a server connection.
+    /// The session is queued for a server connection (from the moment it found none
+    /// free): a cancel then abandons the wait. The session may run on another thread
+    /// than the cancel's, so this is a flag it sets, not a listener it may not have
+    /// registered yet.
+    queued: AtomicBool,
+    cancelled: AtomicBool,
+    /// Wakes a session that is queued.
     waiting: tokio::sync::Notify,
 }
 
@@ -31,16 +38,45 @@ impl CancelSlot {
         *self.target.lock() = Some(target);
     }
 
-    /// Completes when a cancel arrives for this client while it holds no server
-    /// connection (it is waiting for one, or idle — then nobody listens).
-    pub async fn cancelled_while_waiting(&self) {
-        self.waiting.notified().await
+    /// Marks the session queued for a server connection until the guard drops.
+    pub fn enter_queue(&self) -> Queued<'_> {
+        self.cancelled.store(false, Ordering::SeqCst);
+        self.queued.store(true, Ordering::SeqCst);
+        Queued { slot: self }
     }
 
     /// Forgets the target; returns its gate, which the caller must see clear before
     /// reusing the server connection.
     pub fn detach(&self) -> Option<Arc<CancelGate>> {
         self.target.lock().take().map(|t| t.gate)
+    }
+}
+
+/// A session queued for a server connection; see [`CancelSlot::enter_queue`].
+pub struct Queued<'a> {
+    slot: &'a CancelSlot,
+}
+
+impl Queued<'_> {
+    /// Completes when a cancel arrives while queued (or arrived since the queueing).
+    pub async fn cancelled(&self) {
+        let slot = self.slot;
+        loop {
+            // Registered before the flag is read: a cancel after the read wakes it.
+            let notified = slot.waiting.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if slot.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.slot.queued.store(false, Ordering::SeqCst);
     }
 }
 
@@ -74,6 +110,8 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 secret,
                 target: Mutex::new(None),
+                queued: AtomicBool::new(false),
+                cancelled: AtomicBool::new(false),
                 waiting: tokio::sync::Notify::new(),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(pid) {
@@ -107,10 +145,14 @@ impl CancelRegistry {
             })
         };
         let Some(target) = target else {
-            // Only a session queued for a server connection listens: an idle
-            // client's cancel changes nothing (notify_waiters keeps no permit).
-            slot.waiting.notify_waiters();
-            tracing::debug!(pid, "cancel for a client without a running statement");
+            // Only a session queued for a server connection is cancelled: an idle
+            // client's cancel changes nothing.
+            if slot.queued.load(Ordering::SeqCst) {
+                slot.cancelled.store(true, Ordering::SeqCst);
+                slot.waiting.notify_waiters();
+            } else {
+                tracing::debug!(pid, "cancel for a client without a running statement");
+            }
             return;
         };
         if let Err(e) = send_cancel(&target, timeout).await {

@@ -18,3 +18,4 @@ pub mod route;
 pub mod server;
 pub mod tls;
 pub mod uring;
+pub mod workers;

@@ -87,22 +87,12 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             pgmux::observe::init_logging(cfg.proxy.log_format);
-            let uring = pgmux::uring::init(cfg.proxy.workers == 1);
-            tracing::debug!(io_uring = uring, "relay I/O");
-            // One worker is a single-threaded event loop: no work stealing, so no
-            // cross-thread wake-ups. More workers share the clients by work stealing.
-            let mut rt = if cfg.proxy.workers == 1 {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-            };
-            if cfg.proxy.workers > 1 {
-                rt.worker_threads(cfg.proxy.workers);
-            }
-            // io_uring operations queued during a pass of the event loop go to the
-            // kernel together, when the thread has nothing left to run.
-            rt.on_thread_park(pgmux::uring::submit_local);
-            let rt = match rt.enable_all().build() {
+            let workers = pgmux::workers::count(cfg.proxy.workers);
+            let uring = pgmux::uring::init();
+            tracing::debug!(workers, io_uring = uring, "event loops");
+            // The main thread is worker 0: it also runs the accept loop, signals and
+            // the metrics endpoint.
+            let rt = match pgmux::workers::runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -110,12 +100,22 @@ fn main() -> ExitCode {
                 }
             };
             let result = rt.block_on(async {
+                let pool = pgmux::workers::Workers::start(workers)
+                    .map_err(pgmux::proxy::StartError::Runtime)?;
                 let shared = pgmux::proxy::Shared::new(cfg)?;
-                let result = pgmux::proxy::run(shared).await;
-                // Replies and FATAL notices handed to io_uring go out before the exit.
-                pgmux::uring::drain(std::time::Duration::from_secs(2)).await;
-                result
+                let result = pgmux::proxy::run(shared, &pool).await;
+                Ok::<_, pgmux::proxy::StartError>((result, pool))
             });
+            let result = match result {
+                Ok((result, pool)) => {
+                    // Replies and FATAL notices handed to io_uring go out before the
+                    // exit, on every worker.
+                    pool.stop();
+                    rt.block_on(pgmux::uring::drain(std::time::Duration::from_secs(2)));
+                    result
+                }
+                Err(e) => Err(e),
+            };
             rt.shutdown_timeout(std::time::Duration::from_millis(200));
             match result {
                 Ok(()) => ExitCode::SUCCESS,

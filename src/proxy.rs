@@ -22,6 +22,7 @@ use crate::auth::ClientSecret;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigErrors, UserConfig};
 use crate::pool::Pools;
+use crate::workers::Workers;
 
 /// A configured user with the secrets derived from its password once per load.
 pub struct UserEntry {
@@ -79,6 +80,8 @@ pub struct Shared {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("cannot start the event loops: {0}")]
+    Runtime(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -234,7 +237,7 @@ fn build_tls(
 }
 
 /// Runs the proxy until SIGTERM/SIGINT (or `shared.shutdown`) and the drain end.
-pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
+pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartError> {
     let listen = shared.config().proxy.listen;
     let listener = TcpListener::bind(listen)
         .await
@@ -258,7 +261,8 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, _peer)) => {
-                    tracker.spawn(crate::client::serve(shared.clone(), tcp));
+                    let shared = shared.clone();
+                    workers.spawn_session(&tracker, tcp, move |tcp| crate::client::serve(shared, tcp));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -53,19 +53,17 @@ static MODE: AtomicU8 = AtomicU8::new(OFF);
 const OFF: u8 = 0;
 const ON: u8 = 1;
 
-/// Turns io_uring on for sockets converted from now on, if this kernel allows it and
-/// the runtime is a single-threaded event loop: `PGMUX_IO=epoll` keeps every socket
-/// on the tokio reactor. Returns whether it is on.
+/// Turns io_uring on for sockets converted from now on, if this kernel allows it:
+/// `PGMUX_IO=epoll` keeps every socket on the tokio reactor. Returns whether it is on.
 ///
-/// With several tokio workers, a ring's completions are delivered in the context of
-/// the thread that submitted (io_uring task work), which is often asleep on the
-/// scheduler's condition variable while another worker polls the reactor: each batch
-/// then costs a wake-up of both. Measured with 2 workers: 39–45 µs per select-only
-/// transaction against 25–30 µs on epoll. Those runtimes stay on epoll until each
-/// worker runs its own reactor and ring (thread per core).
-pub fn init(single_threaded: bool) -> bool {
+/// Every runtime is a single-threaded event loop (`workers`). A ring's completions are
+/// delivered in the context of the thread that submitted (io_uring task work); on a
+/// work-stealing runtime that thread is often asleep while another one polls the
+/// reactor, and each batch then costs a wake-up of both (measured with 2 tokio
+/// workers: 39–45 µs per select-only transaction against 25–30 µs on epoll).
+pub fn init() -> bool {
     let wanted = std::env::var("PGMUX_IO").unwrap_or_default();
-    if wanted == "epoll" || !single_threaded {
+    if wanted == "epoll" {
         return false;
     }
     match Driver::new() {

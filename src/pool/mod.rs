@@ -1,8 +1,8 @@
 //! Bounded pools of server connections.
 //!
 //! A pool serves one (database, user, shard, role, server). At most `pool_size`
-//! connections exist at once: a checkout first takes a permit from a FIFO semaphore
-//! (tokio's `Semaphore` is fair, so clients are served in arrival order and
+//! connections exist at once: a checkout first takes a permit from the pool's [`Gate`]
+//! (which serves clients in arrival order, see there for the one exception, and
 //! `query_wait_timeout` bounds the wait), then an idle connection — checked alive and
 //! within `server_lifetime` — or a new one. The [`Checkout`] guard owns the connection;
 //! dropping it closes the connection unless the session explicitly released it clean,
@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerAddr;
 use crate::server::{ConnectOptions, ServerConn, ServerCredential, ServerError};
+use gate::{Gate, Permit};
 
 /// ParameterStatus values a server reported at login.
 pub type Reported = Arc<Vec<(String, String)>>;
@@ -73,18 +73,19 @@ pub enum PoolError {
     },
 }
 
+mod gate;
+
 pub struct Pool {
     pub key: PoolKey,
     settings: ArcSwap<PoolSettings>,
     connect: ArcSwap<ConnectOptions>,
-    permits: Arc<Semaphore>,
+    permits: Arc<Gate>,
     /// Permits the semaphore was created or grown with, to shrink on reload.
     capacity: AtomicUsize,
     /// Boxed, so that a checkout and a release move a pointer, not the connection.
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<ServerConn>>>,
     open: AtomicUsize,
-    waiting: AtomicUsize,
     active: AtomicUsize,
     reported: Mutex<Option<Reported>>,
 }
@@ -93,13 +94,12 @@ impl Pool {
     pub fn new(key: PoolKey, settings: PoolSettings, connect: ConnectOptions) -> Arc<Pool> {
         Arc::new(Pool {
             key,
-            permits: Arc::new(Semaphore::new(settings.size)),
+            permits: Gate::new(settings.size),
             capacity: AtomicUsize::new(settings.size),
             settings: ArcSwap::from_pointee(settings),
             connect: ArcSwap::from_pointee(connect),
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             reported: Mutex::new(None),
         })
@@ -113,15 +113,9 @@ impl Pool {
     pub fn update(self: &Arc<Self>, settings: PoolSettings, connect: ConnectOptions) {
         let old = self.capacity.swap(settings.size, Ordering::AcqRel);
         if settings.size > old {
-            self.permits.add_permits(settings.size - old);
+            self.permits.grow(settings.size - old);
         } else if settings.size < old {
-            let pool = self.clone();
-            let shrink = (old - settings.size) as u32;
-            tokio::spawn(async move {
-                if let Ok(p) = pool.permits.clone().acquire_many_owned(shrink).await {
-                    p.forget();
-                }
-            });
+            self.permits.shrink(old - settings.size);
         }
         self.settings.store(Arc::new(settings));
         self.connect.store(Arc::new(connect));
@@ -145,7 +139,7 @@ impl Pool {
     /// The usual case, without an await: a free permit and a live idle connection.
     /// A free permit means nobody is queued (released permits go to waiters first).
     pub fn try_checkout(self: &Arc<Self>) -> Option<Checkout> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let permit = self.permits.try_acquire()?;
         let conn = self.take_idle()?;
         Some(self.lend(conn, permit))
     }
@@ -153,7 +147,7 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PoolError> {
         // The usual case — a free permit and an idle connection — needs no await;
         // the rest is boxed so that every client's task stays small.
-        let permit = self.permits.clone().try_acquire_owned().ok();
+        let permit = self.permits.try_acquire();
         if let Some(permit) = permit {
             if let Some(conn) = self.take_idle() {
                 return Ok(self.lend(conn, permit));
@@ -168,19 +162,14 @@ impl Pool {
     async fn checkout_slow(
         self: &Arc<Self>,
         wait: Duration,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Permit>,
     ) -> Result<Checkout, PoolError> {
         let permit = match permit {
             Some(p) => p,
-            None => {
-                self.waiting.fetch_add(1, Ordering::Relaxed);
-                let r = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                match r {
-                    Ok(Ok(p)) => p,
-                    _ => return Err(PoolError::Timeout(wait)),
-                }
-            }
+            None => match tokio::time::timeout(wait, self.permits.acquire()).await {
+                Ok(p) => p,
+                Err(_) => return Err(PoolError::Timeout(wait)),
+            },
         };
         let conn = match self.take_idle() {
             Some(c) => c,
@@ -189,7 +178,7 @@ impl Pool {
         Ok(self.lend(conn, permit))
     }
 
-    fn lend(self: &Arc<Self>, conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Checkout {
+    fn lend(self: &Arc<Self>, conn: Box<ServerConn>, permit: Permit) -> Checkout {
         self.active.fetch_add(1, Ordering::Relaxed);
         Checkout {
             conn: Some(conn),
@@ -200,8 +189,17 @@ impl Pool {
 
     fn take_idle(&self) -> Option<Box<ServerConn>> {
         let settings = self.settings.load();
+        let here = crate::workers::current();
         loop {
-            let conn = self.idle.lock().pop()?;
+            let conn = {
+                let mut idle = self.idle.lock();
+                // The most recently used connection of this worker, else the most
+                // recently used one.
+                match idle.iter().rposition(|c| c.home == here) {
+                    Some(i) => idle.remove(i),
+                    None => idle.pop()?,
+                }
+            };
             if conn.created.elapsed() < settings.lifetime && conn.is_alive() {
                 return Some(conn);
             }
@@ -257,7 +255,7 @@ impl Pool {
             self.closed(conn);
         }
         while self.open.load(Ordering::Relaxed) < settings.min_size.min(settings.size) {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let Some(permit) = self.permits.try_acquire() else {
                 break;
             };
             match self.open_new().await {
@@ -288,7 +286,7 @@ impl Pool {
             open: self.open.load(Ordering::Relaxed),
             idle: self.idle.lock().len(),
             active: self.active.load(Ordering::Relaxed),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            waiting: self.permits.waiting(),
         }
     }
 }
@@ -306,7 +304,7 @@ pub struct PoolStats {
 pub struct Checkout {
     conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
 }
 
 impl Checkout {

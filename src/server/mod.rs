@@ -132,6 +132,10 @@ pub struct ServerConn {
     pub created: Instant,
     pub last_used: Instant,
     pub gate: Arc<CancelGate>,
+    /// The worker whose event loop this connection's I/O is cheapest on: where its
+    /// socket is registered (epoll, TLS), or where it was last used (io_uring, whose
+    /// operations go to the ring of the thread that issues them).
+    pub home: usize,
 }
 
 impl ServerConn {
@@ -170,6 +174,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             gate: Arc::default(),
+            home: crate::workers::current(),
         };
         conn.login(opts).await?;
         // Logged in on the tokio reactor; the relay's traffic goes through io_uring.
@@ -428,6 +433,7 @@ impl ServerConn {
     /// first reply lands in that same receive.
     pub fn park(&mut self) {
         if let MaybeTls::Uring(s) = &self.stream {
+            self.home = crate::workers::current();
             s.watch();
         }
     }

@@ -36,8 +36,8 @@ pub use clients::{
     connect, connect_with_task, pgbench, psql, psql_with_input, python, try_connect, url,
 };
 pub use pgmux::{
-    pgmux_bin, pgmux_command, pgmux_config, pgmux_config_with_replicas, start_pgmux, Pgmux,
-    LISTEN_PLACEHOLDER,
+    pgmux_bin, pgmux_command, pgmux_config, pgmux_config_with_replicas, start_pgmux, with_workers,
+    Pgmux, LISTEN_PLACEHOLDER,
 };
 pub use postgres::{
     create_role, shared_primary, shared_replica, start_primary, start_replica, PgServer, Role,

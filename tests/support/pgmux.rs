@@ -95,12 +95,19 @@ replicas = [{replicas}]
     )
 }
 
-/// `[proxy].workers` of every test configuration: 1, a single-threaded event loop
-/// whose relay runs on io_uring where the kernel allows it, unless
-/// `PGMUX_TEST_WORKERS` says otherwise (`scripts/test.sh` runs some suites with 2: the
-/// multi-threaded runtime, on epoll).
+/// `config` with `[proxy].workers` set to `n`.
+pub fn with_workers(config: &str, n: usize) -> String {
+    let current = format!("\nworkers = {}\n", test_workers());
+    assert!(config.contains(&current), "not a pgmux_config: {config}");
+    config.replacen(&current, &format!("\nworkers = {n}\n"), 1)
+}
+
+/// `[proxy].workers` of every test configuration: 2, so that sessions are dealt to two
+/// event loops sharing the pools (what `workers = 0` gives on a two-core machine),
+/// unless `PGMUX_TEST_WORKERS` says otherwise (`scripts/test.sh` runs some suites
+/// again with 1, and with `PGMUX_IO=epoll`).
 fn test_workers() -> String {
-    std::env::var("PGMUX_TEST_WORKERS").unwrap_or_else(|_| "1".to_string())
+    std::env::var("PGMUX_TEST_WORKERS").unwrap_or_else(|_| "2".to_string())
 }
 
 /// A running pgmux process owned by a test; SIGKILLed on drop.

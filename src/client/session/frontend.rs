@@ -432,15 +432,18 @@ impl Session {
     /// Waits in the pool's queue for the message at the head of `crbuf`. If no
     /// connection comes, the client is told why and that message is dropped.
     pub(super) async fn wait_for_server(&mut self) -> Result<(), End> {
-        // Anything the client was already sent must go before the wait.
-        self.flush().await?;
         // A cancel while the client waits in the queue abandons the wait: the
         // statement has not run anywhere, so it is simply not run.
+        let slot = self.cancel.slot.clone();
+        let queued = slot.enter_queue();
+        // Anything the client was already sent must go before the wait.
+        self.flush().await?;
         let checkout = self.pool.checkout(self.limits.query_wait_timeout);
         let waited = tokio::select! {
             r = checkout => Some(r),
-            _ = self.cancel.slot.cancelled_while_waiting() => None,
+            _ = queued.cancelled() => None,
         };
+        drop(queued);
         let err = match waited {
             Some(Ok(co)) => {
                 self.take_server(co);

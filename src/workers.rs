@@ -1,0 +1,184 @@
+//! Thread per core: `[proxy].workers` event loops, each a single-threaded tokio runtime
+//! on a thread of its own, with its own reactor, timers and io_uring ring.
+//!
+//! A client's session runs from login to goodbye on the worker it was dealt to, so a
+//! transaction's reads, writes and wake-ups stay on one thread: no work stealing, no
+//! task migrating between cores, and each ring's completions run on the thread that
+//! submitted them. The accept loop runs on worker 0 (the main thread) and deals each
+//! accepted connection to the worker with the fewest live sessions. Pools are shared
+//! by all workers; a checkout prefers a connection that was last used on its own
+//! worker (see `pool`), so in steady state a server connection stays on one thread too.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::runtime::{Handle, Runtime};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How long a stopping worker waits for the sends its ring still holds.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// The worker this thread runs (0 on the main thread and on threads that are none).
+#[inline]
+pub fn current() -> usize {
+    INDEX.with(|i| i.get())
+}
+
+/// `[proxy].workers`, with 0 meaning one per core.
+pub fn count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A single-threaded runtime whose park hook submits the thread's io_uring queue:
+/// the operations a pass of the event loop queued go to the kernel together, when
+/// the thread has nothing left to run.
+pub fn runtime() -> io::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(crate::uring::submit_local)
+        .build()
+}
+
+struct Remote {
+    handle: Handle,
+    thread: JoinHandle<()>,
+}
+
+/// The event loops besides the main thread's, and the sessions each one runs.
+pub struct Workers {
+    remote: Vec<Remote>,
+    /// Live sessions per worker, index 0 being the main thread.
+    live: Arc<[AtomicUsize]>,
+    next: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    /// Starts `n - 1` worker threads; the caller's thread (inside its runtime) is
+    /// worker 0.
+    pub fn start(n: usize) -> io::Result<Workers> {
+        let n = n.max(1);
+        let stop = CancellationToken::new();
+        let mut remote = Vec::with_capacity(n - 1);
+        for index in 1..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("pgmux-worker-{index}"))
+                .spawn(move || {
+                    INDEX.with(|i| i.set(index));
+                    let rt = match runtime() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(async {
+                        stop.cancelled().await;
+                        crate::uring::drain(DRAIN).await;
+                    });
+                    rt.shutdown_timeout(Duration::from_millis(200));
+                })?;
+            let handle = rx
+                .recv()
+                .map_err(|_| io::Error::other("a worker thread died while starting"))??;
+            remote.push(Remote { handle, thread });
+        }
+        Ok(Workers {
+            remote,
+            live: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// The worker with the fewest live sessions, looking from a rotating start so
+    /// that ties spread.
+    fn pick(&self) -> usize {
+        let n = self.live.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&w| self.live[w].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Runs `serve(tcp)` on a worker, counted by `tracker`. Called from worker 0.
+    pub fn spawn_session<F, Fut>(&self, tracker: &TaskTracker, tcp: TcpStream, serve: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let w = self.pick();
+        self.live[w].fetch_add(1, Ordering::Relaxed);
+        let live = Live {
+            counts: self.live.clone(),
+            index: w,
+        };
+        if w == 0 {
+            tokio::spawn(tracker.track_future(async move {
+                let _live = live;
+                serve(tcp).await;
+            }));
+            return;
+        }
+        // The socket is registered with this thread's reactor; it moves to the
+        // worker's own.
+        let std = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection to a worker");
+                return;
+            }
+        };
+        self.remote[w - 1]
+            .handle
+            .spawn(tracker.track_future(async move {
+                let _live = live;
+                match TcpStream::from_std(std) {
+                    Ok(tcp) => serve(tcp).await,
+                    Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
+                }
+            }));
+    }
+
+    /// Stops the worker threads once each has sent what its ring still holds.
+    /// Blocks: call it outside the main runtime.
+    pub fn stop(self) {
+        self.stop.cancel();
+        for r in self.remote {
+            let _ = r.thread.join();
+        }
+    }
+}
+
+/// Counts a session against its worker while it lives.
+struct Live {
+    counts: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.counts[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
