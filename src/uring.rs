@@ -86,14 +86,23 @@ thread_local! {
     static LOCAL: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
     /// Whether this thread submits at park; other threads submit at each push.
     static PARKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The park hook's reap lists, kept so that a reap allocates nothing.
+    static SCRATCH: RefCell<(Vec<Waker>, Vec<Op>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// The runtime's park hook: hands the thread's queued operations to the kernel.
+/// The runtime's park hook: hands the thread's queued operations to the kernel, then
+/// hands out the completions already in the ring. Tasks woken here run before the
+/// thread would sleep (a current-thread runtime does not park while it has tasks), so
+/// a batch whose replies are back needs no trip through the reactor.
 pub fn submit_local() {
     PARKS.with(|p| p.set(true));
     LOCAL.with(|l| {
         if let Some(ring) = &*l.borrow() {
             ring.submit();
+            SCRATCH.with(|s| {
+                let (wake, rearm) = &mut *s.borrow_mut();
+                ring.reap(wake, rearm);
+            });
         }
     });
 }
