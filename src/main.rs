@@ -100,17 +100,17 @@ fn main() -> ExitCode {
                 }
             };
             let result = rt.block_on(async {
-                let pool = pgmux::workers::Workers::start(workers)
-                    .map_err(pgmux::proxy::StartError::Runtime)?;
                 let shared = pgmux::proxy::Shared::new(cfg)?;
-                let result = pgmux::proxy::run(shared, &pool).await;
-                Ok::<_, pgmux::proxy::StartError>((result, pool))
+                let loops = pgmux::workers::Workers::start(workers)
+                    .map_err(pgmux::proxy::StartError::Runtime)?;
+                let result = pgmux::proxy::run(shared, &loops).await;
+                Ok::<_, pgmux::proxy::StartError>((result, loops))
             });
             let result = match result {
-                Ok((result, pool)) => {
+                Ok((result, loops)) => {
                     // Replies and FATAL notices handed to io_uring go out before the
                     // exit, on every worker.
-                    pool.stop();
+                    loops.stop();
                     rt.block_on(pgmux::uring::drain(std::time::Duration::from_secs(2)));
                     result
                 }

@@ -135,7 +135,7 @@ impl Pool {
         }
     }
 
-    /// Takes a server connection, waiting in FIFO order at most `wait`.
+    /// Takes a server connection, waiting in the gate's queue at most `wait`.
     /// The usual case, without an await: a free permit and a live idle connection.
     /// A free permit means nobody is queued (released permits go to waiters first).
     pub fn try_checkout(self: &Arc<Self>) -> Option<Checkout> {

@@ -4,7 +4,7 @@
 //! back, byte for byte, and decides three things, each in one place:
 //!
 //! - **need a server** ([`Session::ensure_server`]): the first message that must run
-//!   on a server checks one out (FIFO wait up to `query_wait_timeout`), after which
+//!   on a server checks one out (queued up to `query_wait_timeout`), after which
 //!   the client's tracked settings are re-applied if that connection's differ;
 //! - **release it** ([`Session::release_if_done`]): in transaction mode, once every
 //!   unit sent has been answered — a unit is a simple Query, a FunctionCall, or the
