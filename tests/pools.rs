@@ -1,6 +1,6 @@
-//! Server connection pools (bounds, warm-up, idle and lifetime limits, the FIFO
-//! wait queue, `max_client_conn`, broken connections) and query cancellation
-//! (CONTRACT.md sections 3 and 4).
+//! Server connection pools (bounds, warm-up, idle and lifetime limits, the wait
+//! queue, `max_client_conn`, broken connections), query cancellation (CONTRACT.md
+//! sections 3 and 4), and clients dealt to several event loops.
 //!
 //! Tests share one Postgres primary; each one that counts server connections gives
 //! pgmux a Postgres role of its own, so `pg_stat_activity` rows of that role are
@@ -590,4 +590,51 @@ async fn a_cancel_while_queued_for_a_server_abandons_the_wait_and_the_statement_
         "the queued statement is cancelled before the holder lets go"
     );
     holder.batch_execute("commit").await.unwrap();
+}
+
+/// CPU time (utime + stime, in clock ticks) of the thread of process `pid` named
+/// `name`, or None if it has no such thread.
+fn thread_cpu_ticks(pid: u32, name: &str) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        return Some(utime + stime);
+    }
+    None
+}
+
+/// With `workers = 2`, clients are dealt to both event loops: the second loop's
+/// thread relays their traffic (all on one thread, it would stay asleep).
+#[tokio::test]
+async fn clients_are_dealt_to_every_worker() {
+    let pg = shared_primary();
+    let px = start_pgmux(&with_workers(&pgmux_config(pg, "", ""), 2));
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(&url).await);
+    }
+    let before = thread_cpu_ticks(px.pid(), "pgmux-worker-1").expect("a second event loop thread");
+    let worked = poll_until_async(PATIENCE, || async {
+        for c in &clients {
+            for _ in 0..200 {
+                c.simple_query("select 1").await.unwrap();
+            }
+        }
+        thread_cpu_ticks(px.pid(), "pgmux-worker-1").unwrap_or(0) > before
+    })
+    .await;
+    assert!(
+        worked,
+        "the second worker relayed none of the clients' traffic"
+    );
 }
