@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             };
             pgmux::observe::init_logging(cfg.proxy.log_format);
             let workers = pgmux::workers::count(cfg.proxy.workers);
-            let uring = pgmux::uring::init();
+            let uring = pgmux::uring::init(workers);
             tracing::debug!(workers, io_uring = uring, "event loops");
             // The main thread is worker 0: it also runs the accept loop, signals and
             // the metrics endpoint.

@@ -211,3 +211,21 @@ fn more_arrivals_than_receive_buffers_lose_nothing() {
         }
     });
 }
+
+#[test]
+fn rings_hold_fewer_buffers_as_workers_grow() {
+    assert_eq!(buffers_per_ring(0), 128);
+    assert_eq!(buffers_per_ring(1), 128);
+    assert_eq!(buffers_per_ring(2), 128);
+    assert_eq!(buffers_per_ring(3), 64);
+    assert_eq!(buffers_per_ring(4), 64);
+    assert_eq!(buffers_per_ring(5), 32);
+    assert_eq!(buffers_per_ring(8), 32);
+    assert_eq!(buffers_per_ring(64), 32);
+    for w in 1..100 {
+        let n = buffers_per_ring(w);
+        assert!(n.is_power_of_two());
+        // 256 buffers of 16 KiB (4 MiB) in all, or 32 a ring where that is more.
+        assert!(usize::from(n) * w <= 256.max(32 * w), "{w} workers");
+    }
+}
