@@ -455,6 +455,8 @@ mod tests {
             std::mem::size_of::<crate::server::ServerConn>(),
             std::mem::size_of::<crate::tls::MaybeTls>(),
         );
-        assert!(size <= 2048, "client task future is {size} bytes");
+        // 848 bytes when last measured; past 1 KiB the task's allocation moves up a
+        // size class (1,536 bytes with the task header).
+        assert!(size <= 960, "client task future is {size} bytes");
     }
 }
