@@ -135,9 +135,11 @@ impl Workers {
             index: w,
         };
         if w == 0 {
+            // `live` is dropped after the await rather than bound to a local: a local
+            // would take room in the task beside the captured value.
             tokio::spawn(tracker.track_future(async move {
-                let _live = live;
                 serve(tcp).await;
+                drop(live);
             }));
             return;
         }
@@ -153,11 +155,11 @@ impl Workers {
         self.remote[w - 1]
             .handle
             .spawn(tracker.track_future(async move {
-                let _live = live;
                 match TcpStream::from_std(std) {
                     Ok(tcp) => serve(tcp).await,
                     Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
                 }
+                drop(live);
             }));
     }
 
