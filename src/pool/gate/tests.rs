@@ -10,6 +10,15 @@ fn poll(a: &mut Acquire) -> Option<Permit> {
     }
 }
 
+fn no_free_permits() -> State {
+    State {
+        free: 0,
+        owed: 0,
+        queues: Vec::new(),
+        waiting: 0,
+    }
+}
+
 fn waiter(worker: usize, arrived: Instant) -> Arc<Waiter> {
     Arc::new(Waiter {
         worker,
@@ -19,15 +28,21 @@ fn waiter(worker: usize, arrived: Instant) -> Arc<Waiter> {
     })
 }
 
-#[test]
-fn waiters_are_served_in_arrival_order() {
+/// A gate of one permit, held, and two waiters queued behind it (a first).
+fn one_held_two_queued() -> (Arc<Gate>, Permit, Acquire, Acquire) {
     let gate = Gate::new(1);
     let held = gate.try_acquire().expect("one free permit");
-    assert!(gate.try_acquire().is_none());
     let mut a = gate.acquire();
     let mut b = gate.acquire();
     assert!(poll(&mut a).is_none());
     assert!(poll(&mut b).is_none());
+    (gate, held, a, b)
+}
+
+#[test]
+fn waiters_are_served_in_arrival_order() {
+    let (gate, held, mut a, mut b) = one_held_two_queued();
+    assert!(gate.try_acquire().is_none());
     assert_eq!(gate.waiting(), 2);
     drop(held);
     assert!(
@@ -42,12 +57,7 @@ fn waiters_are_served_in_arrival_order() {
 
 #[test]
 fn a_waiter_that_gives_up_leaves_the_queue() {
-    let gate = Gate::new(1);
-    let held = gate.try_acquire().unwrap();
-    let mut a = gate.acquire();
-    let mut b = gate.acquire();
-    assert!(poll(&mut a).is_none());
-    assert!(poll(&mut b).is_none());
+    let (gate, held, a, mut b) = one_held_two_queued();
     drop(a);
     assert_eq!(gate.waiting(), 1);
     drop(held);
@@ -56,12 +66,7 @@ fn a_waiter_that_gives_up_leaves_the_queue() {
 
 #[test]
 fn a_permit_granted_and_not_taken_passes_on() {
-    let gate = Gate::new(1);
-    let held = gate.try_acquire().unwrap();
-    let mut a = gate.acquire();
-    let mut b = gate.acquire();
-    assert!(poll(&mut a).is_none());
-    assert!(poll(&mut b).is_none());
+    let (gate, held, a, mut b) = one_held_two_queued();
     drop(held);
     // `a` was granted the permit but is dropped (a timeout firing at that moment).
     drop(a);
@@ -73,12 +78,7 @@ fn a_permit_granted_and_not_taken_passes_on() {
 #[test]
 fn the_releasing_workers_waiter_goes_first_within_the_limit() {
     let t0 = Instant::now();
-    let mut st = State {
-        free: 0,
-        owed: 0,
-        queues: Vec::new(),
-        waiting: 0,
-    };
+    let mut st = no_free_permits();
     st.enqueue(waiter(1, t0));
     st.enqueue(waiter(0, t0 + OVERTAKE_LIMIT / 2));
     let now = t0 + OVERTAKE_LIMIT;
@@ -92,12 +92,7 @@ fn the_releasing_workers_waiter_goes_first_within_the_limit() {
 #[test]
 fn no_waiter_is_overtaken_by_more_than_the_limit() {
     let t0 = Instant::now();
-    let mut st = State {
-        free: 0,
-        owed: 0,
-        queues: Vec::new(),
-        waiting: 0,
-    };
+    let mut st = no_free_permits();
     st.enqueue(waiter(1, t0));
     st.enqueue(waiter(2, t0 + Duration::from_micros(10)));
     st.enqueue(waiter(0, t0 + OVERTAKE_LIMIT * 3));
@@ -110,12 +105,7 @@ fn no_waiter_is_overtaken_by_more_than_the_limit() {
 #[test]
 fn the_limit_grows_with_the_wait() {
     let t0 = Instant::now();
-    let mut st = State {
-        free: 0,
-        owed: 0,
-        queues: Vec::new(),
-        waiting: 0,
-    };
+    let mut st = no_free_permits();
     // The remote waiter has waited 40 ms; the local one arrived 15 ms after it:
     // within half that wait, so the local one goes first.
     st.enqueue(waiter(1, t0));
