@@ -40,7 +40,6 @@ struct State {
     owed: usize,
     /// Waiters per worker, oldest first.
     queues: Vec<VecDeque<Arc<Waiter>>>,
-    waiting: usize,
 }
 
 struct Waiter {
@@ -68,7 +67,6 @@ impl Gate {
                 free: permits,
                 owed: 0,
                 queues: Vec::new(),
-                waiting: 0,
             }),
         })
     }
@@ -95,7 +93,7 @@ impl Gate {
 
     /// Clients waiting for a permit.
     pub fn waiting(&self) -> usize {
-        self.state.lock().waiting
+        self.state.lock().queues.iter().map(VecDeque::len).sum()
     }
 
     /// Adds capacity: first cancels what a shrink still owes, then serves waiters.
@@ -125,9 +123,8 @@ impl Gate {
                 st.owed -= 1;
                 return;
             }
-            match st.next_waiter(crate::workers::current(), Instant::now()) {
+            match st.next_waiter(crate::workers::current(), Instant::now) {
                 Some(w) => {
-                    st.waiting -= 1;
                     // Under the gate's lock: a waiter that gives up checks this flag
                     // under the same lock, so a grant is never lost.
                     w.granted.store(true, Ordering::Release);
@@ -147,7 +144,9 @@ impl Gate {
 }
 
 impl State {
-    fn next_waiter(&mut self, here: usize, now: Instant) -> Option<Arc<Waiter>> {
+    /// `now` is read only when waiters of two workers compete: a release with
+    /// nobody waiting, the usual case, reads no clock.
+    fn next_waiter(&mut self, here: usize, now: impl FnOnce() -> Instant) -> Option<Arc<Waiter>> {
         let local = self
             .queues
             .get(here)
@@ -161,15 +160,17 @@ impl State {
             .filter_map(|(i, q)| q.front().map(|w| (i, w.arrived)))
             .min_by_key(|(_, arrived)| *arrived);
         let from = match (local, remote) {
-            (Some(l), Some((r, ra)))
-                if l.duration_since(ra)
-                    > OVERTAKE_LIMIT.max(now.duration_since(ra) / OVERTAKE_SHARE) =>
-            {
-                r
-            }
-            (Some(_), _) => here,
-            (None, Some((r, _))) => r,
             (None, None) => return None,
+            (None, Some((r, _))) => r,
+            (Some(_), None) => here,
+            (Some(l), Some((r, ra))) => {
+                let tolerated = OVERTAKE_LIMIT.max(now().duration_since(ra) / OVERTAKE_SHARE);
+                if l.duration_since(ra) > tolerated {
+                    r
+                } else {
+                    here
+                }
+            }
         };
         self.queues[from].pop_front()
     }
@@ -180,7 +181,6 @@ impl State {
             self.queues.resize_with(w + 1, VecDeque::new);
         }
         self.queues[w].push_back(waiter);
-        self.waiting += 1;
     }
 
     /// Takes a waiter that gave up out of its queue; false if it was granted.
@@ -191,7 +191,6 @@ impl State {
         let q = &mut self.queues[waiter.worker];
         if let Some(i) = q.iter().position(|w| Arc::ptr_eq(w, waiter)) {
             q.remove(i);
-            self.waiting -= 1;
         }
         true
     }
