@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -35,17 +35,15 @@ use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+mod buf_ring;
+
+#[cfg(test)]
+use buf_ring::{buffers_per_ring, BUF_COUNT};
+use buf_ring::{BufRing, BUF_GROUP, BUF_SIZE};
+
 /// Output queued on one socket above which writers wait for the kernel to take it.
 pub const HIGH_WATER: usize = 256 * 1024;
 
-const BUF_SIZE: usize = 16 * 1024;
-/// Receive buffers per ring at most: 2 MiB. The kernel cycles through all of them, so
-/// all become resident. A burst of more receives than buffers between two reaps gets
-/// ENOBUFS for the rest, which are re-armed after the reap.
-const BUF_COUNT: u16 = 128;
-/// Receive buffers per ring in this process (see [`buffers_per_ring`]).
-static RING_BUFS: AtomicU16 = AtomicU16::new(BUF_COUNT);
-const BUF_GROUP: u16 = 0;
 /// Submission queue entries; the completion queue has four times as many. Ten
 /// thousand clients that all send at once re-arm ten thousand receives in one pass:
 /// a full queue is submitted on the spot.
@@ -68,7 +66,7 @@ pub fn init(workers: usize) -> bool {
     if wanted == "epoll" {
         return false;
     }
-    RING_BUFS.store(buffers_per_ring(workers), Ordering::Relaxed);
+    buf_ring::size_for(workers);
     match Driver::new() {
         Ok(_) => {
             MODE.store(ON, Ordering::Relaxed);
@@ -81,18 +79,6 @@ pub fn init(workers: usize) -> bool {
     }
 }
 
-/// Receive buffers for each of `workers` rings: 256 shared out, as a power of two (the
-/// kernel requires one), at most 128 (2 MiB) and at least 32 (512 KiB) a ring. Each
-/// ring serves only its own worker's clients, and the resident total stays bounded:
-/// 4 MiB up to eight workers, 8 MiB at sixteen, where 2 MiB a ring would be 32 MiB,
-/// 3.3 KB per client at 10,000 clients.
-fn buffers_per_ring(workers: usize) -> u16 {
-    let share = (2 * usize::from(BUF_COUNT) / workers.max(1)).max(1);
-    // The largest power of two not above the share.
-    let pow = 1usize << (usize::BITS - 1 - share.leading_zeros());
-    pow.clamp(32, usize::from(BUF_COUNT)) as u16
-}
-
 pub fn enabled() -> bool {
     MODE.load(Ordering::Relaxed) == ON
 }
@@ -101,7 +87,8 @@ thread_local! {
     static LOCAL: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
     /// Whether this thread submits at park; other threads submit at each push.
     static PARKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// The park hook's reap lists, kept so that a reap allocates nothing.
+    /// A reap's lists, kept so that a reap allocates nothing. The park hook and the
+    /// reaper task of a thread never run inside one another.
     static SCRATCH: RefCell<(Vec<Waker>, Vec<Op>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
@@ -114,10 +101,7 @@ pub fn submit_local() {
     LOCAL.with(|l| {
         if let Some(ring) = &*l.borrow() {
             ring.submit();
-            SCRATCH.with(|s| {
-                let (wake, rearm) = &mut *s.borrow_mut();
-                ring.reap(wake, rearm);
-            });
+            ring.reap();
         }
     });
 }
@@ -218,8 +202,6 @@ impl AsRawFd for RingFd {
 }
 
 async fn reap_forever(afd: AsyncFd<RingFd>) {
-    // Kept across reaps, so a reap allocates nothing.
-    let (mut wake, mut rearm) = (Vec::new(), Vec::new());
     loop {
         let Ok(mut guard) = afd.readable().await else {
             return;
@@ -227,7 +209,7 @@ async fn reap_forever(afd: AsyncFd<RingFd>) {
         // Cleared before reaping: a completion that comes after this reap marks the
         // descriptor readable again.
         guard.clear_ready();
-        afd.get_ref().0.reap(&mut wake, &mut rearm);
+        afd.get_ref().0.reap();
     }
 }
 
@@ -288,7 +270,14 @@ impl Ring {
 
     /// Hands out the completions waiting in the ring: data to inboxes, progress to
     /// send queues, and wakes whoever waits on them.
-    fn reap(&self, wake: &mut Vec<Waker>, rearm: &mut Vec<Op>) {
+    fn reap(&self) {
+        SCRATCH.with(|s| {
+            let (wake, rearm) = &mut *s.borrow_mut();
+            self.reap_into(wake, rearm);
+        });
+    }
+
+    fn reap_into(&self, wake: &mut Vec<Waker>, rearm: &mut Vec<Op>) {
         {
             let mut guard = self.inner.lock();
             let d = &mut *guard;
@@ -393,87 +382,6 @@ impl Ring {
         for w in wake.drain(..) {
             w.wake();
         }
-    }
-}
-
-/// The ring's pool of receive buffers (Linux "provided buffer rings"): the kernel
-/// takes one when a receive has data, and pgmux gives it back once it is copied out.
-struct BufRing {
-    entries: *mut io_uring::types::BufRingEntry,
-    /// Never freed: the kernel tears a ring down asynchronously and may still write
-    /// to a buffer after the ring's descriptor is closed. A ring lives as long as its
-    /// thread, and a process has one per runtime thread.
-    mem: &'static mut [u8],
-    tail: u16,
-    /// Buffers in the ring, a power of two.
-    count: u16,
-}
-
-// SAFETY: the entries are written only under the driver's lock, and read by the
-// kernel as the ring's protocol prescribes (the tail is published with release).
-unsafe impl Send for BufRing {}
-
-impl BufRing {
-    fn layout(count: u16) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(
-            count as usize * std::mem::size_of::<types::BufRingEntry>(),
-            4096,
-        )
-        .expect("valid layout")
-    }
-
-    fn new(ring: &IoUring) -> io::Result<BufRing> {
-        let count = RING_BUFS.load(Ordering::Relaxed);
-        // SAFETY: a non-zero size; zeroed memory is a valid empty ring.
-        let entries = unsafe { std::alloc::alloc_zeroed(Self::layout(count)) }
-            as *mut io_uring::types::BufRingEntry;
-        if entries.is_null() {
-            return Err(io::ErrorKind::OutOfMemory.into());
-        }
-        let mut bufs = BufRing {
-            entries,
-            mem: Box::leak(vec![0u8; BUF_SIZE * count as usize].into_boxed_slice()),
-            tail: 0,
-            count,
-        };
-        // SAFETY: the entries, like the buffers, are never freed.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(entries as u64, count, BUF_GROUP, 0)?;
-        }
-        for bid in 0..count {
-            bufs.add(bid);
-        }
-        bufs.publish();
-        Ok(bufs)
-    }
-
-    fn add(&mut self, bid: u16) {
-        let slot = (self.tail & (self.count - 1)) as usize;
-        // SAFETY: slot < count entries; the kernel does not read slots past the
-        // published tail.
-        let e = unsafe { &mut *self.entries.add(slot) };
-        e.set_addr(self.mem[bid as usize * BUF_SIZE..].as_ptr() as u64);
-        e.set_len(BUF_SIZE as u32);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn publish(&self) {
-        // SAFETY: the ring's tail is the u16 that overlays the first entry's reserved
-        // field (`struct io_uring_buf_ring`), 14 bytes in, 2-aligned.
-        let tail = unsafe { &*((self.entries as *const u8).add(14) as *const AtomicU16) };
-        tail.store(self.tail, Ordering::Release);
-    }
-
-    fn get(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * BUF_SIZE;
-        &self.mem[start..start + len.min(BUF_SIZE)]
-    }
-
-    fn recycle(&mut self, bid: u16) {
-        self.add(bid);
-        self.publish();
     }
 }
 
