@@ -19,8 +19,11 @@
 #   ONLY          regex: run only the workloads whose name matches (e.g. 'select')
 #   SKIP_MEMORY=1 skip the idle-client memory measurement
 #   KEEP=1        keep the temp dir (logs, configs) after the run
+#   UPSTREAM      how both proxies reach Postgres: tcp (127.0.0.1) or unix (its   [tcp]
+#                 socket directory, as a co-located pooler would); clients always use TCP
 #   FLOOR=1       also measure benches/floor: byte forwarders with no pooling logic, on
-#                 epoll and on io_uring (what a proxy costs at least, per I/O model)
+#                 epoll and on io_uring (what a proxy costs at least, per I/O model;
+#                 with UPSTREAM=unix only the io_uring one)
 #   OUT           also write the report to this file        [target/bench/load-last.md]
 #
 # It installs what it needs (scripts/install-deps.sh), builds pgmux in release, starts
@@ -50,6 +53,7 @@ SKIP_MEMORY=${SKIP_MEMORY:-0}
 FLOOR=${FLOOR:-0}
 KEEP=${KEEP:-0}
 OUT=${OUT:-$ROOT/target/bench/load-last.md}
+UPSTREAM=${UPSTREAM:-tcp}
 
 PG_BIN=${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}
 BENCH_USER=bench
@@ -58,6 +62,7 @@ BENCH_DB=bench
 
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+case "$UPSTREAM" in tcp | unix) ;; *) die "UPSTREAM is tcp or unix, not $UPSTREAM" ;; esac
 
 # ---------------------------------------------------------------- setup
 
@@ -164,7 +169,8 @@ fsync = off
 password_encryption = 'scram-sha-256'
 EOF
 cat >"$TMP/pg/data/pg_hba.conf" <<EOF
-local   all  all                 trust
+local   all  postgres            trust
+local   all  all                 scram-sha-256
 host    all  all  127.0.0.1/32   scram-sha-256
 EOF
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -l "$TMP/pg/server.log" -w start >/dev/null \
@@ -177,6 +183,10 @@ log "pgbench -i -s $SCALE"
 "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$BENCH_USER" "$BENCH_DB" \
     >"$TMP/pg/pgbench-init.log" 2>&1 || { cat "$TMP/pg/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
+# Where both proxies find Postgres: libpq's host, a socket directory for unix.
+UPSTREAM_HOST=127.0.0.1
+[ "$UPSTREAM" = unix ] && UPSTREAM_HOST=$TMP/pg
+
 # ---- PgBouncer
 BOUNCER_PORT=""
 BOUNCER_PID=""
@@ -187,7 +197,7 @@ start_pgbouncer() {
 EOF
     cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
 [databases]
-$BENCH_DB = host=127.0.0.1 port=$PG_PORT dbname=$BENCH_DB
+$BENCH_DB = host=$UPSTREAM_HOST port=$PG_PORT dbname=$BENCH_DB
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -249,7 +259,7 @@ password = "$BENCH_PASSWORD"
 pool_size = $POOL_SIZE
 
 [[databases.$BENCH_DB.shards]]
-primary = "127.0.0.1:$PG_PORT/$BENCH_DB"
+primary = "$UPSTREAM_HOST:$PG_PORT/$BENCH_DB"
 replicas = []
 EOF
     PGMUX_IO=$io "$PGMUX_BIN" --config "$dir/pgmux.toml" >>"$dir/pgmux.log" 2>&1 &
@@ -275,9 +285,16 @@ for w in "${WORKER_LIST[@]}"; do TARGETS+=("$(pgmux_name "$w")"); done
 if [ "$FLOOR" = 1 ]; then
     log "building benches/floor"
     cargo build --release --quiet --manifest-path "$ROOT/benches/floor/Cargo.toml" --target-dir "$ROOT/target/floor"
-    for f in floor-epoll floor-uring; do
+    floors=(floor-epoll floor-uring)
+    floor_upstream=127.0.0.1:$PG_PORT
+    if [ "$UPSTREAM" = unix ]; then
+        # Only the io_uring forwarder speaks to a Unix-domain socket.
+        floors=(floor-uring)
+        floor_upstream=$TMP/pg/.s.PGSQL.$PG_PORT
+    fi
+    for f in "${floors[@]}"; do
         port=$(free_port)
-        "$ROOT/target/floor/release/$f" "127.0.0.1:$port" "127.0.0.1:$PG_PORT" >>"$TMP/$f.log" 2>&1 &
+        "$ROOT/target/floor/release/$f" "127.0.0.1:$port" "$floor_upstream" >>"$TMP/$f.log" 2>&1 &
         PGMUX_PID[$f]=$!
         PGMUX_PORT[$f]=$port
         PIDS+=("$!")
@@ -530,12 +547,12 @@ report() {
     echo "### pgmux load benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
     echo
     local cmd="" v
-    for v in QUICK DURATION ROUNDS WORKERS IDLE_CLIENTS SCALE POOL_SIZE JOBS ONLY SKIP_MEMORY FLOOR; do
+    for v in QUICK DURATION ROUNDS WORKERS IDLE_CLIENTS SCALE POOL_SIZE JOBS ONLY SKIP_MEMORY UPSTREAM FLOOR; do
         if printenv "$v" >/dev/null; then cmd+="$v=$(printf '%q' "$(printenv "$v")") "; fi
     done
     echo "Command: \`${cmd}bash benches/load.sh\`"
     echo "Machine: $(nproc) cores, $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')."
-    echo "Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync=off, shared_buffers=128MB), PgBouncer $(pgbouncer --version | head -n 1 | awk '{print $2}'), pgmux release build; transaction mode, pool_size $POOL_SIZE, scram-sha-256 everywhere; pgbench -s $SCALE, -T $DURATION, -j $JOBS, $ROUNDS round(s) (medians); pgmux workers: ${WORKER_LIST[*]} (0 = one per core)."
+    echo "Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync=off, shared_buffers=128MB), PgBouncer $(pgbouncer --version | head -n 1 | awk '{print $2}'), pgmux release build; transaction mode, pool_size $POOL_SIZE, scram-sha-256 everywhere; proxies reach Postgres over $( [ "$UPSTREAM" = unix ] && echo "its Unix-domain socket" || echo TCP), clients connect over TCP; pgbench -s $SCALE, -T $DURATION, -j $JOBS, $ROUNDS round(s) (medians); pgmux workers: ${WORKER_LIST[*]} (0 = one per core)."
     echo
     local hdr="| workload | direct tps | pgbouncer tps"
     local sep="|---|---:|---:"

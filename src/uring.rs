@@ -1,4 +1,4 @@
-//! io_uring for the relay's plain TCP sockets.
+//! io_uring for the relay's plain sockets (TCP, and Unix-domain towards Postgres).
 //!
 //! On epoll, every message costs a system call of its own, and each `send()` wakes its
 //! peer (a Postgres backend, a client) which then preempts pgmux at the exit of that
@@ -463,11 +463,11 @@ impl std::fmt::Debug for UringStream {
 }
 
 impl UringStream {
-    /// Takes over a connected socket (already non-blocking, as tokio leaves it).
-    pub fn new(tcp: std::net::TcpStream) -> UringStream {
+    /// Takes over a connected stream socket (already non-blocking, as tokio leaves it).
+    pub fn new(fd: OwnedFd) -> UringStream {
         UringStream {
             sock: Arc::new(Sock {
-                fd: OwnedFd::from(tcp),
+                fd,
                 state: Mutex::new(State::default()),
             }),
         }

@@ -592,6 +592,74 @@ async fn a_cancel_while_queued_for_a_server_abandons_the_wait_and_the_statement_
     holder.batch_execute("commit").await.unwrap();
 }
 
+// ------------------------------------------------------------------ Unix-domain sockets
+
+/// A server given by the directory of its socket (`/dir:port/db`, libpq's `host=/dir`)
+/// is reached over that socket: logged in with SCRAM, pooled, and cancelled there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_given_by_its_socket_directory_is_pooled_over_the_unix_socket() {
+    const ROLE: &str = "pools_unix";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    let tcp_addr = format!("\"{}\"", pg.addr(APP_DB));
+    let config = pgmux_config(pg, &proxy_with_user("", ROLE, &password), "pool_size = 2");
+    assert!(config.contains(&tcp_addr));
+    let px = start_pgmux(&config.replace(&tcp_addr, &format!("{:?}", pg.socket_addr(APP_DB))));
+    let url = px.url(ROLE, &password, APP_DB);
+
+    // More clients than server connections, each with transactions in the extended
+    // protocol; every server connection they see has no client address: a socket.
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            for j in 0..10 {
+                let n: i32 = i * 100 + j;
+                let tx = client.transaction().await?;
+                let row = tx
+                    .query_one(
+                        "select $1::int + 1, client_addr is null, client_port \
+                         from pg_stat_activity where pid = pg_backend_pid()",
+                        &[&n],
+                    )
+                    .await?;
+                tx.commit().await?;
+                assert_eq!(row.get::<_, i32>(0), n + 1);
+                assert!(row.get::<_, bool>(1), "a server connection over TCP");
+                assert_eq!(row.get::<_, i32>(2), -1, "a server connection over TCP");
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for c in clients {
+        c.await
+            .unwrap()
+            .expect("every client's transactions succeed");
+    }
+    let backends = backends_of_async(ROLE).await;
+    assert!(
+        (1..=2).contains(&backends.len()),
+        "{} server connections with pool_size = 2",
+        backends.len()
+    );
+
+    let client = connect(&url).await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        client
+            .simple_query("select pg_sleep(30) /* pools_unix_cancel */")
+            .await
+    });
+    wait_until_running_async("pools_unix_cancel").await;
+    token.cancel_query(NoTls).await.unwrap();
+    let err = sleeper
+        .await
+        .unwrap()
+        .expect_err("the statement was cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+}
+
 /// CPU time (utime + stime, in clock ticks) of the thread of process `pid` named
 /// `name`, or None if it has no such thread.
 fn thread_cpu_ticks(pid: u32, name: &str) -> Option<u64> {

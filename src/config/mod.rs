@@ -72,7 +72,8 @@ pub enum ReplicaLag {
     Time(Duration),
 }
 
-/// A Postgres server as written in the config: `host:port/dbname`.
+/// A Postgres server as written in the config: `host:port/dbname`, where `host` may
+/// be the directory of a Unix-domain socket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerAddr {
     pub host: String,
@@ -80,9 +81,19 @@ pub struct ServerAddr {
     pub dbname: String,
 }
 
+impl ServerAddr {
+    /// The Unix-domain socket to connect to when `host` names a directory (it starts
+    /// with `/`, as in libpq): `{host}/.s.PGSQL.{port}`, where Postgres puts it.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| PathBuf::from(format!("{}/.s.PGSQL.{}", self.host, self.port)))
+    }
+}
+
 impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
+        if self.host.contains(':') && !self.host.starts_with('/') {
             // An IPv6 address, bracketed as in the config.
             write!(f, "[{}]:{}/{}", self.host, self.port, self.dbname)
         } else {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 
 use crate::auth::scram::{ScramClient, UpstreamCredential};
@@ -158,9 +158,12 @@ impl ServerConn {
         opts: &ConnectOptions,
         max_prepared: usize,
     ) -> Result<ServerConn, ServerError> {
-        let tcp = TcpStream::connect((opts.addr.host.as_str(), opts.addr.port)).await?;
-        tcp.set_nodelay(true)?;
-        let stream = negotiate_tls(tcp, opts).await?;
+        let stream = match dial(&opts.addr).await? {
+            MaybeTls::Plain(tcp) => negotiate_tls(tcp, opts).await?,
+            // libpq never asks for TLS on a Unix-domain socket, and Postgres refuses it
+            // there: the socket is local, its access guarded by file permissions.
+            unix => unix,
+        };
         let mut conn = ServerConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             stream,
@@ -375,21 +378,31 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return false;
         }
-        let tcp = match &self.stream {
-            // A receive stays armed on an idle pooled connection: its state answers.
-            MaybeTls::Uring(s) => return s.is_quiet(),
-            other => other.tcp().expect("not io_uring"),
-        };
         // The reactor's cached readiness answers without a syscall in the usual case:
         // the last read of the previous transaction drained the socket, so it is
         // flagged readable only if the server has said something since (or closed).
         // A task out of its coop budget gets Pending whatever the readiness: then
         // only the syscall below can tell.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if tokio::task::coop::has_budget_remaining() && tcp.poll_read_ready(&mut cx).is_pending() {
+        let budget = tokio::task::coop::has_budget_remaining();
+        let (quiet, fd) = match &self.stream {
+            // A receive stays armed on an idle pooled connection: its state answers.
+            MaybeTls::Uring(s) => return s.is_quiet(),
+            MaybeTls::Unix(unix) => (
+                budget && unix.poll_read_ready(&mut cx).is_pending(),
+                unix.as_raw_fd(),
+            ),
+            other => {
+                let tcp = other.tcp().expect("a TCP socket");
+                (
+                    budget && tcp.poll_read_ready(&mut cx).is_pending(),
+                    tcp.as_raw_fd(),
+                )
+            }
+        };
+        if quiet {
             return true;
         }
-        let fd = tcp.as_raw_fd();
         let mut byte = 0u8;
         // SAFETY: recv with MSG_PEEK on a valid socket fd into a 1-byte stack buffer.
         let n = unsafe {
@@ -447,6 +460,19 @@ fn refused(body: &[u8]) -> ServerError {
     }
 }
 
+/// Opens a plain connection to `addr`: its Unix-domain socket when the host is a
+/// directory, else TCP (with Nagle off: every flush is a whole exchange).
+async fn dial(addr: &ServerAddr) -> std::io::Result<MaybeTls> {
+    match addr.socket_path() {
+        Some(path) => Ok(MaybeTls::from(UnixStream::connect(path).await?)),
+        None => {
+            let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(MaybeTls::from(tcp))
+        }
+    }
+}
+
 async fn negotiate_tls(mut tcp: TcpStream, opts: &ConnectOptions) -> Result<MaybeTls, ServerError> {
     let Some(connector) = opts
         .tls
@@ -481,12 +507,12 @@ async fn negotiate_tls(mut tcp: TcpStream, opts: &ConnectOptions) -> Result<Mayb
 /// has closed it, which Postgres does after signalling the backend.
 pub async fn send_cancel(target: &CancelTarget, timeout: Duration) -> Result<(), ServerError> {
     let work = async {
-        let mut tcp = TcpStream::connect((target.addr.host.as_str(), target.addr.port)).await?;
+        let mut conn = dial(&target.addr).await?;
         let mut out = BytesMut::new();
         build::cancel_request(&mut out, target.pid, target.secret);
-        tcp.write_all(&out).await?;
+        conn.write_all(&out).await?;
         let mut sink = [0u8; 64];
-        while tcp.read(&mut sink).await? > 0 {}
+        while conn.read(&mut sink).await? > 0 {}
         Ok::<(), ServerError>(())
     };
     match tokio::time::timeout(timeout, work).await {

@@ -1,14 +1,15 @@
-//! [`MaybeTls`]: one connection type for plain and encrypted peers, so the client session
-//! and the server connection are written once and never ask which one they hold.
+//! [`MaybeTls`]: one connection type for plain and encrypted peers, over TCP or a
+//! Unix-domain socket, so the client session and the server connection are written once
+//! and never ask which one they hold.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
-/// A connection that is either plain TCP or TLS over TCP.
+/// A connection that is plain TCP, a plain Unix-domain socket, or TLS over TCP.
 ///
 /// `Server` is the proxy's side of a client's connection (pgmux accepted the handshake);
 /// `Client` is the proxy's side of a connection to Postgres (pgmux started it). The TLS
@@ -16,7 +17,9 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub enum MaybeTls {
     Plain(TcpStream),
-    /// Plain TCP through io_uring, once a connection is logged in (see `uring`).
+    /// A Postgres server's Unix-domain socket, which is never encrypted (as in libpq).
+    Unix(UnixStream),
+    /// Plain TCP or Unix-domain sockets through io_uring, once a connection is logged in (see `uring`).
     Uring(crate::uring::UringStream),
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -25,17 +28,20 @@ pub enum MaybeTls {
 impl MaybeTls {
     /// Whether the bytes on the wire are encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, MaybeTls::Plain(_) | MaybeTls::Uring(_))
+        !matches!(
+            self,
+            MaybeTls::Plain(_) | MaybeTls::Unix(_) | MaybeTls::Uring(_)
+        )
     }
 
-    /// The tokio TCP socket underneath, for addresses and socket options; `None` once
-    /// the connection moved to io_uring.
+    /// The tokio TCP socket underneath, for addresses and socket options; `None` for a
+    /// Unix-domain socket and once the connection moved to io_uring.
     ///
     /// Reading or writing it directly would corrupt a TLS session; use the `MaybeTls`.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             MaybeTls::Plain(tcp) => Some(tcp),
-            MaybeTls::Uring(_) => None,
+            MaybeTls::Unix(_) | MaybeTls::Uring(_) => None,
             MaybeTls::Server(tls) => Some(tls.get_ref().0),
             MaybeTls::Client(tls) => Some(tls.get_ref().0),
         }
@@ -52,9 +58,13 @@ impl MaybeTls {
     /// Moves a plain connection to io_uring when it is on (`uring::enabled`); TLS
     /// connections stay where they are.
     pub fn into_uring(self) -> io::Result<MaybeTls> {
+        use crate::uring::UringStream;
         Ok(match self {
             MaybeTls::Plain(tcp) if crate::uring::enabled() => {
-                MaybeTls::Uring(crate::uring::UringStream::new(tcp.into_std()?))
+                MaybeTls::Uring(UringStream::new(tcp.into_std()?.into()))
+            }
+            MaybeTls::Unix(unix) if crate::uring::enabled() => {
+                MaybeTls::Uring(UringStream::new(unix.into_std()?.into()))
             }
             other => other,
         })
@@ -64,6 +74,12 @@ impl MaybeTls {
 impl From<TcpStream> for MaybeTls {
     fn from(tcp: TcpStream) -> Self {
         MaybeTls::Plain(tcp)
+    }
+}
+
+impl From<UnixStream> for MaybeTls {
+    fn from(unix: UnixStream) -> Self {
+        MaybeTls::Unix(unix)
     }
 }
 
@@ -84,6 +100,10 @@ macro_rules! delegate {
     ($self:ident, $io:ident => $body:expr) => {
         match $self.get_mut() {
             MaybeTls::Plain(s) => {
+                let $io = Pin::new(s);
+                $body
+            }
+            MaybeTls::Unix(s) => {
                 let $io = Pin::new(s);
                 $body
             }
@@ -133,6 +153,7 @@ impl AsyncWrite for MaybeTls {
     fn is_write_vectored(&self) -> bool {
         match self {
             MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Unix(s) => s.is_write_vectored(),
             MaybeTls::Uring(s) => s.is_write_vectored(),
             MaybeTls::Server(s) => s.is_write_vectored(),
             MaybeTls::Client(s) => s.is_write_vectored(),

@@ -34,7 +34,7 @@ async fn pair() -> (UringStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let ours = UringStream::new(ours.unwrap().into_std().unwrap());
+    let ours = UringStream::new(ours.unwrap().into_std().unwrap().into());
     (ours, theirs.unwrap().0)
 }
 

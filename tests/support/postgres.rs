@@ -56,13 +56,16 @@ const HARNESS_CONF: &str = "pgmux_harness.conf";
 /// between choosing it and binding it.
 const PORT_ATTEMPTS: usize = 5;
 
-/// `pg_hba.conf`: the harness uses the socket with trust; TCP clients must
-/// authenticate for real. `md5user` has an MD5 verifier, which the `scram-sha-256`
-/// method would refuse, so it gets the `md5` method.
+/// `pg_hba.conf`: the harness (the superuser, replication) uses the socket with
+/// trust; everyone else must authenticate for real, over TCP or the socket. `md5user`
+/// has an MD5 verifier, which the `scram-sha-256` method would refuse, so it gets the
+/// `md5` method.
 const PG_HBA: &str = "\
 # TYPE  DATABASE     USER     ADDRESS        METHOD
-local   all          all                     trust
+local   all          postgres                trust
 local   replication  all                     trust
+local   all          md5user                 md5
+local   all          all                     scram-sha-256
 host    all          md5user  127.0.0.1/32   md5
 host    all          all      127.0.0.1/32   scram-sha-256
 host    replication  all      127.0.0.1/32   scram-sha-256
@@ -210,6 +213,12 @@ rm -rf "$3""#,
     /// `host:port/dbname` as pgmux's `[[databases.X.shards]]` entries spell it.
     pub fn addr(&self, db: &str) -> String {
         format!("127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// `host:port/dbname` with the host the directory of this server's Unix-domain
+    /// socket.
+    pub fn socket_addr(&self, db: &str) -> String {
+        format!("{}:{}/{db}", self.socket_dir.display(), self.port)
     }
 
     /// A `postgres://` URL for this server over TCP.

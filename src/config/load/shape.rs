@@ -321,20 +321,33 @@ pub(super) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Parses `host:port/dbname`, where host is a name, an IPv4 address, or an IPv6
-/// address in brackets (`[::1]:5432/app`). The brackets are not kept in `host`.
+/// Parses `host:port/dbname`, where host is a name, an IPv4 address, an IPv6 address
+/// in brackets (`[::1]:5432/app`; the brackets are not kept in `host`), or, as in
+/// libpq, the directory of a Unix-domain socket (`/var/run/postgresql:5432/app`).
 pub(super) fn parse_server_addr(s: &str) -> Result<ServerAddr, String> {
     let fail = |why: &str| {
         format!(
-            "expected host:port/dbname such as \"127.0.0.1:5432/app\" or \"[::1]:5432/app\"{why}, \
-             found {s:?}"
+            "expected host:port/dbname such as \"127.0.0.1:5432/app\", \"[::1]:5432/app\" or \
+             \"/var/run/postgresql:5432/app\"{why}, found {s:?}"
         )
     };
-    let (host_port, dbname) = s.split_once('/').ok_or_else(|| fail(""))?;
+    // A socket directory holds slashes of its own: the dbname follows the last one.
+    let split = if s.starts_with('/') {
+        s.rsplit_once('/')
+    } else {
+        s.split_once('/')
+    };
+    let (host_port, dbname) = split.ok_or_else(|| fail(""))?;
     if dbname.is_empty() || dbname.contains(char::is_whitespace) {
         return Err(fail(""));
     }
-    let (host, port) = if let Some(rest) = host_port.strip_prefix('[') {
+    let (host, port) = if host_port.starts_with('/') {
+        let (dir, port) = host_port.rsplit_once(':').ok_or_else(|| fail(""))?;
+        if dir.contains('\0') {
+            return Err(fail(""));
+        }
+        (dir, port)
+    } else if let Some(rest) = host_port.strip_prefix('[') {
         let (ip, port) = rest.split_once("]:").ok_or_else(|| fail(""))?;
         ip.parse::<Ipv6Addr>().map_err(|_| fail(""))?;
         (ip, port)
@@ -356,12 +369,25 @@ pub(super) fn parse_server_addr(s: &str) -> Result<ServerAddr, String> {
         Ok(port) if port != 0 => port,
         _ => return Err(fail(" (the port is a number from 1 to 65535)")),
     };
-    Ok(ServerAddr {
+    let addr = ServerAddr {
         host: host.to_string(),
         port,
         dbname: dbname.to_string(),
-    })
+    };
+    if let Some(path) = addr.socket_path() {
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(fail(&format!(
+                " (the socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain \
+                 socket address holds)",
+                path.display()
+            )));
+        }
+    }
+    Ok(addr)
 }
+
+/// `sun_path` holds 108 bytes on Linux, the last of them the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
 
 /// Reads an enum from one of its keywords (`"transaction"`, `"verify-full"`).
 macro_rules! keyword_enum {

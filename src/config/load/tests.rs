@@ -390,10 +390,11 @@ primary = "127.0.0.1:5452"
         errors,
         vec![
             "databases.tenants.shards[0].replicas[1]: expected host:port/dbname such as \
-             \"127.0.0.1:5432/app\" or \"[::1]:5432/app\", found \
-             \"replica-without-port/tenants\"",
+             \"127.0.0.1:5432/app\", \"[::1]:5432/app\" or \"/var/run/postgresql:5432/app\", \
+             found \"replica-without-port/tenants\"",
             "databases.tenants.shards[1].primary: expected host:port/dbname such as \
-             \"127.0.0.1:5432/app\" or \"[::1]:5432/app\", found \"127.0.0.1:5452\"",
+             \"127.0.0.1:5432/app\", \"[::1]:5432/app\" or \"/var/run/postgresql:5432/app\", \
+             found \"127.0.0.1:5452\"",
         ]
     );
 }
@@ -434,6 +435,36 @@ fn server_addresses_take_names_ipv4_and_bracketed_ipv6() {
     assert!(parse_server_addr("db:99999/app")
         .unwrap_err()
         .contains("the port is a number from 1 to 65535"));
+}
+
+#[test]
+fn server_addresses_take_a_unix_socket_directory() {
+    let unix = parse_server_addr("/var/run/postgresql:5432/app").unwrap();
+    assert_eq!(unix, addr("/var/run/postgresql", 5432, "app"));
+    assert_eq!(
+        unix.socket_path().unwrap(),
+        std::path::Path::new("/var/run/postgresql/.s.PGSQL.5432")
+    );
+    assert_eq!(unix.to_string(), "/var/run/postgresql:5432/app");
+    // A colon in the directory name: the port follows the last one.
+    let odd = parse_server_addr("/srv/pg:a:6000/app").unwrap();
+    assert_eq!(odd, addr("/srv/pg:a", 6000, "app"));
+    assert_eq!(odd.to_string(), "/srv/pg:a:6000/app");
+    assert_eq!(addr("127.0.0.1", 5432, "app").socket_path(), None);
+
+    for bad in [
+        "/var/run/postgresql/app",
+        "/tmp:5432/",
+        "/tmp:x/app",
+        "tmp/pg:5432/app",
+    ] {
+        let err = parse_server_addr(bad).unwrap_err();
+        assert!(err.starts_with("expected host:port/dbname"), "{bad}: {err}");
+    }
+    let long = format!("/{}:5432/app", "d".repeat(100));
+    assert!(parse_server_addr(&long)
+        .unwrap_err()
+        .contains("bytes a Unix-domain socket address holds"));
 }
 
 #[test]

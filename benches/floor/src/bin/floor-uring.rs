@@ -1,10 +1,12 @@
 //! `floor-uring LISTEN UPSTREAM`: the same forwarder on io_uring. Each socket always
 //! has one receive or one send in flight; every operation that completions ask for
 //! is queued and submitted together with the next wait, so one `io_uring_enter`
-//! carries the sends and receives of many transactions.
+//! carries the sends and receives of many transactions. An UPSTREAM that starts with
+//! `/` is the path of a Unix-domain socket.
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -43,6 +45,16 @@ fn recv(ring: &mut IoUring, s: &mut Side, pair: usize, side: usize) {
     push(ring, e);
 }
 
+/// A connection to UPSTREAM: TCP (Nagle off), or a Unix-domain socket path.
+fn dial(upstream: &str) -> std::io::Result<OwnedFd> {
+    if upstream.starts_with('/') {
+        return Ok(UnixStream::connect(upstream)?.into());
+    }
+    let tcp = TcpStream::connect(upstream)?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp.into())
+}
+
 fn main() {
     // A script's background job starts with SIGINT ignored; the benchmark stops its
     // proxies with SIGINT.
@@ -71,11 +83,10 @@ fn main() {
         for &(data, res) in &done {
             if data == ACCEPT {
                 if res >= 0 {
-                    if let Ok(server) = TcpStream::connect(upstream) {
+                    if let Ok(server) = dial(upstream) {
                         let client =
                             unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(res) };
                         let _ = client.set_nodelay(true);
-                        let _ = server.set_nodelay(true);
                         let pair = pairs.len();
                         let side = |fd| Side {
                             fd,
@@ -106,7 +117,7 @@ fn main() {
                 // End of stream or an error: close both sides.
                 for s in pairs[pair].iter_mut() {
                     let fd = std::mem::replace(&mut s.fd, -1);
-                    drop(unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
                 }
                 continue;
             }
