@@ -49,6 +49,25 @@ async fn backends_of_async(role: &'static str) -> Vec<i32> {
         .unwrap()
 }
 
+/// Starts `select pg_sleep(30)` tagged with `marker` on `client` and returns once it
+/// runs on a server: the client's cancel token and the statement's outcome to come.
+async fn start_long_sleep(
+    client: tokio_postgres::Client,
+    marker: &'static str,
+) -> (
+    tokio_postgres::CancelToken,
+    tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>,
+) {
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        client
+            .simple_query(&format!("select pg_sleep(30) /* {marker} */"))
+            .await
+    });
+    wait_until_running_async(marker).await;
+    (token, sleeper)
+}
+
 /// The pid of the backend running a statement that contains `marker`, once one
 /// is active; panics after [`PATIENCE`].
 fn wait_until_running(marker: &str) -> i32 {
@@ -407,13 +426,7 @@ async fn cancel_gets_through_when_the_pool_is_full_and_clients_wait() {
         "pool_size = 1",
     ));
     let client = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
-    let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        client
-            .simple_query("select pg_sleep(30) /* pools_cancel_full */")
-            .await
-    });
-    wait_until_running_async("pools_cancel_full").await;
+    let (token, sleeper) = start_long_sleep(client, "pools_cancel_full").await;
 
     // A second client waits for the only server connection.
     let port = px.port;
@@ -644,14 +657,7 @@ async fn a_server_given_by_its_socket_directory_is_pooled_over_the_unix_socket()
         backends.len()
     );
 
-    let client = connect(&url).await;
-    let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        client
-            .simple_query("select pg_sleep(30) /* pools_unix_cancel */")
-            .await
-    });
-    wait_until_running_async("pools_unix_cancel").await;
+    let (token, sleeper) = start_long_sleep(connect(&url).await, "pools_unix_cancel").await;
     token.cancel_query(NoTls).await.unwrap();
     let err = sleeper
         .await
