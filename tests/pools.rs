@@ -68,6 +68,21 @@ async fn start_long_sleep(
     (token, sleeper)
 }
 
+/// Cancels a sleep from [`start_long_sleep`] and checks that it ended with 57014.
+async fn cancel_long_sleep(
+    token: tokio_postgres::CancelToken,
+    sleeper: tokio::task::JoinHandle<
+        Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    >,
+) {
+    token.cancel_query(NoTls).await.unwrap();
+    let err = sleeper
+        .await
+        .unwrap()
+        .expect_err("the statement was cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+}
+
 /// The pid of the backend running a statement that contains `marker`, once one
 /// is active; panics after [`PATIENCE`].
 fn wait_until_running(marker: &str) -> i32 {
@@ -443,12 +458,7 @@ async fn cancel_gets_through_when_the_pool_is_full_and_clients_wait() {
     });
     assert!(queued, "the waiter's query did not reach pgmux");
 
-    token.cancel_query(NoTls).await.unwrap();
-    let err = sleeper
-        .await
-        .unwrap()
-        .expect_err("the statement was cancelled");
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    cancel_long_sleep(token, sleeper).await;
 
     let rows = tokio::task::spawn_blocking(move || waiter.read_result())
         .await
@@ -658,12 +668,7 @@ async fn a_server_given_by_its_socket_directory_is_pooled_over_the_unix_socket()
     );
 
     let (token, sleeper) = start_long_sleep(connect(&url).await, "pools_unix_cancel").await;
-    token.cancel_query(NoTls).await.unwrap();
-    let err = sleeper
-        .await
-        .unwrap()
-        .expect_err("the statement was cancelled");
-    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    cancel_long_sleep(token, sleeper).await;
 }
 
 /// CPU time (utime + stime, in clock ticks) of the thread of process `pid` named
