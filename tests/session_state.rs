@@ -669,6 +669,50 @@ async fn listen_pins_the_client_and_notifications_arrive() {
     competitors.stop().await;
 }
 
+/// The process id a notification names, as a driver compares it with its
+/// BackendKeyData: the client's own for its own NOTIFY, in either pool mode.
+#[test]
+fn a_clients_own_notifications_name_the_process_id_pgmux_gave_it() {
+    for mode in ["transaction", "session"] {
+        let px = start_pgmux(&pgmux_config(
+            shared_primary(),
+            "auth_method = \"trust\"",
+            &format!("pool_size = 2\npool_mode = \"{mode}\""),
+        ));
+        let mut listener = support::wire::RawClient::login_trust(px.port, APP_USER, APP_DB);
+        let mut other = support::wire::RawClient::login_trust(px.port, APP_USER, APP_DB);
+        listener
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        listener.query("LISTEN pgmux_own_pid").unwrap();
+
+        listener.send_query("NOTIFY pgmux_own_pid, 'mine'");
+        let replies = listener.read_until_ready();
+        let own = notification_pid(&replies).expect("the own notification arrives");
+        assert_eq!(
+            own, listener.pid,
+            "{mode} mode: the client's own notification"
+        );
+
+        other.query("NOTIFY pgmux_own_pid, 'theirs'").unwrap();
+        let theirs = support::wire::read_message(&mut listener.stream)
+            .expect("another client's notification arrives");
+        assert_eq!(theirs.tag, b'A');
+        let theirs = notification_pid(std::slice::from_ref(&theirs)).unwrap();
+        assert_ne!(
+            theirs, listener.pid,
+            "{mode} mode: another client's notification"
+        );
+    }
+}
+
+/// The sender's process id of the first NotificationResponse among `replies`.
+fn notification_pid(replies: &[support::wire::Message]) -> Option<i32> {
+    let m = replies.iter().find(|m| m.tag == b'A')?;
+    Some(i32::from_be_bytes(m.body[..4].try_into().unwrap()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_advisory_lock_pins_the_client_and_stays_held() {
     const KEY: i64 = 7_310_001;

@@ -25,6 +25,9 @@ impl Session {
         let mut forward_from = 0;
         let mut rewritten = false;
         while let Ok(Some((tag, len))) = complete_frame(&rbuf[pos..], usize::MAX) {
+            if tag == be::NOTIFICATION_RESPONSE {
+                self.own_notification(conn.pid, &mut rbuf[pos + 5..pos + len]);
+            }
             let swallow = self.on_server_message(conn, tag, &rbuf[pos + 5..pos + len]);
             if swallow {
                 self.cwbuf.put_slice(&rbuf[forward_from..pos]);
@@ -76,6 +79,18 @@ impl Session {
         result?;
         self.flush_now()?;
         self.release_if_done()
+    }
+
+    /// A notification raised by this client's own statements names the process id its
+    /// BackendKeyData gave, not the server connection's: drivers tell their own
+    /// notifications apart by that id (asyncpg, psycopg). The id keeps its length, so
+    /// the reply still passes through as read.
+    fn own_notification(&self, server_pid: i32, body: &mut [u8]) {
+        if let Some(pid) = body.get_mut(..4) {
+            if *pid == server_pid.to_be_bytes() {
+                pid.copy_from_slice(&self.cancel.pid.to_be_bytes());
+            }
+        }
     }
 
     /// Updates the session's view of the server from one reply; true to hide it.
