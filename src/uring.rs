@@ -102,6 +102,10 @@ pub fn submit_local() {
         if let Some(ring) = &*l.borrow() {
             ring.submit();
             ring.reap();
+            // The reap re-arms partial sends and receives that ran out of buffers,
+            // and may wake no task: the thread would then sleep with them queued,
+            // and nothing but the ring could wake it.
+            ring.submit();
         }
     });
 }

@@ -229,3 +229,57 @@ fn rings_hold_fewer_buffers_as_workers_grow() {
         assert!(usize::from(n) * w <= 256.max(32 * w), "{w} workers");
     }
 }
+
+/// Large output to a peer outside the runtime (as Postgres is): partial sends are
+/// re-armed from the park hook's reap, and the only thing left to wake the thread is
+/// the ring itself. A re-arm left unsubmitted when the thread sleeps stalls the
+/// transfer for good.
+#[test]
+fn large_output_to_a_peer_outside_the_runtime_all_arrives() {
+    if !available() {
+        return;
+    }
+    const TOTAL: usize = 2 << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // One runtime for every round: a thread's ring reports to the reactor of the
+    // runtime that made it.
+    runtime(1).block_on(async {
+        for round in 0..3 {
+            let (ours, peer) = pair().await;
+            // A small send buffer: thousands of partial sends, each re-armed.
+            let size: libc::c_int = 16 * 1024;
+            // SAFETY: setsockopt on an open socket with an int option value.
+            let set = unsafe {
+                libc::setsockopt(
+                    ours.sock.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(set, 0, "SO_SNDBUF");
+            let mut peer = peer.into_std().unwrap();
+            peer.set_nonblocking(false).unwrap();
+            let reader = std::thread::spawn(move || {
+                use std::io::Read;
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 1 << 16];
+                while got < TOTAL {
+                    let n = peer.read(&mut buf).unwrap();
+                    assert!(n > 0, "closed early");
+                    got += n;
+                }
+                got
+            });
+            let mut out = BytesMut::from(&vec![7u8; TOTAL][..]);
+            ours.send_buf(&mut out).unwrap();
+            let drained = std::future::poll_fn(|cx| ours.poll_backlog(cx, 0));
+            tokio::time::timeout_at(deadline, drained)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: output stalled"))
+                .unwrap();
+            assert_eq!(reader.join().unwrap(), TOTAL);
+        }
+    });
+}
