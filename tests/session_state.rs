@@ -669,6 +669,44 @@ async fn listen_pins_the_client_and_notifications_arrive() {
     competitors.stop().await;
 }
 
+/// asyncpg asks for `client_encoding='utf-8'` (quotes included) and checks that the
+/// server reports `UTF8`, the encoding's Postgres name, as Postgres itself does.
+#[test]
+fn a_startup_client_encoding_is_reported_by_its_postgres_name() {
+    use std::io::Write as _;
+    let px = start_pgmux(&pgmux_config(
+        shared_primary(),
+        "auth_method = \"trust\"",
+        "",
+    ));
+    let mut tcp = support::wire::tcp(px.port);
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    tcp.write_all(&support::wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("client_encoding", "'utf-8'"),
+    ]))
+    .unwrap();
+    let mut reported = None;
+    loop {
+        let m = support::wire::read_message(&mut tcp).expect("a login reply");
+        match m.tag {
+            b'S' => {
+                let mut parts = m.body.split(|b| *b == 0);
+                let name = parts.next().unwrap_or_default();
+                if name == b"client_encoding" {
+                    let value = parts.next().unwrap_or_default();
+                    reported = Some(String::from_utf8_lossy(value).into_owned());
+                }
+            }
+            b'E' => panic!("login refused: {:?}", m.sqlstate()),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    assert_eq!(reported.as_deref(), Some("UTF8"));
+}
+
 /// The process id a notification names, as a driver compares it with its
 /// BackendKeyData: the client's own for its own NOTIFY, in either pool mode.
 #[test]

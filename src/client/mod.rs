@@ -247,7 +247,15 @@ async fn login(
         let own = client_values
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str());
+            .and_then(|(k, v)| {
+                // Postgres reports the encoding's own name, which drivers check and
+                // decode by ('utf-8' → UTF8); an unknown one is the server's to refuse.
+                if k.eq_ignore_ascii_case("client_encoding") {
+                    crate::server::settings::canonical_client_encoding(v)
+                } else {
+                    Some(v.as_str())
+                }
+            });
         build::parameter_status(&mut out, name.as_bytes(), own.unwrap_or(value).as_bytes());
     }
     build::backend_key_data(&mut out, cancel.pid, cancel.secret);

@@ -153,6 +153,111 @@ pub fn quote_literal(value: &str) -> String {
     out
 }
 
+/// Postgres' name for a `client_encoding` value, as it reports the setting back:
+/// `'utf-8'`, `unicode` and `UTF8` are all `UTF8`. Like Postgres, it ignores case and
+/// everything but letters and digits. `None` for a name Postgres does not know.
+pub fn canonical_client_encoding(value: &str) -> Option<&'static str> {
+    /// The server-side names, then the aliases Postgres accepts for them.
+    const NAMES: &[&str] = &[
+        "SQL_ASCII",
+        "EUC_JP",
+        "EUC_CN",
+        "EUC_KR",
+        "EUC_TW",
+        "EUC_JIS_2004",
+        "UTF8",
+        "MULE_INTERNAL",
+        "LATIN1",
+        "LATIN2",
+        "LATIN3",
+        "LATIN4",
+        "LATIN5",
+        "LATIN6",
+        "LATIN7",
+        "LATIN8",
+        "LATIN9",
+        "LATIN10",
+        "WIN1256",
+        "WIN1258",
+        "WIN866",
+        "WIN874",
+        "KOI8R",
+        "WIN1251",
+        "WIN1252",
+        "ISO_8859_5",
+        "ISO_8859_6",
+        "ISO_8859_7",
+        "ISO_8859_8",
+        "WIN1250",
+        "WIN1253",
+        "WIN1254",
+        "WIN1255",
+        "WIN1257",
+        "KOI8U",
+        "SJIS",
+        "BIG5",
+        "GBK",
+        "UHC",
+        "GB18030",
+        "JOHAB",
+        "SHIFT_JIS_2004",
+    ];
+    const ALIASES: &[(&str, &str)] = &[
+        ("unicode", "UTF8"),
+        ("abc", "WIN1258"),
+        ("tcvn", "WIN1258"),
+        ("tcvn5712", "WIN1258"),
+        ("vscii", "WIN1258"),
+        ("alt", "WIN866"),
+        ("win", "WIN1251"),
+        ("koi8", "KOI8R"),
+        ("mskanji", "SJIS"),
+        ("shiftjis", "SJIS"),
+        ("iso88591", "LATIN1"),
+        ("iso88592", "LATIN2"),
+        ("iso88593", "LATIN3"),
+        ("iso88594", "LATIN4"),
+        ("iso88599", "LATIN5"),
+        ("iso885910", "LATIN6"),
+        ("iso885913", "LATIN7"),
+        ("iso885914", "LATIN8"),
+        ("iso885915", "LATIN9"),
+        ("iso885916", "LATIN10"),
+        ("cp866", "WIN866"),
+        ("cp874", "WIN874"),
+        ("cp932", "SJIS"),
+        ("cp936", "GBK"),
+        ("cp949", "UHC"),
+        ("win932", "SJIS"),
+        ("win936", "GBK"),
+        ("win949", "UHC"),
+        ("win950", "BIG5"),
+    ];
+    let clean: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let cleaned = |name: &str| {
+        name.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .eq(clean.chars())
+    };
+    if let Some(name) = NAMES.iter().find(|n| cleaned(n)) {
+        return Some(name);
+    }
+    if let Some((_, name)) = ALIASES.iter().find(|(alias, _)| *alias == clean) {
+        return Some(name);
+    }
+    // cp1250..cp1258 and windows1250..windows1258, windows866, ...: WIN names.
+    ["cp", "windows"]
+        .iter()
+        .find_map(|prefix| clean.strip_prefix(prefix))
+        .and_then(|number| NAMES.iter().find(|n| n.strip_prefix("WIN") == Some(number)))
+        .copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +279,28 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("RESET work_mem"), "{sql}");
+    }
+
+    #[test]
+    fn client_encodings_are_named_as_postgres_reports_them() {
+        for (value, name) in [
+            ("'utf-8'", "UTF8"),
+            ("UTF8", "UTF8"),
+            ("unicode", "UTF8"),
+            ("sql_ascii", "SQL_ASCII"),
+            ("latin1", "LATIN1"),
+            ("ISO-8859-1", "LATIN1"),
+            ("iso_8859_5", "ISO_8859_5"),
+            ("euc-jp", "EUC_JP"),
+            ("windows-1252", "WIN1252"),
+            ("cp1251", "WIN1251"),
+            ("Shift_JIS", "SJIS"),
+            ("windows874", "WIN874"),
+        ] {
+            assert_eq!(canonical_client_encoding(value), Some(name), "{value}");
+        }
+        assert_eq!(canonical_client_encoding("klingon"), None);
+        assert_eq!(canonical_client_encoding("cp9999"), None);
     }
 
     #[test]
