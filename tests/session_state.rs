@@ -707,10 +707,11 @@ fn a_startup_client_encoding_is_reported_by_its_postgres_name() {
     assert_eq!(reported.as_deref(), Some("UTF8"));
 }
 
-/// The process id a notification names, as a driver compares it with its
-/// BackendKeyData: the client's own for its own NOTIFY, in either pool mode.
+/// The process id a notification names, as drivers compare it with BackendKeyData:
+/// the sending client's, for its own NOTIFY and for another client's, in either pool
+/// mode.
 #[test]
-fn a_clients_own_notifications_name_the_process_id_pgmux_gave_it() {
+fn notifications_name_the_process_id_pgmux_gave_the_sending_client() {
     for mode in ["transaction", "session"] {
         let px = start_pgmux(&pgmux_config(
             shared_primary(),
@@ -738,8 +739,8 @@ fn a_clients_own_notifications_name_the_process_id_pgmux_gave_it() {
             .expect("another client's notification arrives");
         assert_eq!(theirs.tag, b'A');
         let theirs = notification_pid(std::slice::from_ref(&theirs)).unwrap();
-        assert_ne!(
-            theirs, listener.pid,
+        assert_eq!(
+            theirs, other.pid,
             "{mode} mode: another client's notification"
         );
     }

@@ -10,8 +10,8 @@ pub mod prepared;
 pub mod settings;
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -136,6 +136,47 @@ pub struct ServerConn {
     /// socket is registered (epoll, TLS), or where it was last used (io_uring, whose
     /// operations go to the ring of the thread that issues them).
     pub home: usize,
+    /// The client that holds this connection or held it last; `None` until logged in.
+    holder: Option<Holder>,
+}
+
+/// Server connections by server and backend process id, with the client process id
+/// (from pgmux's BackendKeyData) of the client that holds or last held each one: a
+/// notification names the backend that sent it, and its listeners should see the
+/// id the sending client knows itself by.
+#[allow(clippy::type_complexity)]
+static HOLDERS: LazyLock<dashmap::DashMap<(Arc<ServerAddr>, i32), Arc<AtomicI32>>> =
+    LazyLock::new(Default::default);
+
+/// A server connection's entry in [`HOLDERS`], removed with the connection.
+struct Holder {
+    key: (Arc<ServerAddr>, i32),
+    client_pid: Arc<AtomicI32>,
+}
+
+impl Holder {
+    fn register(addr: Arc<ServerAddr>, pid: i32) -> Holder {
+        let client_pid = Arc::new(AtomicI32::new(0));
+        let key = (addr, pid);
+        HOLDERS.insert(key.clone(), client_pid.clone());
+        Holder { key, client_pid }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // A newer connection may have the same id (the old backend exited first).
+        HOLDERS.remove_if(&self.key, |_, v| Arc::ptr_eq(v, &self.client_pid));
+    }
+}
+
+/// The process id pgmux gave the client that holds, or last held, the connection to
+/// backend `pid` of server `addr`.
+pub fn client_of_backend(addr: &Arc<ServerAddr>, pid: i32) -> Option<i32> {
+    HOLDERS
+        .get(&(addr.clone(), pid))
+        .map(|c| c.load(Ordering::Relaxed))
+        .filter(|&c| c != 0)
 }
 
 impl ServerConn {
@@ -178,8 +219,10 @@ impl ServerConn {
             last_used: Instant::now(),
             gate: Arc::default(),
             home: crate::workers::current(),
+            holder: None,
         };
         conn.login(opts).await?;
+        conn.holder = Some(Holder::register(conn.addr.clone(), conn.pid));
         // Logged in on the tokio reactor; the relay's traffic goes through io_uring.
         let stream = conn.stream.into_uring()?;
         Ok(ServerConn { stream, ..conn })
@@ -418,6 +461,13 @@ impl ServerConn {
             return err.kind() == std::io::ErrorKind::WouldBlock;
         }
         false
+    }
+
+    /// Records the client now holding this connection, by its process id.
+    pub fn set_holder(&self, client_pid: i32) {
+        if let Some(h) = &self.holder {
+            h.client_pid.store(client_pid, Ordering::Relaxed);
+        }
     }
 
     pub fn cancel_target(&self) -> CancelTarget {

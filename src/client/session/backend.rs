@@ -26,7 +26,7 @@ impl Session {
         let mut rewritten = false;
         while let Ok(Some((tag, len))) = complete_frame(&rbuf[pos..], usize::MAX) {
             if tag == be::NOTIFICATION_RESPONSE {
-                self.own_notification(conn.pid, &mut rbuf[pos + 5..pos + len]);
+                self.name_notifier(conn, &mut rbuf[pos + 5..pos + len]);
             }
             let swallow = self.on_server_message(conn, tag, &rbuf[pos + 5..pos + len]);
             if swallow {
@@ -81,15 +81,24 @@ impl Session {
         self.release_if_done()
     }
 
-    /// A notification raised by this client's own statements names the process id its
-    /// BackendKeyData gave, not the server connection's: drivers tell their own
-    /// notifications apart by that id (asyncpg, psycopg). The id keeps its length, so
-    /// the reply still passes through as read.
-    fn own_notification(&self, server_pid: i32, body: &mut [u8]) {
-        if let Some(pid) = body.get_mut(..4) {
-            if *pid == server_pid.to_be_bytes() {
-                pid.copy_from_slice(&self.cancel.pid.to_be_bytes());
-            }
+    /// A notification names the process id the sending client got in its
+    /// BackendKeyData, not its server connection's: drivers tell their own
+    /// notifications apart by that id, and match others' against the ids their peers
+    /// report (asyncpg, psycopg). In transaction mode the sender is the client that
+    /// held the server connection last. The id keeps its length, so the reply still
+    /// passes through as read.
+    fn name_notifier(&self, conn: &ServerConn, body: &mut [u8]) {
+        let Some(pid) = body.get_mut(..4) else {
+            return;
+        };
+        let sender = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
+        let client = if sender == conn.pid {
+            Some(self.cancel.pid)
+        } else {
+            crate::server::client_of_backend(&conn.addr, sender)
+        };
+        if let Some(client) = client {
+            pid.copy_from_slice(&client.to_be_bytes());
         }
     }
 

@@ -421,6 +421,7 @@ impl Session {
     fn take_server(&mut self, mut co: Checkout) {
         let conn = co.conn();
         self.cancel.slot.attach(conn.cancel_target());
+        conn.set_holder(self.cancel.pid);
         if let Some(sql) = self.settings.sync_sql(&conn.settings) {
             build::query(&mut self.swbuf, &sql);
             self.hidden_units += 1;
