@@ -233,18 +233,14 @@ pub fn canonical_client_encoding(value: &str) -> Option<&'static str> {
         ("win949", "UHC"),
         ("win950", "BIG5"),
     ];
-    let clean: String = value
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let cleaned = |name: &str| {
+    // Postgres' clean_encoding_name: letters and digits, lower case.
+    fn key(name: &str) -> impl Iterator<Item = char> + '_ {
         name.chars()
             .filter(char::is_ascii_alphanumeric)
             .map(|c| c.to_ascii_lowercase())
-            .eq(clean.chars())
-    };
-    if let Some(name) = NAMES.iter().find(|n| cleaned(n)) {
+    }
+    let clean: String = key(value).collect();
+    if let Some(name) = NAMES.iter().find(|n| key(n).eq(clean.chars())) {
         return Some(name);
     }
     if let Some((_, name)) = ALIASES.iter().find(|(alias, _)| *alias == clean) {

@@ -19,7 +19,8 @@ pub enum MaybeTls {
     Plain(TcpStream),
     /// A Postgres server's Unix-domain socket, which is never encrypted (as in libpq).
     Unix(UnixStream),
-    /// Plain TCP or Unix-domain sockets through io_uring, once a connection is logged in (see `uring`).
+    /// A plain TCP or Unix-domain socket through io_uring, once the connection is
+    /// logged in (see `uring`).
     Uring(crate::uring::UringStream),
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
