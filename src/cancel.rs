@@ -17,11 +17,18 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::server::{send_cancel, CancelGate, CancelTarget};
 
 pub struct CancelSlot {
     secret: i32,
+    /// The user the client logged in as: a signal call by process id reaches only
+    /// clients of the same user, as Postgres lets a role signal only its own backends.
+    user: Arc<str>,
+    /// Ends the session: a child of pgmux's shutdown token, cancelled alone by a
+    /// `pg_terminate_backend()` naming this client.
+    pub kill: CancellationToken,
     target: Mutex<Option<CancelTarget>>,
     /// The session is queued for a server connection (from the moment it found none
     /// free): a cancel then abandons the wait. The session may run on another thread
@@ -80,6 +87,9 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// The smallest process id pgmux gives a client.
+pub const PID_FLOOR: i32 = (1 << 22) + 1;
+
 #[derive(Default)]
 pub struct CancelRegistry {
     slots: DashMap<i32, Arc<CancelSlot>>,
@@ -93,6 +103,13 @@ pub struct Registration {
     pub slot: Arc<CancelSlot>,
 }
 
+impl Registration {
+    /// The user the client logged in as.
+    pub fn user(&self) -> &str {
+        &self.slot.user
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.slots.remove(&self.pid);
@@ -100,15 +117,17 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
-    pub fn register(self: &Arc<Self>) -> Registration {
+    pub fn register(self: &Arc<Self>, user: Arc<str>, kill: CancellationToken) -> Registration {
         loop {
-            let pid: i32 = rand::random::<i32>() & 0x7fff_ffff;
+            // Above every process id Linux hands out (PID_MAX_LIMIT is 2^22): a
+            // client's id never names a real backend, so a `pg_terminate_backend()`
+            // or `pg_cancel_backend()` given it can reach no one else's session.
+            let pid: i32 = rand::random_range(PID_FLOOR..=i32::MAX);
             let secret: i32 = rand::random();
-            if pid == 0 {
-                continue;
-            }
             let slot = Arc::new(CancelSlot {
                 secret,
+                user: user.clone(),
+                kill: kill.clone(),
                 target: Mutex::new(None),
                 queued: AtomicBool::new(false),
                 cancelled: AtomicBool::new(false),
@@ -137,6 +156,29 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel with a wrong secret ignored");
             return;
         }
+        Self::cancel_slot(pid, &slot, timeout).await;
+    }
+
+    /// Whether a client of `user` may signal the client with process id `pid`.
+    pub fn may_signal(&self, pid: i32, user: &str) -> bool {
+        self.slots.get(&pid).is_some_and(|s| &*s.user == user)
+    }
+
+    /// Carries out a `pg_cancel_backend()` or `pg_terminate_backend()` that named
+    /// client `pid`, as a CancelRequest with its key would, or by ending its session.
+    pub fn signal(self: &Arc<Self>, pid: i32, terminate: bool, timeout: Duration) {
+        let Some(slot) = self.slots.get(&pid).map(|s| s.clone()) else {
+            return;
+        };
+        if terminate {
+            // The session cancels a statement it has running as it ends.
+            slot.kill.cancel();
+            return;
+        }
+        tokio::spawn(async move { Self::cancel_slot(pid, &slot, timeout).await });
+    }
+
+    async fn cancel_slot(pid: i32, slot: &CancelSlot, timeout: Duration) {
         let target = {
             let guard = slot.target.lock();
             guard.as_ref().map(|t| {
@@ -159,5 +201,32 @@ impl CancelRegistry {
             tracing::warn!(server = %target.addr, error = %e, "could not forward a cancel request");
         }
         target.gate.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_distinct_and_above_every_linux_process_id() {
+        let registry = Arc::new(CancelRegistry::default());
+        let kill = CancellationToken::new();
+        let regs: Vec<Registration> = (0..2000)
+            .map(|_| registry.register("app".into(), kill.child_token()))
+            .collect();
+        assert!(registry.may_signal(regs[0].pid, "app"));
+        assert!(!registry.may_signal(regs[0].pid, "other"));
+        let pids: std::collections::HashSet<i32> = regs.iter().map(|r| r.pid).collect();
+        assert_eq!(pids.len(), regs.len());
+        assert!(
+            pids.iter().all(|&p| p > 1 << 22),
+            "a pid within Linux's range"
+        );
+        drop(regs);
+        assert!(
+            registry.slots.is_empty(),
+            "a dropped registration leaves its key"
+        );
     }
 }

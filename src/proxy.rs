@@ -76,6 +76,9 @@ pub struct Shared {
     pinned: dashmap::DashMap<String, i64>,
     mock_salt: [u8; 16],
     immediate: AtomicBool,
+    /// Set before `shutdown` is cancelled: cheaper to read than the token, whose
+    /// state sits behind a lock every session shares.
+    draining: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,21 @@ pub enum StartError {
 }
 
 impl Shared {
+    /// Stops the proxy: every session ends once its transaction does (`immediate`:
+    /// without waiting for them).
+    pub fn begin_shutdown(&self, immediate: bool) {
+        if immediate {
+            self.immediate.store(true, Ordering::Release);
+        }
+        self.draining.store(true, Ordering::Release);
+        self.shutdown.cancel();
+    }
+
+    /// Whether the proxy is shutting down.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     pub fn new(config: Config) -> Result<Arc<Shared>, StartError> {
         crate::tls::install_crypto_provider();
         let (tls, upstream) = build_tls(&config)?;
@@ -112,6 +130,7 @@ impl Shared {
             pinned: Default::default(),
             mock_salt: rand::random(),
             immediate: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }))
     }
 
@@ -327,13 +346,12 @@ async fn signals(shared: Arc<Shared>) {
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");
-                shared.shutdown.cancel();
+                shared.begin_shutdown(false);
                 return;
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
-                shared.immediate.store(true, Ordering::Release);
-                shared.shutdown.cancel();
+                shared.begin_shutdown(true);
                 return;
             }
             _ = shared.shutdown.cancelled() => return,

@@ -520,6 +520,189 @@ async fn a_cancel_never_hits_a_later_clients_statement_on_the_same_server_connec
         .expect("the later client's statement must not be cancelled");
 }
 
+/// `pg_cancel_backend()` and `pg_terminate_backend()` given the process id a client
+/// got from pgmux reach that client, as they would reach its backend without pgmux:
+/// from the simple and the extended protocol, in both pool modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_cancel_backend_with_a_clients_process_id_cancels_its_statement() {
+    for mode in ["transaction", "session"] {
+        let px = start_pgmux(&pgmux_config(
+            shared_primary(),
+            "auth_method = \"trust\"",
+            &format!("pool_size = 3\npool_mode = \"{mode}\""),
+        ));
+        let port = px.port;
+        let marker: &'static str = if mode == "session" {
+            "pools_sql_cancel_session"
+        } else {
+            "pools_sql_cancel_transaction"
+        };
+        let mut victim = tokio::task::spawn_blocking(move || {
+            let mut v = RawClient::login_trust(port, APP_USER, APP_DB);
+            v.send_query(&format!("select pg_sleep(30) /* {marker} */"));
+            v
+        })
+        .await
+        .unwrap();
+        wait_until_running_async(marker).await;
+
+        // Extended protocol, the id as a binary int4 parameter.
+        let caller = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+        let row = caller
+            .query_one("select pg_cancel_backend($1)", &[&victim.pid])
+            .await
+            .unwrap();
+        assert!(
+            row.get::<_, bool>(0),
+            "{mode} mode: the call reports success"
+        );
+        let (mut victim, result) = tokio::task::spawn_blocking(move || {
+            let r = victim.read_result();
+            (victim, r)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            result,
+            Err("57014".to_owned()),
+            "{mode} mode: the statement was cancelled"
+        );
+
+        // Simple protocol, the id as a literal: true, and no warning that no such
+        // backend exists. The victim is idle now: nothing to cancel, nothing breaks.
+        let victim_pid = victim.pid;
+        let (replies, victim_after) = tokio::task::spawn_blocking(move || {
+            let mut c = RawClient::login_trust(port, APP_USER, APP_DB);
+            c.send_query(&format!("select pg_cancel_backend({victim_pid})"));
+            let replies = c.read_until_ready();
+            (replies, victim.query("select 7"))
+        })
+        .await
+        .unwrap();
+        let rows: Vec<String> = replies
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| m.first_column())
+            .collect();
+        assert_eq!(rows, ["t"], "{mode} mode: {replies:?}");
+        assert!(
+            !replies.iter().any(|m| m.tag == b'N'),
+            "{mode} mode: a warning reached the caller: {replies:?}"
+        );
+        assert_eq!(
+            victim_after,
+            Ok(vec!["7".to_owned()]),
+            "{mode} mode: the victim goes on"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_terminate_backend_with_a_clients_process_id_ends_that_client_alone() {
+    for mode in ["transaction", "session"] {
+        let px = start_pgmux(&pgmux_config(
+            shared_primary(),
+            "auth_method = \"trust\"",
+            &format!("pool_size = 2\npool_mode = \"{mode}\""),
+        ));
+        let port = px.port;
+        let marker: &'static str = if mode == "session" {
+            "pools_terminated_session"
+        } else {
+            "pools_terminated_transaction"
+        };
+        // A client inside a transaction, holding a server connection.
+        let mut victim = tokio::task::spawn_blocking(move || {
+            let mut v = RawClient::login_trust(port, APP_USER, APP_DB);
+            v.query("begin").unwrap();
+            v.query(&format!("select 1 /* {marker} */")).unwrap();
+            v
+        })
+        .await
+        .unwrap();
+
+        // A client of another user may not end it: the server's answer stands.
+        let victim_pid = victim.pid;
+        let (refused, still_there) = tokio::task::spawn_blocking(move || {
+            let mut other = RawClient::login_trust(port, MD5_USER, APP_DB);
+            other.send_query(&format!("select pg_terminate_backend({victim_pid})"));
+            let refused = other.read_until_ready();
+            (refused, victim.query("select 1").map(|_| victim))
+        })
+        .await
+        .unwrap();
+        let answer: Vec<String> = refused
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| m.first_column())
+            .collect();
+        assert_eq!(answer, ["f"], "{mode} mode: another user's call");
+        let mut victim = still_there.expect("the victim is untouched");
+
+        // The same user may, from the extended protocol.
+        let caller = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+        let caller = tokio::spawn(async move {
+            let row = caller
+                .query_one("select pg_terminate_backend($1::int)", &[&victim_pid])
+                .await;
+            (caller, row)
+        });
+        let fatal = tokio::task::spawn_blocking(move || {
+            let m = wire::read_message(&mut victim.stream).expect("the victim hears why");
+            let eof = victim.stream.read(&mut [0u8; 1]).map_or(true, |n| n == 0);
+            (m, eof)
+        })
+        .await
+        .unwrap();
+        assert_eq!(fatal.0.tag, b'E', "{mode} mode");
+        assert_eq!(fatal.0.sqlstate().as_deref(), Some("57P01"), "{mode} mode");
+        assert!(fatal.1, "{mode} mode: the victim's connection is closed");
+        let (_caller, row) = caller.await.unwrap();
+        assert!(
+            row.unwrap().get::<_, bool>(0),
+            "{mode} mode: the call reports success"
+        );
+        // Its transaction was rolled back, not left open on the server.
+        let closed = poll_until(PATIENCE, || {
+            shared_primary()
+                .sql(
+                    "postgres",
+                    &format!(
+                        "select count(*) from pg_stat_activity where query like '%{marker}%' \
+                         and state like 'idle in transaction%' and pid <> pg_backend_pid()"
+                    ),
+                )
+                .trim()
+                == "0"
+        });
+        assert!(closed, "{mode} mode: the victim's transaction stayed open");
+
+        // A client that names itself gets FATAL instead of the result, as a backend
+        // that terminates itself does.
+        let replies = tokio::task::spawn_blocking(move || {
+            let mut own = RawClient::login_trust(port, APP_USER, APP_DB);
+            own.send_query(&format!("select pg_terminate_backend({})", own.pid));
+            let mut replies = Vec::new();
+            while let Ok(m) = wire::read_message(&mut own.stream) {
+                replies.push(m);
+            }
+            replies
+        })
+        .await
+        .unwrap();
+        let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+        assert_eq!(
+            replies.last().map(|m| (m.tag, m.sqlstate())),
+            Some((b'E', Some("57P01".to_owned()))),
+            "{mode} mode: {tags:?}"
+        );
+        assert!(
+            !tags.contains(&'D') && !tags.contains(&'Z'),
+            "{mode} mode: {tags:?}"
+        );
+    }
+}
+
 #[test]
 fn a_cancel_request_with_a_made_up_key_changes_nothing() {
     let pg = shared_primary();

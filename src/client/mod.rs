@@ -242,7 +242,9 @@ async fn login(
             .collect::<Vec<_>>(),
     );
     let client_values = params.session_settings();
-    let cancel = shared.cancels.register();
+    let cancel = shared
+        .cancels
+        .register(Arc::from(user_name.as_str()), shared.shutdown.child_token());
     for (name, value) in reported.iter() {
         let own = client_values
             .iter()

@@ -63,6 +63,8 @@ pub struct Effects {
     pub sets: Vec<SetOp>,
     pub deallocate: Vec<Deallocate>,
     pub discard_all: bool,
+    /// The statement is `SELECT pg_cancel_backend(…)` or `pg_terminate_backend(…)`.
+    pub signal: Option<Signal>,
 }
 
 impl Effects {
@@ -71,7 +73,30 @@ impl Effects {
             && self.sets.is_empty()
             && self.deallocate.is_empty()
             && !self.discard_all
+            && self.signal.is_none()
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalKind {
+    Cancel,
+    Terminate,
+}
+
+/// The process id a signal call names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalArg {
+    Pid(i32),
+    /// `$n`, 1-based, as written.
+    Param(u16),
+}
+
+/// A statement that is one call of a backend-signalling function: the process id a
+/// driver reports for its connection is pgmux's, not a server's, so pgmux acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    pub kind: SignalKind,
+    pub arg: SignalArg,
 }
 
 /// Reads the session effects of a (possibly multi-statement) SQL text.
@@ -88,6 +113,8 @@ pub fn analyze(sql: &[u8]) -> Effects {
             for stmt in Statements::new(sql) {
                 analyze_one(stmt, &mut fx);
             }
+            // Only a call that is the whole text has a reply pgmux can tell apart.
+            fx.signal = None;
         }
     }
     fx
@@ -113,6 +140,9 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
         }
         if contains_ci(stmt, b"temp") && has_into_temp(stmt) {
             fx.pin.get_or_insert(PinReason::TempTable);
+        }
+        if first.is("select") && contains_ci(stmt, b"_backend") {
+            fx.signal = signal_call(stmt);
         }
         return;
     }
@@ -237,6 +267,122 @@ fn analyze_set<'a>(stmt: &'a [u8], mut words: Words<'a>, fx: &mut Effects) {
     fx.sets.push(SetOp::Set { name, statement });
 }
 
+/// `SELECT [pg_catalog.]pg_cancel_backend(ARG)` or `pg_terminate_backend(ARG[, …])`,
+/// with at most an alias after it; ARG an integer literal or `$n`, maybe cast.
+fn signal_call(stmt: &[u8]) -> Option<Signal> {
+    let mut t = Tokens::new(stmt);
+    if !t.next()?.eq_ignore_ascii_case(b"select") {
+        return None;
+    }
+    let mut func = t.next()?;
+    if func.eq_ignore_ascii_case(b"pg_catalog") {
+        if t.next()? != b"." {
+            return None;
+        }
+        func = t.next()?;
+    }
+    let kind = if func.eq_ignore_ascii_case(b"pg_cancel_backend") {
+        SignalKind::Cancel
+    } else if func.eq_ignore_ascii_case(b"pg_terminate_backend") {
+        SignalKind::Terminate
+    } else {
+        return None;
+    };
+    if t.next()? != b"(" {
+        return None;
+    }
+    let arg = t.next()?;
+    let arg = if let Some(n) = arg.strip_prefix(b"$") {
+        SignalArg::Param(std::str::from_utf8(n).ok()?.parse().ok()?)
+    } else {
+        SignalArg::Pid(std::str::from_utf8(arg).ok()?.parse().ok()?)
+    };
+    let mut next = t.next()?;
+    if next == b"::" {
+        let ty = t.next()?;
+        let int = [&b"int"[..], b"int4", b"integer", b"int8", b"bigint"];
+        if !int.iter().any(|i| ty.eq_ignore_ascii_case(i)) {
+            return None;
+        }
+        next = t.next()?;
+    }
+    match next {
+        // pg_terminate_backend's timeout: whatever it is, the call is the same.
+        b"," => {
+            let mut depth = 0;
+            loop {
+                match t.next()? {
+                    b"(" => depth += 1,
+                    b")" if depth == 0 => break,
+                    b")" => depth -= 1,
+                    _ => {}
+                }
+            }
+        }
+        b")" => {}
+        _ => return None,
+    }
+    // An alias, and nothing else.
+    let mut rest = t.by_ref().take(3);
+    match (rest.next(), rest.next(), rest.next()) {
+        (None, _, _) => {}
+        (Some(a), None, _) if Word(a).is_plain_name() => {}
+        (Some(a), Some(n), None) if a.eq_ignore_ascii_case(b"as") && Word(n).is_plain_name() => {}
+        _ => return None,
+    }
+    Some(Signal { kind, arg })
+}
+
+/// Tokens of a short statement: words, numbers and `$n`, `::`, and single punctuation;
+/// whitespace and comments skipped. A quoted literal is one token.
+struct Tokens<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Tokens<'a> {
+    fn new(s: &'a [u8]) -> Self {
+        Tokens { s, i: 0 }
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let s = self.s;
+        while self.i < s.len() {
+            let start = self.i;
+            let c = s[start];
+            if c.is_ascii_whitespace() || c == b';' {
+                self.i += 1;
+                continue;
+            }
+            let skipped = skip_token(s, start);
+            if skipped > start {
+                self.i = skipped;
+                if c == b'-' || c == b'/' {
+                    continue;
+                }
+                return Some(&s[start..skipped]);
+            }
+            let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+            if word(c) || c == b'$' || c == b'-' || c == b'+' {
+                self.i += 1;
+                while self.i < s.len() && word(s[self.i]) {
+                    self.i += 1;
+                }
+            } else if c == b':' && s.get(start + 1) == Some(&b':') {
+                self.i += 2;
+            } else {
+                self.i += 1;
+            }
+            return Some(&s[start..self.i]);
+        }
+        None
+    }
+}
+
 fn has_session_advisory_lock(stmt: &[u8]) -> bool {
     Words::new(stmt).any(|w| {
         let w = Word(w);
@@ -313,6 +459,18 @@ impl Word<'_> {
 
     fn lower(&self) -> String {
         String::from_utf8_lossy(self.0).to_ascii_lowercase()
+    }
+
+    /// An unquoted identifier that is not a keyword which could continue a query.
+    fn is_plain_name(&self) -> bool {
+        let first = self
+            .0
+            .first()
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_');
+        let reserved = [
+            "from", "where", "union", "limit", "order", "group", "into", "for",
+        ];
+        first && !reserved.iter().any(|k| self.is(k))
     }
 
     /// An identifier as Postgres folds it: quoted keeps case, unquoted is lowered.
@@ -481,6 +639,63 @@ impl<'a> Iterator for Words<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_signal_call_is_recognised_with_its_argument() {
+        use SignalArg::{Param, Pid};
+        use SignalKind::{Cancel, Terminate};
+        for (sql, want) in [
+            (
+                "select pg_cancel_backend(12345678)",
+                Some((Cancel, Pid(12345678))),
+            ),
+            (
+                "SELECT pg_terminate_backend(12345678)",
+                Some((Terminate, Pid(12345678))),
+            ),
+            (
+                "select pg_terminate_backend($1)",
+                Some((Terminate, Param(1))),
+            ),
+            (
+                "select pg_terminate_backend($1::int)",
+                Some((Terminate, Param(1))),
+            ),
+            (
+                "select pg_terminate_backend(42::bigint);",
+                Some((Terminate, Pid(42))),
+            ),
+            (
+                "SELECT pg_catalog.pg_cancel_backend( $2 ) AS ok",
+                Some((Cancel, Param(2))),
+            ),
+            ("select pg_cancel_backend(7) ok;  ", Some((Cancel, Pid(7)))),
+            (
+                "select pg_terminate_backend(7, 5000)",
+                Some((Terminate, Pid(7))),
+            ),
+            (
+                "select pg_terminate_backend(7, timeout => (1+2))",
+                Some((Terminate, Pid(7))),
+            ),
+            (
+                "/* why */ select -- c\n pg_cancel_backend(7)",
+                Some((Cancel, Pid(7))),
+            ),
+            ("select pg_cancel_backend(pid) from pg_stat_activity", None),
+            ("select pg_cancel_backend(7) from t", None),
+            ("select pg_cancel_backend(7), 1", None),
+            ("select pg_cancel_backend(7::text)", None),
+            ("select pg_cancel_backend('7')", None),
+            ("select pg_cancel_backend(99999999999)", None),
+            ("select my_pg_cancel_backend(7)", None),
+            ("select 'pg_cancel_backend(7)'", None),
+            ("select pg_cancel_backend(7); select 1", None),
+        ] {
+            let got = analyze(sql.as_bytes()).signal.map(|s| (s.kind, s.arg));
+            assert_eq!(got, want, "{sql}");
+        }
+    }
 
     #[test]
     fn contains_ci_finds_a_needle_anywhere_in_any_case() {

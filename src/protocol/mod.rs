@@ -80,6 +80,7 @@ pub mod be {
     pub const NOTICE_RESPONSE: u8 = b'N';
     pub const NOTIFICATION_RESPONSE: u8 = b'A';
     pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const DATA_ROW: u8 = b'D';
     pub const PARSE_COMPLETE: u8 = b'1';
     pub const BIND_COMPLETE: u8 = b'2';
     pub const CLOSE_COMPLETE: u8 = b'3';

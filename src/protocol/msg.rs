@@ -56,6 +56,44 @@ impl<'a> Bind<'a> {
     }
 }
 
+impl<'a> Bind<'a> {
+    /// Parameter `index` (0-based): its format code (0 text, 1 binary) and its value,
+    /// `None` for NULL.
+    pub fn param(&self, index: usize) -> Option<(i16, Option<&'a [u8]>)> {
+        let i16_at = |b: &[u8], at: usize| -> Option<i16> {
+            Some(i16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+        };
+        let r = self.rest;
+        let nfmt = usize::try_from(i16_at(r, 0)?).ok()?;
+        let format = match nfmt {
+            0 => 0,
+            1 => i16_at(r, 2)?,
+            _ => i16_at(r, 2 + 2 * index)?,
+        };
+        let mut at = 2 + 2 * nfmt;
+        let nparams = usize::try_from(i16_at(r, at)?).ok()?;
+        if index >= nparams {
+            return None;
+        }
+        at += 2;
+        for i in 0..=index {
+            let len = i32::from_be_bytes(r.get(at..at + 4)?.try_into().ok()?);
+            at += 4;
+            let value = if len < 0 {
+                None
+            } else {
+                let v = r.get(at..at + len as usize)?;
+                at += len as usize;
+                Some(v)
+            };
+            if i == index {
+                return Some((format, value));
+            }
+        }
+        None
+    }
+}
+
 /// Describe and Close share a shape: `'S'` (statement) or `'P'` (portal), then a name.
 pub struct Target<'a> {
     pub kind: u8,

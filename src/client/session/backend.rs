@@ -28,7 +28,10 @@ impl Session {
             if tag == be::NOTIFICATION_RESPONSE {
                 self.name_notifier(conn, &mut rbuf[pos + 5..pos + len]);
             }
-            let swallow = self.on_server_message(conn, tag, &rbuf[pos + 5..pos + len]);
+            let hide = self.signals.is_some()
+                && self.hidden_units == 0
+                && self.on_signal_reply(tag, &mut rbuf[pos + 5..pos + len]);
+            let swallow = self.on_server_message(conn, tag, &rbuf[pos + 5..pos + len]) || hide;
             if swallow {
                 self.cwbuf.put_slice(&rbuf[forward_from..pos]);
                 forward_from = pos + len;

@@ -67,6 +67,7 @@ impl Session {
         if self.discard_until_sync {
             if tag == fe::SYNC {
                 self.discard_until_sync = false;
+                self.signal_unit_ended();
                 build::ready_for_query(&mut self.cwbuf, self.tx);
             }
             return Ok(());
@@ -91,9 +92,13 @@ impl Session {
                     self.head_is_plain = fx.is_empty();
                     return Err(b);
                 }
+                let signal = fx.signal;
                 self.apply_effects(fx);
                 self.swbuf.put_slice(frame);
                 self.unit_sent(b'Q');
+                if let Some(sig) = signal {
+                    self.expect_signal_query(self.sent_units, sig);
+                }
             }
             fe::PARSE => {
                 let Some(p) = msg::Parse::decode(body) else {
@@ -101,6 +106,7 @@ impl Session {
                 };
                 self.ensure_server()?;
                 let fx = sql::analyze(p.query);
+                self.note_signal_statement(p.name, fx.signal);
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
                     (
                         Bytes::copy_from_slice(p.name),
@@ -133,6 +139,7 @@ impl Session {
                 let Some(b) = msg::Bind::decode(body) else {
                     return Err(self.malformed("Bind"));
                 };
+                self.note_signal_bind(&b);
                 let stmt = self
                     .renames()
                     .then(|| self.stmts.get(b.statement).cloned())
@@ -199,6 +206,10 @@ impl Session {
             }
             fe::EXECUTE => {
                 self.ensure_server()?;
+                if self.signals.is_some() {
+                    let portal = msg::cstr(body).map_or(&b""[..], |(p, _)| p);
+                    self.note_signal_execute(portal);
+                }
                 self.swbuf.put_slice(frame);
                 self.unsynced = true;
             }
@@ -210,11 +221,13 @@ impl Session {
             fe::SYNC => {
                 if self.server.is_none() {
                     self.unsynced = false;
+                    self.signal_unit_ended();
                     build::ready_for_query(&mut self.cwbuf, self.tx);
                     return Ok(());
                 }
                 self.swbuf.put_slice(frame);
                 self.unsynced = false;
+                self.signal_unit_ended();
                 if !self.copy_in {
                     self.unit_sent(b'S');
                 }

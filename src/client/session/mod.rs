@@ -23,6 +23,7 @@ mod backend;
 mod frontend;
 mod io;
 mod outcome;
+mod signal;
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -139,6 +140,9 @@ pub struct Session {
     discard_until_sync: bool,
     /// The Query at the head of `crbuf` waits for a server and has no session effects.
     head_is_plain: bool,
+    /// Signal calls naming clients by pgmux's process ids (rare: boxed, made on the
+    /// first such statement).
+    signals: Option<Box<signal::Signals>>,
     /// The buffers were dropped since the client last sent something.
     trimmed: bool,
     unit_started: Option<Instant>,
@@ -169,7 +173,7 @@ impl Session {
         startup: Settings,
     ) -> Session {
         Session {
-            shutdown: Box::pin(shared.shutdown.clone().cancelled_owned()),
+            shutdown: Box::pin(cancel.slot.kill.clone().cancelled_owned()),
             shared,
             client,
             crbuf: leftover,
@@ -197,6 +201,7 @@ impl Session {
             pinned: None,
             discard_until_sync: false,
             head_is_plain: false,
+            signals: None,
             trimmed: false,
             unit_started: None,
             timeout_cancel_sent: false,
@@ -237,13 +242,8 @@ impl Session {
         }
         loop {
             if self.server.is_none() {
-                if self.shared.shutdown.is_cancelled() {
-                    return self
-                        .fatal(PgError::fatal(
-                            SqlState::ADMIN_SHUTDOWN,
-                            "pgmux is shutting down",
-                        ))
-                        .await;
+                if self.shared.draining() {
+                    break;
                 }
                 // Idle between transactions: hold no buffers, here or in the socket.
                 if self.crbuf.is_empty() && !self.trimmed {
@@ -266,6 +266,7 @@ impl Session {
                     Event::Client(Ok(0)) => return Err(End::ClientLeft),
                     Event::Client(Ok(_)) => self.client_input().await?,
                     Event::Client(Err(e)) => return Err(End::Io(e)),
+                    Event::Shutdown => break,
                     _ => continue,
                 }
                 continue;
@@ -277,8 +278,9 @@ impl Session {
             }
             let deadline = self.timer_deadline();
             // A client that holds a server between transactions (session mode, or
-            // pinned) has nothing to finish: shutdown closes it like any idle one.
-            let idle = self.between_transactions();
+            // pinned) has nothing to finish: shutdown closes it like any idle one. A
+            // terminate names this client alone and ends it wherever it is.
+            let may_end = self.between_transactions() || !self.shared.draining();
             let server = self.server.as_mut().expect("checked above").conn();
             // The server first: its replies are what the usual wakeup brings, and a
             // client that sends more meanwhile is read once the server has nothing.
@@ -289,7 +291,7 @@ impl Session {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
                 }
-                _ = &mut self.shutdown, if idle => Event::Shutdown,
+                _ = &mut self.shutdown, if may_end => Event::Shutdown,
             };
             match ev {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),
@@ -329,16 +331,36 @@ impl Session {
                         ).with_hint("commit or roll back transactions promptly, or raise idle_transaction_timeout"))
                         .await;
                 }
-                Event::Shutdown => {
-                    return self
-                        .fatal(PgError::fatal(
-                            SqlState::ADMIN_SHUTDOWN,
-                            "pgmux is shutting down",
-                        ))
-                        .await;
-                }
+                // Armed before pgmux began shutting down: an open transaction still
+                // gets to finish (a terminate then waits for its end too).
+                Event::Shutdown if self.shared.draining() && !self.between_transactions() => {}
+                Event::Shutdown => break,
             }
         }
+        // Out of the loop, so the wait holds none of its locals in the task.
+        let end = Box::pin(self.told_to_end());
+        end.await
+    }
+
+    /// Ends the session when pgmux shuts down or a `pg_terminate_backend()` named this
+    /// client. A statement still running is cancelled first, as Postgres stops a
+    /// terminated backend's, so its server connection is not held up by it.
+    async fn told_to_end(&mut self) -> Result<(), End> {
+        let text = if self.shared.draining() {
+            "pgmux is shutting down"
+        } else {
+            "terminating connection due to administrator command"
+        };
+        if self.server.is_some() && self.in_flight() > 0 {
+            let (pid, secret) = (self.cancel.pid, self.cancel.secret);
+            let cancel = self
+                .shared
+                .cancels
+                .cancel(pid, secret, Duration::from_secs(5));
+            Box::pin(cancel).await;
+        }
+        self.fatal(PgError::fatal(SqlState::ADMIN_SHUTDOWN, text))
+            .await
     }
 
     /// Nothing sent is unanswered and no transaction, COPY or pipeline is open.
