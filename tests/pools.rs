@@ -388,6 +388,41 @@ async fn a_broken_idle_server_connection_is_replaced_not_handed_out() {
     assert_ne!(first_value(&rows), first.to_string());
 }
 
+/// A server that ends its connection says why in a FATAL error, which reaches the
+/// client as it is; pgmux adds no error of its own after it.
+#[test]
+fn a_server_fatal_reaches_the_client_alone() {
+    for mode in ["transaction", "session"] {
+        let px = start_pgmux(&pgmux_config(
+            shared_primary(),
+            "auth_method = \"trust\"",
+            &format!("pool_mode = \"{mode}\""),
+        ));
+        let marker = format!("pools_server_fatal_{mode}");
+        let mut client = RawClient::login_trust(px.port, APP_USER, APP_DB);
+        client.query("begin").unwrap();
+        client.query(&format!("select 1 /* {marker} */")).unwrap();
+        let terminated = shared_primary().sql(
+            "postgres",
+            &format!(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                 where query like '%{marker}%' and pid <> pg_backend_pid()"
+            ),
+        );
+        assert_eq!(terminated.trim(), "1", "{mode} mode");
+        let mut replies = Vec::new();
+        while let Ok(m) = wire::read_message(&mut client.stream) {
+            replies.push(m);
+        }
+        let errors: Vec<_> = replies
+            .iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| m.sqlstate())
+            .collect();
+        assert_eq!(errors, [Some("57P01".to_owned())], "{mode} mode");
+    }
+}
+
 async fn simple_backend_pid(client: &tokio_postgres::Client) -> i32 {
     let rows = client
         .simple_query("select pg_backend_pid()")

@@ -181,6 +181,37 @@ fn two_clients_statements_of_the_same_name_never_collide() {
     assert_eq!(a.execute("t", &["1"]), vec!["a:1".to_string()]);
 }
 
+/// As in Postgres, a name in use cannot be prepared again (42P05) until it is closed,
+/// and the first statement stands; a Parse that failed leaves its name free.
+#[test]
+fn a_name_in_use_cannot_be_prepared_again_and_a_failed_parse_leaves_it_free() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = wire::Wire::connect(px.port);
+
+    w.prepare("dup", "select 1");
+    let again = w.try_prepare("dup", "select 2");
+    assert_eq!(again.error.map(|e| e.0).as_deref(), Some("42P05"));
+    assert_eq!(w.execute("dup", &[]), ["1"], "the first statement stands");
+
+    // Inside a transaction the refusal fails the transaction, as it would directly.
+    w.simple("begin");
+    let again = w.try_prepare("dup", "select 3");
+    assert_eq!(again.error.map(|e| e.0).as_deref(), Some("42P05"));
+    assert_eq!(again.status, 'E', "the transaction has failed");
+    w.simple("rollback");
+    assert_eq!(w.execute("dup", &[]), ["1"]);
+
+    let bad = w.try_prepare("fixed", "selec 4");
+    assert_eq!(bad.error.map(|e| e.0).as_deref(), Some("42601"));
+    w.prepare("fixed", "select 4");
+    assert_eq!(w.execute("fixed", &[]), ["4"]);
+
+    w.close_statement("dup");
+    w.prepare("dup", "select 5");
+    assert_eq!(w.execute("dup", &[]), ["5"]);
+}
+
 #[tokio::test]
 async fn statements_beyond_max_prepared_statements_are_evicted_and_prepared_again() {
     let pg = shared_primary();
@@ -658,6 +689,8 @@ mod wire {
         pub values: Vec<String>,
         /// SQLSTATE and message of an ErrorResponse.
         pub error: Option<(String, String)>,
+        /// The transaction status ReadyForQuery gave.
+        pub status: char,
     }
 
     fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
@@ -764,14 +797,17 @@ mod wire {
                         reply.values.push(value);
                     }
                     b'E' => reply.error = Some(error_fields(&body)),
-                    b'Z' => return reply,
+                    b'Z' => {
+                        reply.status = body[0] as char;
+                        return reply;
+                    }
                     _ => {}
                 }
             }
         }
 
-        /// Parse + Sync; panics on an error.
-        pub fn prepare(&mut self, name: &str, sql: &str) {
+        /// Parse + Sync.
+        pub fn try_prepare(&mut self, name: &str, sql: &str) -> Reply {
             let mut body = Vec::new();
             cstr(&mut body, name);
             cstr(&mut body, sql);
@@ -780,7 +816,12 @@ mod wire {
             message(&mut out, b'P', &body);
             message(&mut out, b'S', &[]);
             self.send(&out);
-            let reply = self.until_ready();
+            self.until_ready()
+        }
+
+        /// [`Wire::try_prepare`], panicking on an error.
+        pub fn prepare(&mut self, name: &str, sql: &str) {
+            let reply = self.try_prepare(name, sql);
             assert!(reply.error.is_none(), "Parse {name}: {:?}", reply.error);
         }
 

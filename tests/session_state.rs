@@ -303,6 +303,37 @@ async fn application_name_from_the_startup_packet_is_applied_on_every_server_con
         .await;
 }
 
+/// As Postgres does: an application_name longer than an identifier is kept to 63
+/// bytes, and the client is told so in a notice (42622) as it logs in.
+#[tokio::test]
+async fn a_startup_application_name_is_clipped_to_an_identifiers_length_with_a_notice() {
+    let px = pgmux_with_pool(2);
+    let long = "x".repeat(65);
+    let (client, mut connection) =
+        tokio_postgres::connect(&format!("{}?application_name={long}", app_url(&px)), NoTls)
+            .await
+            .unwrap();
+    let (tx, mut notices) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notice(n) = message {
+                let _ = tx.send((n.code().code().to_owned(), n.message().to_owned()));
+            }
+        }
+    });
+    let kept = "x".repeat(63);
+    assert_eq!(
+        simple(&client, "show application_name").await,
+        std::slice::from_ref(&kept)
+    );
+    let (code, message) = notices.recv().await.expect("a notice at login");
+    assert_eq!(code, "42622");
+    assert_eq!(
+        message,
+        format!("identifier \"{long}\" will be truncated to \"{kept}\"")
+    );
+}
+
 #[tokio::test]
 async fn set_in_a_rolled_back_transaction_neither_sticks_nor_leaks() {
     let px = pgmux_with_pool(2);
@@ -795,25 +826,36 @@ async fn session_advisory_lock_pins_the_client_and_stays_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temp_table_pins_the_client_and_survives_between_transactions() {
+    temp_table_survives("CREATE TEMP TABLE pgmux_pin_tmp (x int)", "pgmux_pin_tmp").await;
+}
+
+/// A table made in the `pg_temp` schema is a temporary table too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_in_pg_temp_pins_the_client_like_a_temp_table() {
+    temp_table_survives(
+        "CREATE TABLE pg_temp.pgmux_pin_tmp_schema (x int)",
+        "pg_temp.pgmux_pin_tmp_schema",
+    )
+    .await;
+}
+
+async fn temp_table_survives(create: &str, table: &str) {
     let px = pgmux_with_pool(2);
     let url = app_url(&px);
     let competitors = Competitors::start(&url, 2, &[]).await;
     let client = connect(&url).await;
 
-    client
-        .batch_execute("CREATE TEMP TABLE pgmux_pin_tmp (x int)")
-        .await
-        .unwrap();
+    client.batch_execute(create).await.unwrap();
     let pin = PinCheck::new(&url, &client).await;
     for round in 0..ROUNDS {
         pin.round(&client, round).await;
         let x = round as i32;
         client
-            .execute("insert into pgmux_pin_tmp values ($1)", &[&x])
+            .execute(&format!("insert into {table} values ($1)"), &[&x])
             .await
             .unwrap();
         let n: i64 = client
-            .query_one("select count(*) from pgmux_pin_tmp", &[])
+            .query_one(&format!("select count(*) from {table}"), &[])
             .await
             .unwrap()
             .get(0);

@@ -234,14 +234,21 @@ async fn login(
             }
         },
     };
+    let mut client_values = params.session_settings();
+    if let Some((given, kept)) = crate::protocol::startup::clip_application_name(&mut client_values)
+    {
+        build::notice_with_code(
+            &mut out,
+            "42622",
+            &format!("identifier \"{given}\" will be truncated to \"{kept}\""),
+        );
+    }
     let startup_settings = Settings::from_pairs(
-        params
-            .session_settings()
+        client_values
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect::<Vec<_>>(),
     );
-    let client_values = params.session_settings();
     let cancel = shared
         .cancels
         .register(Arc::from(user_name.as_str()), shared.shutdown.child_token());

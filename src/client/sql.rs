@@ -157,7 +157,9 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
             .by_ref()
             .take(3)
             .any(|w| Word(w).is("temp") || Word(w).is("temporary"));
-        if temp || (contains_ci(stmt, b"temp") && has_into_temp(stmt)) {
+        // `CREATE TABLE pg_temp.t`, `CREATE FUNCTION pg_temp.f()`: temporary too.
+        let in_temp_schema = || Words::new(stmt).any(|w| Word(w).is_temp_schema());
+        if temp || (contains_ci(stmt, b"temp") && (has_into_temp(stmt) || in_temp_schema())) {
             fx.pin.get_or_insert(PinReason::TempTable);
         }
     } else if first.is("declare") {
@@ -262,6 +264,10 @@ fn analyze_set<'a>(stmt: &'a [u8], mut words: Words<'a>, fx: &mut Effects) {
     if value.len() == 1 && Word(value[0]).is("default") {
         fx.sets.push(SetOp::Reset { name });
         return;
+    }
+    if name == "search_path" && contains_ci(stmt, b"pg_temp") {
+        // Unqualified CREATEs now make temporary objects.
+        fx.pin.get_or_insert(PinReason::TempTable);
     }
     let statement = String::from_utf8_lossy(trim(stmt)).into_owned();
     fx.sets.push(SetOp::Set { name, statement });
@@ -397,7 +403,7 @@ fn has_into_temp(stmt: &[u8]) -> bool {
     let mut prev_into = false;
     for w in Words::new(stmt) {
         let w = Word(w);
-        if prev_into && (w.is("temp") || w.is("temporary")) {
+        if prev_into && (w.is("temp") || w.is("temporary") || w.is_temp_schema()) {
             return true;
         }
         prev_into = w.is("into");
@@ -459,6 +465,19 @@ impl Word<'_> {
 
     fn lower(&self) -> String {
         String::from_utf8_lossy(self.0).to_ascii_lowercase()
+    }
+
+    /// `pg_temp`, or a session's own `pg_temp_N`, quoted or not.
+    fn is_temp_schema(&self) -> bool {
+        let w = self
+            .0
+            .strip_prefix(b"\"")
+            .and_then(|w| w.strip_suffix(b"\""))
+            .unwrap_or(self.0);
+        w.len() >= 7
+            && w[..7].eq_ignore_ascii_case(b"pg_temp")
+            && (w.len() == 7
+                || (w[7] == b'_' && w.len() > 8 && w[8..].iter().all(u8::is_ascii_digit)))
     }
 
     /// An unquoted identifier that is not a keyword which could continue a query.
@@ -759,6 +778,26 @@ mod tests {
             Some(PinReason::TempTable)
         );
         assert_eq!(pin("select 1 into temp x"), Some(PinReason::TempTable));
+        for temp in [
+            "CREATE TABLE pg_temp.foo (a int)",
+            "create type PG_TEMP.mood as enum ('ok')",
+            "create domain \"pg_temp\".d as int",
+            "create or replace function pg_temp.f() returns int as 'select 1' language sql",
+            "create table pg_temp_3.t as select 1",
+            "select 1 into pg_temp.x",
+            "SET search_path = pg_temp, public",
+            "set search_path to 'pg_temp'",
+        ] {
+            assert_eq!(pin(temp), Some(PinReason::TempTable), "{temp}");
+        }
+        for not_temp in [
+            "create table pg_temporary_stuff (a int)",
+            "create table pg_temp_x.t (a int)",
+            "select * from pg_temp.t",
+            "set search_path = app",
+        ] {
+            assert_eq!(pin(not_temp), None, "{not_temp}");
+        }
         assert_eq!(
             pin("declare c cursor with hold for select 1"),
             Some(PinReason::HoldCursor)

@@ -202,13 +202,18 @@ pub fn close_complete(out: &mut BytesMut) {
 }
 
 pub fn notice(out: &mut BytesMut, message_text: &str) {
+    notice_with_code(out, "00000", message_text);
+}
+
+/// A NoticeResponse with its SQLSTATE.
+pub fn notice_with_code(out: &mut BytesMut, code: &str, message_text: &str) {
     message(out, b'N', |b| {
         b.put_u8(b'S');
         put_cstr(b, b"NOTICE");
         b.put_u8(b'V');
         put_cstr(b, b"NOTICE");
         b.put_u8(b'C');
-        put_cstr(b, b"00000");
+        put_cstr(b, code.as_bytes());
         b.put_u8(b'M');
         put_cstr(b, message_text.as_bytes());
         b.put_u8(0);

@@ -77,6 +77,23 @@ impl StartupParams {
     }
 }
 
+/// Postgres keeps `application_name` to an identifier's length, NAMEDATALEN - 1
+/// bytes, cut at a character boundary, and says so in a notice: the same here, since
+/// pgmux reports the value at login. Returns the name as given and as kept.
+pub fn clip_application_name(settings: &mut [(String, String)]) -> Option<(String, String)> {
+    const MAX: usize = 63;
+    let (_, value) = settings
+        .iter_mut()
+        .find(|(k, v)| k == "application_name" && v.len() > MAX)?;
+    let mut end = MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let given = value.clone();
+    value.truncate(end);
+    Some((given, value.clone()))
+}
+
 /// Expands a libpq `options` string: `-c name=value`, `-cname=value` and
 /// `--name=value`, with backslash escaping spaces as Postgres' pg_split_opts does.
 pub fn parse_options(options: &str) -> Vec<(String, String)> {
@@ -201,6 +218,20 @@ mod tests {
     use super::*;
     use crate::protocol::build;
     use bytes::BytesMut;
+
+    #[test]
+    fn a_long_application_name_is_clipped_at_a_character_boundary() {
+        let long = "x".repeat(65);
+        let mut s = vec![("application_name".to_string(), long.clone())];
+        let (given, kept) = clip_application_name(&mut s).expect("clipped");
+        assert_eq!((given.as_str(), kept.len()), (long.as_str(), 63));
+        assert_eq!(s[0].1, kept);
+        // 'é' is two bytes: the 63rd byte would split the 32nd.
+        let mut s = vec![("application_name".to_string(), "é".repeat(40))];
+        assert_eq!(clip_application_name(&mut s).unwrap().1, "é".repeat(31));
+        let mut s = vec![("application_name".to_string(), "x".repeat(63))];
+        assert_eq!(clip_application_name(&mut s), None);
+    }
 
     #[test]
     fn startup_round_trip() {

@@ -138,6 +138,8 @@ pub struct ServerConn {
     pub home: usize,
     /// The client that holds this connection or held it last; `None` until logged in.
     holder: Option<Holder>,
+    /// The server sent a FATAL (or PANIC) error: it closes the connection next.
+    pub closing: bool,
 }
 
 /// Server connections by server and backend process id, with the client process id
@@ -220,6 +222,7 @@ impl ServerConn {
             gate: Arc::default(),
             home: crate::workers::current(),
             holder: None,
+            closing: false,
         };
         conn.login(opts).await?;
         conn.holder = Some(Holder::register(conn.addr.clone(), conn.pid));

@@ -148,6 +148,11 @@ impl Session {
                     if let Some(id) = f.parsed {
                         // Skipped after an error: the server never prepared it.
                         conn.prepared.remove(id);
+                        if let Some(name) = f.client_name {
+                            if self.stmts.get(&name).is_some_and(|s| s.id == id) {
+                                self.stmts.remove(&name);
+                            }
+                        }
                     }
                 }
                 if self.copy_in && self.unit_kinds.is_empty() {
@@ -162,6 +167,10 @@ impl Session {
                 }
             }
             be::ERROR_RESPONSE => {
+                let severity = msg::ErrorFields::parse(body).severity;
+                if matches!(severity, Some(b"FATAL" | b"PANIC")) {
+                    conn.closing = true;
+                }
                 if !self.pending_sets.is_empty() {
                     self.outcome.error = true;
                 }

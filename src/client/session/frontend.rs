@@ -105,6 +105,23 @@ impl Session {
                     return Err(self.malformed("Parse"));
                 };
                 self.ensure_server()?;
+                if self.renames() && !p.name.is_empty() {
+                    if let Some(existing) = self.stmts.get(p.name).cloned() {
+                        // Postgres refuses to redefine a name still in use (42P05):
+                        // parsing the statement the name stands for again under its
+                        // server name makes the server refuse it in its place, so the
+                        // error comes in order and fails a transaction as it should.
+                        self.ensure_prepared(&existing);
+                        build::parse_with_rest(
+                            &mut self.swbuf,
+                            &existing.server_name,
+                            &existing.parse_rest,
+                        );
+                        self.expect(b'1', false, None);
+                        self.unsynced = true;
+                        return Ok(());
+                    }
+                }
                 let fx = sql::analyze(p.query);
                 self.note_signal_statement(p.name, fx.signal);
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
@@ -120,7 +137,7 @@ impl Session {
                         self.expect(b'1', false, None);
                     }
                     Some((name, stmt)) => {
-                        self.stmts.insert(name, stmt.clone());
+                        self.stmts.insert(name.clone(), stmt.clone());
                         let conn = self.server.as_mut().expect("ensured").conn();
                         if !conn.prepared.touch(stmt.id) {
                             if let Some(victim) = conn.prepared.insert(&stmt) {
@@ -131,6 +148,9 @@ impl Session {
                         // Re-prepare even when the server has it, so the client gets a
                         // ParseComplete (or an error) from the server itself.
                         self.close_and_parse(&stmt, false);
+                        if let Some(f) = self.fixups.back_mut() {
+                            f.client_name = Some(name);
+                        }
                     }
                 }
                 self.unsynced = true;
@@ -287,6 +307,7 @@ impl Session {
             tag,
             swallow,
             parsed,
+            client_name: None,
         });
     }
 

@@ -79,7 +79,7 @@ pub(super) enum Blocked {
 }
 
 /// What to do with one reply of a Parse or Close pgmux sent.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Fixup {
     /// The unit (count of Syncs/Queries sent before it) the request belongs to.
     unit: u64,
@@ -87,6 +87,9 @@ struct Fixup {
     swallow: bool,
     /// A named Parse: the statement is on the server only once its ParseComplete comes.
     parsed: Option<u128>,
+    /// The client's own Parse of this name: without a ParseComplete, the name stays
+    /// free, as in Postgres.
+    client_name: Option<Bytes>,
 }
 
 /// Limits a session enforces, read once from the config at login.
@@ -298,12 +301,17 @@ impl Session {
                 Event::Client(Ok(_)) => self.client_input().await?,
                 Event::Client(Err(e)) => return Err(End::Io(e)),
                 Event::Server(Ok(0)) | Event::Server(Err(_)) => {
-                    let addr = self
+                    let (addr, told) = self
                         .server
                         .as_mut()
-                        .map(|s| s.conn().addr.to_string())
+                        .map(|s| (s.conn().addr.to_string(), s.conn().closing))
                         .unwrap_or_default();
                     self.server = None;
+                    if told {
+                        // The client has the server's own FATAL: a second error
+                        // would read as a reply to its next message.
+                        return Err(End::Closed);
+                    }
                     return self
                         .fatal(PgError::fatal(
                             SqlState::CONNECTION_FAILURE,
