@@ -423,6 +423,63 @@ fn a_server_fatal_reaches_the_client_alone() {
     }
 }
 
+/// Postgres drops, renames or copies a database only when nobody is connected to it;
+/// pgmux's idle server connections to it are nobody's, and go first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_is_not_blocked_by_idle_pooled_connections() {
+    const DB: &str = "pools_drop_me";
+    let pg = shared_primary();
+    pg.sql("postgres", &format!("drop database if exists {DB}"));
+    pg.sql(
+        "postgres",
+        &format!("create database {DB} owner {APP_USER}"),
+    );
+    // Renaming takes CREATEDB as well as ownership.
+    pg.sql("postgres", &format!("alter role {APP_USER} createdb"));
+    let config = format!(
+        "{}\n[databases.{DB}]\n[[databases.{DB}.shards]]\nprimary = \"{}\"\n",
+        pgmux_config(pg, "", ""),
+        pg.addr(DB)
+    );
+    let px = start_pgmux(&config);
+    for round in 0..2 {
+        let user = connect(&px.url(APP_USER, APP_PASSWORD, DB)).await;
+        user.simple_query("select 1").await.unwrap();
+        drop(user);
+        // The client's server connection stays in the pool, idle.
+        let pooled = poll_until_async(PATIENCE, || async {
+            let n = tokio::task::spawn_blocking(|| {
+                shared_primary().sql(
+                    "postgres",
+                    &format!("select count(*) from pg_stat_activity where datname = '{DB}'"),
+                )
+            })
+            .await
+            .unwrap();
+            n.trim() == "1"
+        })
+        .await;
+        assert!(pooled, "round {round}: no pooled connection to {DB}");
+
+        let admin = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+        if round == 0 {
+            admin
+                .batch_execute(&format!("ALTER DATABASE {DB} RENAME TO {DB}_renamed"))
+                .await
+                .unwrap();
+            admin
+                .batch_execute(&format!("ALTER DATABASE {DB}_renamed RENAME TO {DB}"))
+                .await
+                .unwrap();
+        } else {
+            admin
+                .batch_execute(&format!("DROP DATABASE {DB}"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
 async fn simple_backend_pid(client: &tokio_postgres::Client) -> i32 {
     let rows = client
         .simple_query("select pg_backend_pid()")

@@ -65,6 +65,9 @@ pub struct Effects {
     pub discard_all: bool,
     /// The statement is `SELECT pg_cancel_backend(…)` or `pg_terminate_backend(…)`.
     pub signal: Option<Signal>,
+    /// `DROP DATABASE`, `ALTER DATABASE … RENAME` or `CREATE DATABASE … TEMPLATE`
+    /// of this database, which no other session may be connected to.
+    pub needs_database_free: Option<String>,
 }
 
 impl Effects {
@@ -74,6 +77,7 @@ impl Effects {
             && self.deallocate.is_empty()
             && !self.discard_all
             && self.signal.is_none()
+            && self.needs_database_free.is_none()
     }
 }
 
@@ -152,7 +156,35 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
         if !words.next().is_some_and(|w| Word(w).is("transaction")) {
             fx.pin.get_or_insert(PinReason::SqlPrepare);
         }
+    } else if first.is("drop") || first.is("alter") {
+        if words.next().is_some_and(|w| Word(w).is("database")) {
+            let mut name = words.next();
+            if first.is("drop") && name.is_some_and(|w| Word(w).is("if")) {
+                words.next();
+                name = words.next();
+            }
+            let renames = first.is("drop") || words.next().is_some_and(|w| Word(w).is("rename"));
+            if let (Some(n), true) = (name, renames) {
+                fx.needs_database_free = Some(Word(n).name());
+            }
+        } else if first.is("alter")
+            && contains_ci(stmt, b"advisory")
+            && has_session_advisory_lock(stmt)
+        {
+            fx.pin.get_or_insert(PinReason::AdvisoryLock);
+        }
     } else if first.is("create") {
+        let mut ahead = Words::new(stmt).skip(1);
+        if ahead.next().is_some_and(|w| Word(w).is("database")) {
+            let rest: Vec<&[u8]> = ahead.skip(1).collect();
+            if let Some(i) = rest.iter().position(|w| Word(w).is("template")) {
+                let name = rest[i + 1..].iter().find(|w| **w != b"=");
+                if let Some(n) = name {
+                    fx.needs_database_free = Some(Word(n).name());
+                }
+            }
+            return;
+        }
         let temp = words
             .by_ref()
             .take(3)
@@ -222,7 +254,7 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
             Some(w) => fx.deallocate.push(Deallocate::Name(w.name())),
             None => {}
         }
-    } else if (first.is("alter") || first.is("do") || first.is("call"))
+    } else if (first.is("do") || first.is("call"))
         && contains_ci(stmt, b"advisory")
         && has_session_advisory_lock(stmt)
     {
@@ -658,6 +690,26 @@ impl<'a> Iterator for Words<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_that_need_a_database_without_sessions_name_it() {
+        for (sql, want) in [
+            ("DROP DATABASE app_test", Some("app_test")),
+            ("drop database if exists \"App\" with (force)", Some("App")),
+            ("ALTER DATABASE Old RENAME TO new", Some("old")),
+            ("alter database app set work_mem = '1MB'", None),
+            ("CREATE DATABASE copy TEMPLATE source", Some("source")),
+            (
+                "create database copy with owner app template = \"Src\"",
+                Some("Src"),
+            ),
+            ("create database plain", None),
+            ("drop table database", None),
+        ] {
+            let got = analyze(sql.as_bytes()).needs_database_free;
+            assert_eq!(got.as_deref(), want, "{sql}");
+        }
+    }
 
     #[test]
     fn a_backend_signal_call_is_recognised_with_its_argument() {

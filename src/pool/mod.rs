@@ -368,6 +368,17 @@ impl Pools {
             .clone()
     }
 
+    /// Closes the idle server connections to database `dbname` on any server: Postgres
+    /// refuses to drop, rename or copy a database others are connected to, and an
+    /// idle pooled connection is no one's.
+    pub fn close_idle_to(&self, dbname: &str) {
+        for e in self.map.iter() {
+            if e.key().server.dbname == dbname {
+                e.value().close_idle();
+            }
+        }
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map.iter().map(|e| e.value().clone()).collect()
     }

@@ -347,6 +347,9 @@ impl Session {
         if let Some(reason) = fx.pin {
             self.pin(reason);
         }
+        if let Some(db) = &fx.needs_database_free {
+            self.shared.pools.close_idle_to(db);
+        }
         // Called before the message's unit is counted as sent: it is the next one.
         let unit = self.sent_units + 1;
         self.pending_sets
