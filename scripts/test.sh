@@ -24,11 +24,11 @@ cargo test --benches
 # The tests run pgmux with two workers (two event loops sharing the pools), whose
 # relay uses io_uring where the kernel allows it. The protocol, pool and lifecycle
 # suites run again with one worker, and on epoll.
-step "protocol, pool and lifecycle suites with 1 worker"
-PGMUX_TEST_WORKERS=1 cargo test --test protocol_and_errors --test pools --test lifecycle
+step "protocol, pool, cancel and lifecycle suites with 1 worker"
+PGMUX_TEST_WORKERS=1 cargo test --test protocol_and_errors --test pools --test cancel --test lifecycle
 
-step "protocol, pool and lifecycle suites on epoll"
-PGMUX_IO=epoll cargo test --test protocol_and_errors --test pools --test lifecycle
+step "protocol, pool, cancel and lifecycle suites on epoll"
+PGMUX_IO=epoll cargo test --test protocol_and_errors --test pools --test cancel --test lifecycle
 
 step "cargo test (unit and integration tests)"
 exec cargo test

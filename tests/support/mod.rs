@@ -23,6 +23,7 @@
 // dead code nor an unused re-export.
 #![allow(dead_code, unused_imports)]
 
+pub mod cancel;
 pub mod clients;
 pub mod pgmux;
 pub mod postgres;
