@@ -191,7 +191,12 @@ fn a_name_in_use_cannot_be_prepared_again_and_a_failed_parse_leaves_it_free() {
 
     w.prepare("dup", "select 1");
     let again = w.try_prepare("dup", "select 2");
-    assert_eq!(again.error.map(|e| e.0).as_deref(), Some("42P05"));
+    let (code, message) = again.error.expect("a second Parse of a name in use fails");
+    assert_eq!(code, "42P05");
+    assert_eq!(
+        message, r#"prepared statement "dup" already exists"#,
+        "the error names the client's statement, as Postgres does"
+    );
     assert_eq!(w.execute("dup", &[]), ["1"], "the first statement stands");
 
     // Inside a transaction the refusal fails the transaction, as it would directly.

@@ -334,6 +334,149 @@ async fn a_startup_application_name_is_clipped_to_an_identifiers_length_with_a_n
     );
 }
 
+/// As Postgres 15 does: each byte of application_name that is not printable ASCII
+/// becomes `?`, in the value reported at login as on the server.
+#[test]
+fn a_startup_application_name_is_reported_as_printable_ascii() {
+    let px = start_pgmux(&pgmux_config(
+        shared_primary(),
+        "auth_method = \"trust\"",
+        "pool_size = 1",
+    ));
+    let params = [
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("application_name", "caf\u{e9}\u{1}x"),
+    ];
+    let (mut client, said) = wire::RawClient::login_trust_with(px.port, &params);
+    let reported: Vec<&[u8]> = said
+        .iter()
+        .filter(|m| m.tag == b'S' && m.body.starts_with(b"application_name\0"))
+        .map(|m| &m.body[b"application_name\0".len()..])
+        .collect();
+    assert_eq!(reported, [&b"caf???x\0"[..]]);
+    assert_eq!(
+        client.query("show application_name"),
+        Ok(vec!["caf???x".to_string()])
+    );
+}
+
+/// `set_config(name, value, false)` changes a setting for the session as `SET` does:
+/// it follows the client and never reaches another one (the usual way to hand a
+/// tenant to row-level security); with `true` it ends with the transaction.
+#[tokio::test]
+async fn set_config_for_the_session_follows_the_client_and_never_leaks() {
+    let px = pgmux_with_pool(2);
+    let url = app_url(&px);
+    let steer = Steering::new(&url).await;
+    let client = connect(&url).await;
+    let defaults = [("statement_timeout", DEFAULT_STATEMENT_TIMEOUT)];
+
+    steer
+        .run_on(
+            0,
+            &client,
+            "select set_config('statement_timeout', '4321ms', false)",
+            &defaults,
+        )
+        .await
+        .unwrap();
+    steer
+        .expect_on_both(&client, "statement_timeout", "4321ms", &defaults)
+        .await;
+
+    // Local to its transaction: nothing stays.
+    steer
+        .run_on(
+            1,
+            &client,
+            "begin; select set_config('work_mem', '7777kB', true); commit",
+            &defaults,
+        )
+        .await
+        .unwrap();
+    steer
+        .expect_on_both(&client, "work_mem", DEFAULT_WORK_MEM, &defaults)
+        .await;
+
+    // Rolled back: nothing stays either.
+    steer
+        .run_on(
+            1,
+            &client,
+            "begin; select set_config('statement_timeout', '999ms', false); rollback",
+            &defaults,
+        )
+        .await
+        .unwrap();
+    steer
+        .expect_on_both(&client, "statement_timeout", "4321ms", &defaults)
+        .await;
+
+    steer
+        .run_on(0, &client, "RESET statement_timeout", &defaults)
+        .await
+        .unwrap();
+    steer
+        .expect_on_both(
+            &client,
+            "statement_timeout",
+            DEFAULT_STATEMENT_TIMEOUT,
+            &defaults,
+        )
+        .await;
+}
+
+/// A value pgmux cannot read (a parameter) pins the client; its server connection
+/// is cleaned before anybody else gets it.
+#[tokio::test]
+async fn set_config_with_a_parameter_pins_and_is_cleaned_after() {
+    let px = pgmux_with_pool(2);
+    let url = app_url(&px);
+    let client = connect(&url).await;
+    client
+        .query(
+            "select set_config('statement_timeout', $1, false)",
+            &[&"5432ms".to_string()],
+        )
+        .await
+        .unwrap();
+    let pin = PinCheck::new(&url, &client).await;
+    for round in 0..ROUNDS {
+        pin.round(&client, round).await;
+        let (got, _) = setting_and_pid(&client, "statement_timeout").await;
+        assert_eq!(got, "5432ms");
+    }
+    let pinned_pid = pin.pinned_pid;
+    drop(pin);
+    drop(client);
+
+    // Both connections, the pinned one included, show the default to new clients.
+    let deadline = std::time::Instant::now() + CLEANUP_DEADLINE;
+    let (a, b) = (connect(&url).await, connect(&url).await);
+    loop {
+        a.batch_execute("BEGIN").await.unwrap();
+        b.batch_execute("BEGIN").await.unwrap();
+        let seen = [
+            setting_and_pid(&a, "statement_timeout").await,
+            setting_and_pid(&b, "statement_timeout").await,
+        ];
+        a.batch_execute("COMMIT").await.unwrap();
+        b.batch_execute("COMMIT").await.unwrap();
+        if seen.iter().any(|(_, pid)| *pid == pinned_pid) {
+            for (got, _) in &seen {
+                assert_eq!(got, DEFAULT_STATEMENT_TIMEOUT);
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pinned connection never came back: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn set_in_a_rolled_back_transaction_neither_sticks_nor_leaks() {
     let px = pgmux_with_pool(2);

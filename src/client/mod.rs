@@ -235,7 +235,8 @@ async fn login(
         },
     };
     let mut client_values = params.session_settings();
-    if let Some((given, kept)) = crate::protocol::startup::clip_application_name(&mut client_values)
+    if let Some((given, kept)) =
+        crate::protocol::startup::clean_application_name(&mut client_values)
     {
         build::notice_with_code(
             &mut out,

@@ -120,6 +120,41 @@ pub fn error_response(
     });
 }
 
+/// Re-encodes ErrorResponse `body` with `from` replaced by `to` in its message field
+/// (`M`); the other fields pass unchanged. False, with nothing written, when the
+/// message does not contain `from`.
+pub fn error_renaming(out: &mut BytesMut, body: &[u8], from: &[u8], to: &[u8]) -> bool {
+    if from.is_empty() {
+        return false;
+    }
+    let fields = super::msg::ErrorFields::parse(body);
+    let Some(at) = fields
+        .message
+        .and_then(|m| m.windows(from.len()).position(|w| w == from))
+    else {
+        return false;
+    };
+    message(out, b'E', |out| {
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            let Some((value, tail)) = super::msg::cstr(tail).filter(|_| kind != 0) else {
+                break;
+            };
+            out.put_u8(kind);
+            if kind == b'M' {
+                out.put_slice(&value[..at]);
+                out.put_slice(to);
+                put_cstr(out, &value[at + from.len()..]);
+            } else {
+                put_cstr(out, value);
+            }
+            rest = tail;
+        }
+        out.put_u8(0);
+    });
+    true
+}
+
 pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
     out.put_slice(&[b'Z', 0, 0, 0, 5, status.as_byte()]);
 }
@@ -315,5 +350,21 @@ mod tests {
         let len = i32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
         assert_eq!(len, out.len());
         assert_eq!(out.last(), Some(&0));
+    }
+
+    #[test]
+    fn error_renaming_changes_only_the_message() {
+        let body = b"SERROR\0VERROR\0C42P05\0Mprepared statement \"pgmux_ab\" already exists\0Fprepare.c\0\0";
+        let mut out = BytesMut::new();
+        assert!(error_renaming(&mut out, body, b"pgmux_ab", b"s1"));
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len + 1, out.len());
+        let expected =
+            b"SERROR\0VERROR\0C42P05\0Mprepared statement \"s1\" already exists\0Fprepare.c\0\0";
+        assert_eq!(&out[5..], &expected[..]);
+        let mut none = BytesMut::new();
+        assert!(!error_renaming(&mut none, body, b"pgmux_cd", b"s1"));
+        assert!(!error_renaming(&mut none, body, b"", b"s1"));
+        assert!(none.is_empty());
     }
 }

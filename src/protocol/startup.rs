@@ -78,20 +78,35 @@ impl StartupParams {
 }
 
 /// Postgres keeps `application_name` to an identifier's length, NAMEDATALEN - 1
-/// bytes, cut at a character boundary, and says so in a notice: the same here, since
-/// pgmux reports the value at login. Returns the name as given and as kept.
-pub fn clip_application_name(settings: &mut [(String, String)]) -> Option<(String, String)> {
+/// bytes, cut at a character boundary, and says so in a notice; then it replaces each
+/// byte that is not printable ASCII with `?`. The same here, since pgmux reports the
+/// value at login. Returns the name as given and as cut, when it was cut.
+pub fn clean_application_name(settings: &mut [(String, String)]) -> Option<(String, String)> {
     const MAX: usize = 63;
-    let (_, value) = settings
-        .iter_mut()
-        .find(|(k, v)| k == "application_name" && v.len() > MAX)?;
-    let mut end = MAX;
-    while !value.is_char_boundary(end) {
-        end -= 1;
+    let (_, value) = settings.iter_mut().find(|(k, _)| k == "application_name")?;
+    let mut clipped = None;
+    if value.len() > MAX {
+        let mut end = MAX;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        let given = value.clone();
+        value.truncate(end);
+        clipped = Some((given, value.clone()));
     }
-    let given = value.clone();
-    value.truncate(end);
-    Some((given, value.clone()))
+    if !value.bytes().all(|b| (32..=126).contains(&b)) {
+        *value = value
+            .bytes()
+            .map(|b| {
+                if (32..=126).contains(&b) {
+                    b as char
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+    }
+    clipped
 }
 
 /// Expands a libpq `options` string: `-c name=value`, `-cname=value` and
@@ -220,17 +235,22 @@ mod tests {
     use bytes::BytesMut;
 
     #[test]
-    fn a_long_application_name_is_clipped_at_a_character_boundary() {
+    fn a_long_application_name_is_clipped_at_a_character_boundary_then_cleaned() {
         let long = "x".repeat(65);
         let mut s = vec![("application_name".to_string(), long.clone())];
-        let (given, kept) = clip_application_name(&mut s).expect("clipped");
+        let (given, kept) = clean_application_name(&mut s).expect("clipped");
         assert_eq!((given.as_str(), kept.len()), (long.as_str(), 63));
         assert_eq!(s[0].1, kept);
-        // 'é' is two bytes: the 63rd byte would split the 32nd.
+        // 'é' is two bytes: the 63rd byte would split the 32nd. The notice shows the
+        // name as cut; the value kept has a '?' for each byte that is not ASCII.
         let mut s = vec![("application_name".to_string(), "é".repeat(40))];
-        assert_eq!(clip_application_name(&mut s).unwrap().1, "é".repeat(31));
+        assert_eq!(clean_application_name(&mut s).unwrap().1, "é".repeat(31));
+        assert_eq!(s[0].1, "?".repeat(62));
         let mut s = vec![("application_name".to_string(), "x".repeat(63))];
-        assert_eq!(clip_application_name(&mut s), None);
+        assert_eq!(clean_application_name(&mut s), None);
+        let mut s = vec![("application_name".to_string(), "caf\u{e9}\u{1}x".into())];
+        assert_eq!(clean_application_name(&mut s), None);
+        assert_eq!(s[0].1, "caf???x");
     }
 
     #[test]

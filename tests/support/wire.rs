@@ -177,11 +177,18 @@ impl RawClient {
     /// Logs in as `user` to `database` at 127.0.0.1:`port` (trust); panics on
     /// anything but AuthenticationOk ... ReadyForQuery.
     pub fn login_trust(port: u16, user: &str, database: &str) -> RawClient {
+        Self::login_trust_with(port, &[("user", user), ("database", database)]).0
+    }
+
+    /// [`RawClient::login_trust`] with the startup parameters `params`; also returns
+    /// the ParameterStatus and notice messages of the login.
+    pub fn login_trust_with(port: u16, params: &[(&str, &str)]) -> (RawClient, Vec<Message>) {
         let mut stream = tcp(port);
         stream
-            .write_all(&startup_message(&[("user", user), ("database", database)]))
+            .write_all(&startup_message(params))
             .expect("send the startup message");
         let (mut pid, mut secret) = (0, 0);
+        let mut said = Vec::new();
         loop {
             let m = read_message(&mut stream).expect("read a login reply");
             match m.tag {
@@ -191,16 +198,17 @@ impl RawClient {
                     secret = i32::from_be_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]);
                 }
                 b'Z' => break,
-                b'S' | b'N' => {}
+                b'S' | b'N' => said.push(m),
                 b'E' => panic!("login refused: {:?} {:?}", m.sqlstate(), m.field(b'M')),
                 other => panic!("unexpected message {:?} during login", other as char),
             }
         }
-        RawClient {
+        let client = RawClient {
             stream,
             pid,
             secret,
-        }
+        };
+        (client, said)
     }
 
     /// The client's own port: the remote port of pgmux's end of the connection.

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 
 use crate::protocol::build::{self};
 use crate::protocol::{be, complete_frame, msg, TxStatus};
@@ -36,6 +36,21 @@ impl Session {
                 self.cwbuf.put_slice(&rbuf[forward_from..pos]);
                 forward_from = pos + len;
                 rewritten = true;
+            } else if tag == be::ERROR_RESPONSE {
+                let body = &rbuf[pos + 5..pos + len];
+                let duplicate = self
+                    .duplicate_parse()
+                    .filter(|_| msg::ErrorFields::parse(body).code == Some(b"42P05"));
+                if let Some((server_name, client_name)) = duplicate {
+                    let mark = self.cwbuf.len();
+                    self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+                    if build::error_renaming(&mut self.cwbuf, body, &server_name, &client_name) {
+                        forward_from = pos + len;
+                        rewritten = true;
+                    } else {
+                        self.cwbuf.truncate(mark);
+                    }
+                }
             }
             pos += len;
         }
@@ -103,6 +118,19 @@ impl Session {
         if let Some(client) = client {
             pid.copy_from_slice(&client.to_be_bytes());
         }
+    }
+
+    /// The server and client names of a statement the client parsed again while it
+    /// still used the name, when that Parse is the next reply due: the server's
+    /// `42P05` names the statement as pgmux prepared it, the client knows its own name.
+    fn duplicate_parse(&self) -> Option<(Bytes, Bytes)> {
+        let f = self.fixups.front()?;
+        if f.tag != be::PARSE_COMPLETE || f.parsed.is_some() {
+            return None;
+        }
+        let client_name = f.client_name.clone()?;
+        let stmt = self.stmts.get(&client_name)?;
+        Some((stmt.server_name.clone(), client_name))
     }
 
     /// Updates the session's view of the server from one reply; true to hide it.

@@ -118,6 +118,9 @@ impl Session {
                             &existing.parse_rest,
                         );
                         self.expect(b'1', false, None);
+                        if let Some(f) = self.fixups.back_mut() {
+                            f.client_name = Some(Bytes::copy_from_slice(p.name));
+                        }
                         self.unsynced = true;
                         return Ok(());
                     }

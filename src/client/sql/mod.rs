@@ -13,10 +13,12 @@
 //! scans.
 
 mod lex;
+mod set_config;
 mod signal;
 
 pub use lex::contains_ci;
 use lex::{trim, Statements, Word, Words};
+use set_config::set_config_calls;
 use signal::signal_call;
 pub use signal::{Signal, SignalArg, SignalKind};
 
@@ -29,6 +31,7 @@ pub enum PinReason {
     HoldCursor,
     SqlPrepare,
     SessionCharacteristics,
+    SetConfig,
 }
 
 impl PinReason {
@@ -40,6 +43,7 @@ impl PinReason {
             PinReason::HoldCursor => "WITH HOLD cursor",
             PinReason::SqlPrepare => "SQL PREPARE",
             PinReason::SessionCharacteristics => "SET SESSION CHARACTERISTICS",
+            PinReason::SetConfig => "set_config() with a value known only to the server",
         }
     }
 }
@@ -127,12 +131,19 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
         || first.is("values")
         || first.is("merge")
     {
-        // Only functions and SELECT INTO can leave session state here.
+        // Only functions and SELECT INTO can leave session state here; a statement
+        // without a parenthesis calls no function.
+        if contains_ci(stmt, b"temp") && has_into_temp(stmt) {
+            fx.pin.get_or_insert(PinReason::TempTable);
+        }
+        if memchr::memchr(b'(', stmt).is_none() {
+            return;
+        }
         if contains_ci(stmt, b"advisory") && has_session_advisory_lock(stmt) {
             fx.pin.get_or_insert(PinReason::AdvisoryLock);
         }
-        if contains_ci(stmt, b"temp") && has_into_temp(stmt) {
-            fx.pin.get_or_insert(PinReason::TempTable);
+        if contains_ci(stmt, b"set_config") {
+            set_config_calls(stmt, fx);
         }
         if first.is("select") && contains_ci(stmt, b"_backend") {
             fx.signal = signal_call(stmt);
