@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,7 +22,7 @@ use crate::auth::ClientSecret;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigErrors, UserConfig};
 use crate::pool::Pools;
-use crate::workers::Workers;
+use crate::workers::{Accepted, Workers};
 
 /// A configured user with the secrets derived from its password once per load.
 pub struct UserEntry {
@@ -90,6 +90,11 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on the Unix-domain socket {}: {source}", path.display())]
+    ListenUnix {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
 }
@@ -201,6 +206,11 @@ impl Shared {
         if next.proxy.listen != current.proxy.listen {
             tracing::warn!("proxy.listen changed: a restart is needed for that to take effect");
         }
+        if next.proxy.unix_socket_dir != current.proxy.unix_socket_dir {
+            tracing::warn!(
+                "proxy.unix_socket_dir changed: a restart is needed for that to take effect"
+            );
+        }
         let old_users = self.users.load_full();
         let users = next
             .users
@@ -265,6 +275,20 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
             source,
         })?;
     tracing::info!(%listen, "pgmux is accepting connections");
+    // The port as bound: `listen` may ask for any free one (port 0).
+    let port = listener.local_addr().map_or(listen.port(), |a| a.port());
+    let unix_path = shared.config().proxy.unix_socket_path(port);
+    let unix = match &unix_path {
+        Some(path) => {
+            let l = bind_unix(path).map_err(|source| StartError::ListenUnix {
+                path: path.clone(),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), "pgmux is accepting connections on a Unix-domain socket");
+            Some(l)
+        }
+        None => None,
+    };
     let tracker = TaskTracker::new();
     tracker.spawn(maintain(shared.clone()));
     tracker.spawn(signals(shared.clone()));
@@ -281,18 +305,25 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
             r = listener.accept() => match r {
                 Ok((tcp, _peer)) => {
                     let shared = shared.clone();
-                    workers.spawn_session(&tracker, tcp, move |tcp| crate::client::serve(shared, tcp));
+                    workers.spawn_session(&tracker, Accepted::Tcp(tcp), move |c| crate::client::serve(shared, c));
                 }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(e) => accept_failed(e).await,
+            },
+            r = accept_unix(unix.as_ref()) => match r {
+                Ok(conn) => {
+                    let shared = shared.clone();
+                    workers.spawn_session(&tracker, Accepted::Unix(conn), move |c| crate::client::serve(shared, c));
                 }
+                Err(e) => accept_failed(e).await,
             },
             _ = shared.shutdown.cancelled() => break,
         }
     }
     drop(listener);
+    if let (Some(l), Some(path)) = (unix, unix_path) {
+        drop(l);
+        let _ = std::fs::remove_file(path);
+    }
     tracker.close();
     let wait = if shared.immediate.load(Ordering::Acquire) {
         Duration::ZERO
@@ -310,6 +341,44 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
         pool.close_idle();
     }
     Ok(())
+}
+
+async fn accept_failed(e: std::io::Error) {
+    // EMFILE and friends: back off instead of spinning.
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(conn, _)| conn),
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the Unix-domain socket at `path`, open to every local user as Postgres' and
+/// PgBouncer's are by default (logins are checked all the same). A socket file left by
+/// a process that is gone is replaced; one that still answers is not taken over.
+fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process is listening there",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(listener)
 }
 
 async fn maintain(shared: Arc<Shared>) {

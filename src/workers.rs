@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::runtime::{Handle, Runtime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -122,10 +122,10 @@ impl Workers {
             .unwrap_or(0)
     }
 
-    /// Runs `serve(tcp)` on a worker, counted by `tracker`. Called from worker 0.
-    pub fn spawn_session<F, Fut>(&self, tracker: &TaskTracker, tcp: TcpStream, serve: F)
+    /// Runs `serve(conn)` on a worker, counted by `tracker`. Called from worker 0.
+    pub fn spawn_session<F, Fut>(&self, tracker: &TaskTracker, conn: Accepted, serve: F)
     where
-        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        F: FnOnce(Accepted) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let w = self.pick();
@@ -138,14 +138,14 @@ impl Workers {
             // `live` is dropped after the await rather than bound to a local: a local
             // would take room in the task beside the captured value.
             tokio::spawn(tracker.track_future(async move {
-                serve(tcp).await;
+                serve(conn).await;
                 drop(live);
             }));
             return;
         }
         // The socket is registered with this thread's reactor; it moves to the
         // worker's own.
-        let std = match tcp.into_std() {
+        let std = match conn.into_std() {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot hand a connection to a worker");
@@ -155,8 +155,8 @@ impl Workers {
         self.remote[w - 1]
             .handle
             .spawn(tracker.track_future(async move {
-                match TcpStream::from_std(std) {
-                    Ok(tcp) => serve(tcp).await,
+                match std.into_tokio() {
+                    Ok(conn) => serve(conn).await,
                     Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
                 }
                 drop(live);
@@ -170,6 +170,36 @@ impl Workers {
         for r in self.remote {
             let _ = r.thread.join();
         }
+    }
+}
+
+/// A client connection the accept loop took: over TCP or a Unix-domain socket.
+pub enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// An [`Accepted`] between two threads' reactors.
+enum AcceptedStd {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Accepted {
+    fn into_std(self) -> io::Result<AcceptedStd> {
+        Ok(match self {
+            Accepted::Tcp(s) => AcceptedStd::Tcp(s.into_std()?),
+            Accepted::Unix(s) => AcceptedStd::Unix(s.into_std()?),
+        })
+    }
+}
+
+impl AcceptedStd {
+    fn into_tokio(self) -> io::Result<Accepted> {
+        Ok(match self {
+            AcceptedStd::Tcp(s) => Accepted::Tcp(TcpStream::from_std(s)?),
+            AcceptedStd::Unix(s) => Accepted::Unix(UnixStream::from_std(s)?),
+        })
     }
 }
 

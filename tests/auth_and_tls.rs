@@ -569,3 +569,160 @@ async fn a_user_configured_with_a_scram_verifier_logs_in_upstream_with_the_clien
         .expect_err("a wrong password must not log in");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
 }
+
+// ------------------------------------------------------------------ Unix-domain socket
+
+/// `[proxy] unix_socket_dir = "DIR"`, then `rest` (e.g. a `[tls]` table).
+fn unix_socket_section(dir: &Path, rest: &str) -> String {
+    format!("unix_socket_dir = {:?}\n{rest}", dir.display().to_string())
+}
+
+/// pgmux also listens on `DIR/.s.PGSQL.<port>`, as libpq names a server's socket:
+/// `psql -h DIR -p PORT` and drivers given a directory as host log in there, with a
+/// password as over TCP. As for Postgres' `hostssl`, a local socket needs no TLS even
+/// under `tls.mode = "require"`, and an SSLRequest there is answered `N`.
+#[tokio::test]
+async fn clients_log_in_over_the_unix_socket_without_tls_even_when_tcp_requires_it() {
+    let pg = shared_primary();
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(certs_dir.path());
+    let sock = tempfile::tempdir().unwrap();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &unix_socket_section(sock.path(), &tls_section("require", &certs)),
+        "",
+    ));
+    let socket = sock.path().join(format!(".s.PGSQL.{}", px.port));
+    assert!(socket.exists(), "no socket at {}", socket.display());
+
+    let local = format!(
+        "host={} port={} user={APP_USER} dbname={APP_DB}",
+        sock.path().display(),
+        px.port
+    );
+    let (ok, text) = {
+        let local = local.clone();
+        tokio::task::spawn_blocking(move || psql_conninfo(&local, APP_PASSWORD))
+            .await
+            .unwrap()
+    };
+    assert!(ok, "psql over the socket failed:\n{text}");
+    assert!(text.contains("via socket"), "{text}");
+    let (ok, text) = {
+        let local = local.clone();
+        tokio::task::spawn_blocking(move || psql_conninfo(&local, "wrong-password"))
+            .await
+            .unwrap()
+    };
+    assert!(
+        !ok,
+        "a wrong password over the socket must be refused:\n{text}"
+    );
+
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{local} password={APP_PASSWORD}"), NoTls)
+            .await
+            .expect("tokio-postgres over the socket");
+    tokio::spawn(connection);
+    let row = client
+        .query_one("select $1::int + 1", &[&41i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+
+    // An SSLRequest on the socket gets N, and the login goes on in plain text.
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    raw.write_all(&wire::ssl_request()).unwrap();
+    assert_eq!(read_byte(&mut raw).unwrap(), b'N');
+    raw.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+    ]))
+    .unwrap();
+    let m = read_message(&mut raw).unwrap();
+    assert_eq!(m.auth_code(), Some(10), "SASL is asked for: {m:?}");
+
+    // TCP still requires TLS.
+    let err = try_connect(&px.url(APP_USER, APP_PASSWORD, APP_DB))
+        .await
+        .expect_err("plain text over TCP must be refused");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{err}"
+    );
+}
+
+/// `config` listening on 127.0.0.1:`port` instead.
+fn with_listen_port(config: &str, port: u16) -> String {
+    let start = config.find("listen = \"127.0.0.1:").expect("a listen line");
+    let end = start + config[start..].find('\n').expect("a line end");
+    format!(
+        "{}listen = \"127.0.0.1:{port}\"{}",
+        &config[..start],
+        &config[end..]
+    )
+}
+
+/// A socket file a dead process left behind is replaced; a socket another process
+/// still listens on is not taken over (pgmux exits 1 and says why); the socket is
+/// removed when pgmux stops.
+#[test]
+fn the_unix_socket_replaces_a_stale_file_refuses_a_live_one_and_is_removed_at_exit() {
+    let pg = shared_primary();
+
+    let busy = tempfile::tempdir().unwrap();
+    let port = support::process::free_port();
+    let live = std::os::unix::net::UnixListener::bind(busy.path().join(format!(".s.PGSQL.{port}")))
+        .unwrap();
+    let config = with_listen_port(
+        &pgmux_config(pg, &unix_socket_section(busy.path(), ""), ""),
+        port,
+    );
+    let (_config_dir, path) = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgmux.toml");
+        std::fs::write(&path, &config).unwrap();
+        (dir, path)
+    };
+    let out = support::process::run(
+        pgmux_command().arg("--config").arg(&path),
+        std::time::Duration::from_secs(60),
+        "pgmux with a socket in use",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another process is listening"), "{stderr}");
+    drop(live);
+
+    // `live` dropped: its file stays behind, stale.
+    let stale = busy.path().join(format!(".s.PGSQL.{port}"));
+    assert!(stale.exists());
+    let mut px = start_pgmux(&config);
+    let socket = busy.path().join(format!(".s.PGSQL.{}", px.port));
+    let out = psql(
+        &[
+            "-h",
+            &busy.path().display().to_string(),
+            "-p",
+            &px.port.to_string(),
+            "-U",
+            APP_USER,
+            "-d",
+            APP_DB,
+            "-At",
+            "-c",
+            "select 7",
+        ],
+        &[("PGPASSWORD", APP_PASSWORD)],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+
+    px.send_signal(libc::SIGTERM);
+    let status = px
+        .wait_exit(std::time::Duration::from_secs(60))
+        .expect("pgmux exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the socket is removed at exit");
+}

@@ -81,6 +81,7 @@ fn check_prints_every_problem_with_its_key_path_and_exits_1() {
 [proxy]
 listen = "127.0.0.1:6432"
 pool_mode = "sesion"
+unix_socket_dir = "/nonexistent/pgmux-sockets"
 
 [upstream_tls]
 mode = "always"
@@ -100,13 +101,14 @@ primary = "127.0.0.1:5432/app"
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     for key in [
         "proxy.pool_mode",
+        "proxy.unix_socket_dir",
         "upstream_tls.mode",
         "databases.app.pool_size",
     ] {
         assert!(all.contains(key), "{key} is not named:\n{all}");
     }
     let problems = all.lines().filter(|l| !l.trim().is_empty()).count();
-    assert_eq!(problems, 3, "one line per problem:\n{all}");
+    assert_eq!(problems, 4, "one line per problem:\n{all}");
 }
 
 #[test]

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::auth::scram::ScramServer;
 use crate::config::{AuthMethod, Config, TlsMode};
@@ -23,6 +22,7 @@ use crate::protocol::{complete_frame, fe, SqlState, TxStatus};
 use crate::proxy::{ClientSlot, Shared, UserEntry};
 use crate::server::Settings;
 use crate::tls::MaybeTls;
+pub use crate::workers::Accepted;
 use session::{Limits, Session};
 
 /// Largest message accepted during authentication.
@@ -46,8 +46,8 @@ enum LoginError {
 ///   socket and the shared state it no longer needs after the login;
 /// - the session is moved into its run future within one statement, so the task does
 ///   not keep a second, moved-from copy of it across the await.
-pub fn serve(shared: Arc<Shared>, tcp: TcpStream) -> impl std::future::Future<Output = ()> + Send {
-    let login = Box::pin(login_phase(shared, tcp));
+pub fn serve(shared: Arc<Shared>, conn: Accepted) -> impl std::future::Future<Output = ()> + Send {
+    let login = Box::pin(login_phase(shared, conn));
     async move {
         let run = match login.await {
             Some((session, slot)) => session.run(slot),
@@ -57,11 +57,17 @@ pub fn serve(shared: Arc<Shared>, tcp: TcpStream) -> impl std::future::Future<Ou
     }
 }
 
-async fn login_phase(shared: Arc<Shared>, tcp: TcpStream) -> Option<(Session, ClientSlot)> {
-    let _ = tcp.set_nodelay(true);
+async fn login_phase(shared: Arc<Shared>, conn: Accepted) -> Option<(Session, ClientSlot)> {
+    let stream = match conn {
+        Accepted::Tcp(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            MaybeTls::from(tcp)
+        }
+        Accepted::Unix(unix) => MaybeTls::from(unix),
+    };
     let cfg = shared.config();
     let timeout = cfg.proxy.client_login_timeout;
-    match tokio::time::timeout(timeout, login(&shared, &cfg, tcp)).await {
+    match tokio::time::timeout(timeout, login(&shared, &cfg, stream)).await {
         Ok(Ok(logged_in)) => logged_in,
         Ok(Err(LoginError::Refused(e))) => {
             tracing::info!(error = %e, "login refused");
@@ -113,9 +119,8 @@ async fn read_first_packet(
 async fn login(
     shared: &Arc<Shared>,
     cfg: &Arc<Config>,
-    tcp: TcpStream,
+    mut stream: MaybeTls,
 ) -> Result<Option<(Session, ClientSlot)>, LoginError> {
-    let mut stream = MaybeTls::from(tcp);
     let params: StartupParams = loop {
         let packet = match read_first_packet(&mut stream).await? {
             Ok(p) => p,
@@ -125,7 +130,8 @@ async fn login(
             FirstPacket::SslRequest => {
                 let acceptor = match (&stream, shared.tls_acceptor()) {
                     (MaybeTls::Plain(_), Some(a)) => a,
-                    (MaybeTls::Plain(_), None) => {
+                    // As Postgres: no encryption over a Unix-domain socket.
+                    (MaybeTls::Plain(_), None) | (MaybeTls::Unix(_), _) => {
                         stream.write_all(b"N").await?;
                         continue;
                     }
@@ -175,7 +181,9 @@ async fn login(
         .with_hint("raise [proxy].max_client_conn, or close idle connections");
         return Err(refuse(&mut stream, e).await);
     };
-    if !stream.is_tls() && cfg.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) {
+    // As Postgres' `hostssl`: a Unix-domain socket is local, and needs no TLS.
+    let local = matches!(stream, MaybeTls::Unix(_));
+    if !stream.is_tls() && !local && cfg.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) {
         let e = PgError::fatal(
             SqlState::INVALID_AUTHORIZATION,
             "pgmux requires TLS (tls.mode = \"require\")",
@@ -467,10 +475,10 @@ mod tests {
         .expect("valid config");
         let shared = Shared::new(cfg).expect("shared state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let fut = serve(shared, tcp);
+        let fut = serve(shared, Accepted::Tcp(tcp));
         let size = std::mem::size_of_val(&fut);
         eprintln!(
             "client task future: {size} bytes; session: {} bytes; checkout: {} bytes; server conn: {} bytes; tls: {} bytes",

@@ -272,6 +272,7 @@ fn build_proxy(raw: RawProxy, path: &KeyPath, problems: &mut Problems) -> ProxyC
         max_prepared_statements: raw
             .max_prepared_statements
             .unwrap_or(DEFAULT_MAX_PREPARED_STATEMENTS),
+        unix_socket_dir: raw.unix_socket_dir.filter(|d| !d.as_os_str().is_empty()),
     };
     check_proxy(&proxy, path, problems);
     proxy
@@ -286,6 +287,26 @@ fn check_proxy(proxy: &ProxyConfig, path: &KeyPath, problems: &mut Problems) {
     }
     if proxy.max_client_conn == 0 {
         problems.add(&path.key("max_client_conn"), "must be at least 1");
+    }
+    if let (Some(dir), Some(socket)) = (
+        &proxy.unix_socket_dir,
+        proxy.unix_socket_path(proxy.listen.port()),
+    ) {
+        // sun_path holds 108 bytes, its terminating NUL included.
+        if socket.as_os_str().len() > 107 {
+            problems.add(
+                &path.key("unix_socket_dir"),
+                format!(
+                    "the socket path {} is longer than the 107 bytes a Unix-domain socket allows; choose a shorter directory",
+                    socket.display()
+                ),
+            );
+        } else if !dir.is_dir() {
+            problems.add(
+                &path.key("unix_socket_dir"),
+                format!("{} is not a directory", dir.display()),
+            );
+        }
     }
     for (i, name) in proxy.admin_users.iter().enumerate() {
         let entry = path.key("admin_users").index(i);

@@ -141,6 +141,17 @@ pub struct ProxyConfig {
     /// Named statements kept prepared on one server connection before the least
     /// recently used is closed (PgBouncer's `max_prepared_statements`).
     pub max_prepared_statements: usize,
+    /// Where to also listen on a Unix-domain socket, `.s.PGSQL.<listen port>` as
+    /// libpq names it (PgBouncer's `unix_socket_dir`); `None` when unset or `""`.
+    pub unix_socket_dir: Option<PathBuf>,
+}
+
+impl ProxyConfig {
+    /// The Unix-domain socket's path for TCP port `port`, when one is configured.
+    pub fn unix_socket_path(&self, port: u16) -> Option<PathBuf> {
+        let dir = self.unix_socket_dir.as_ref()?;
+        Some(dir.join(format!(".s.PGSQL.{port}")))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

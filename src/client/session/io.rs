@@ -30,9 +30,11 @@ pub(crate) fn read_some<'a>(
         }
         if buf.capacity() - buf.len() < 2048 {
             if buf.capacity() == 0 {
-                if let MaybeTls::Plain(tcp) = &*stream {
-                    // Allocate only once there is something to read.
-                    std::task::ready!(tcp.poll_read_ready(cx))?;
+                // Allocate only once there is something to read.
+                match &*stream {
+                    MaybeTls::Plain(tcp) => std::task::ready!(tcp.poll_read_ready(cx))?,
+                    MaybeTls::Unix(unix) => std::task::ready!(unix.poll_read_ready(cx))?,
+                    _ => {}
                 }
             }
             buf.reserve(8192);
@@ -117,12 +119,14 @@ pub(super) fn write_now(stream: &mut MaybeTls, buf: &mut BytesMut) -> Result<(),
 /// Writes as much of `data` as the socket takes without waiting; returns how much.
 /// Nothing is written to TLS streams here: their writes go through [`write_all`].
 pub(super) fn write_some_now(stream: &mut MaybeTls, data: &[u8]) -> usize {
-    let MaybeTls::Plain(tcp) = stream else {
-        return 0;
+    let try_write = |rest: &[u8]| match &*stream {
+        MaybeTls::Plain(tcp) => tcp.try_write(rest),
+        MaybeTls::Unix(unix) => unix.try_write(rest),
+        _ => Ok(0),
     };
     let mut written = 0;
     while written < data.len() {
-        match tcp.try_write(&data[written..]) {
+        match try_write(&data[written..]) {
             Ok(n) if n > 0 => written += n,
             // Would block, or an error that the awaited write will report.
             _ => break,

@@ -159,6 +159,7 @@ pub(super) struct RawProxy {
     pub(super) max_message_size: Option<Size>,
     pub(super) log_format: Option<LogFormat>,
     pub(super) max_prepared_statements: Option<usize>,
+    pub(super) unix_socket_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
