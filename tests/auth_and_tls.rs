@@ -209,6 +209,40 @@ async fn trust_client_auth_asks_no_password_but_still_knows_its_users() {
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
 }
 
+/// Passwords are SASLprep'ed as Postgres and libpq do: a configured password
+/// with characters NFKC changes logs in whichever form the client types, and a
+/// wrong one is still refused.
+#[tokio::test]
+async fn a_non_ascii_password_is_saslprepped_like_postgres_does() {
+    let pg = shared_primary();
+    let config = format!(
+        "{}\n[[users]]\nname = \"nfkc\"\npassword = \"cha\u{ff6f}s\"\nserver_user = \"{APP_USER}\"\nserver_password = \"{APP_PASSWORD}\"\n",
+        pgmux_config(pg, "", "")
+    );
+    let px = start_pgmux(&config);
+    for typed in ["cha\u{ff6f}s", "cha\u{30c3}s"] {
+        let url = px.url("nfkc", &urlencode(typed), APP_DB);
+        assert_eq!(current_user_through(&url).await, APP_USER, "{typed}");
+    }
+    let err = try_connect(&px.url("nfkc", "chas", APP_DB))
+        .await
+        .expect_err("a wrong password is refused");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
+/// Percent-encodes every byte that is not ASCII alphanumeric, for a URL.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_wrong_password_is_refused_with_28p01() {
     let pg = shared_primary();
@@ -248,6 +282,45 @@ async fn an_unknown_database_is_refused_with_3d000() {
         db_message(&err).contains("no_such_db"),
         "the message names the database: {err}"
     );
+}
+
+/// A replication connection (a walsender, with its own command language) cannot be
+/// pooled: it is refused with 0A000 before any password is asked for, instead of
+/// becoming an ordinary session that fails on IDENTIFY_SYSTEM. `replication=false`
+/// is an ordinary session.
+#[test]
+fn a_replication_connection_is_refused_with_0a000() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    for value in ["database", "true", "on", "1"] {
+        let mut tcp = wire::tcp(px.port);
+        tcp.write_all(&wire::startup_message(&[
+            ("user", APP_USER),
+            ("database", APP_DB),
+            ("replication", value),
+        ]))
+        .unwrap();
+        let m = read_message(&mut tcp).unwrap();
+        assert_eq!(
+            m.error(),
+            ("FATAL".to_string(), "0A000".to_string()),
+            "replication={value}: {m:?}"
+        );
+        assert!(
+            m.field(b'M').unwrap().contains("replication"),
+            "{:?}",
+            m.field(b'M')
+        );
+    }
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("replication", "false"),
+    ]))
+    .unwrap();
+    let m = read_message(&mut tcp).unwrap();
+    assert_eq!(m.auth_code(), Some(10), "an ordinary login goes on: {m:?}");
 }
 
 #[tokio::test]

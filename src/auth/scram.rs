@@ -86,7 +86,7 @@ impl ScramSecret {
 
     /// Derives the secret for a given salt and iteration count (runs PBKDF2).
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
-        let keys = Keys::from_salted_password(&hi(prepare_password(password), salt, iterations));
+        let keys = Keys::from_salted_password(&hi(&prepare_password(password), salt, iterations));
         ScramSecret {
             iterations,
             salt: salt.to_vec(),
@@ -384,7 +384,7 @@ impl ScramClient {
 
         let keys = match &self.credential {
             UpstreamCredential::Password(password) => Keys::from_salted_password(
-                &cached_salted_password(prepare_password(password), &salt, iterations),
+                &cached_salted_password(&prepare_password(password), &salt, iterations),
             ),
             UpstreamCredential::ClientKey {
                 client_key,
@@ -563,15 +563,21 @@ impl Keys {
     }
 }
 
-/// The bytes Postgres feeds to PBKDF2.
-///
-/// Postgres SASLprep's the password (RFC 4013) and uses the raw bytes when that
-/// fails. A pure-ASCII password is its own SASLprep result (Postgres short-cuts it
-/// too). For other passwords this crate lacks the Unicode tables (the `stringprep`
-/// crate has them), so it uses the raw bytes: right for passwords already in NFKC
-/// without non-ASCII spaces or soft hyphens, wrong for others.
-fn prepare_password(password: &str) -> &[u8] {
-    password.as_bytes()
+/// The bytes Postgres feeds to PBKDF2: the password SASLprep'ed (RFC 4013), or its
+/// raw bytes when that fails (prohibited or unassigned characters), as Postgres'
+/// `pg_saslprep` does. A pure-ASCII password is its own result (Postgres
+/// short-cuts it too); so is any password already in NFKC without non-ASCII spaces
+/// or soft hyphens.
+fn prepare_password(password: &str) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    if password.is_ascii() {
+        return Cow::Borrowed(password.as_bytes());
+    }
+    match stringprep::saslprep(password) {
+        Ok(Cow::Borrowed(s)) => Cow::Borrowed(s.as_bytes()),
+        Ok(Cow::Owned(s)) => Cow::Owned(s.into_bytes()),
+        Err(_) => Cow::Borrowed(password.as_bytes()),
+    }
 }
 
 /// `Hi()` of RFC 5802: PBKDF2-HMAC-SHA-256 with one output block.
@@ -686,6 +692,30 @@ mod tests {
         let secret = ScramSecret::from_password("correct horse");
         let client_key = exchange(&secret, password("correct horse")).unwrap();
         assert_eq!(sha256(&client_key), secret.stored_key);
+    }
+
+    /// As Postgres and libpq do: a password is SASLprep'ed, so its NFKC form is the
+    /// same password (U+FF6F HALFWIDTH KATAKANA SMALL TU is U+30C3), and the other
+    /// side's verifier matches whichever form was typed.
+    #[test]
+    fn passwords_are_saslprepped() {
+        let typed = "cha\u{ff6f}s";
+        let normal = "cha\u{30c3}s";
+        assert_eq!(&*prepare_password(typed), normal.as_bytes());
+        let secret = ScramSecret::with_salt(typed, b"0123456789abcdef", 4096);
+        assert_eq!(
+            secret,
+            ScramSecret::with_salt(normal, b"0123456789abcdef", 4096)
+        );
+        exchange(&secret, password(typed)).unwrap();
+        exchange(&secret, password(normal)).unwrap();
+        // A non-ASCII space maps to a space; a soft hyphen maps to nothing.
+        assert_eq!(&*prepare_password("a\u{a0}b\u{ad}c"), b"a bc");
+        // Not SASLprep-able (a prohibited character): the raw bytes, as in Postgres.
+        assert_eq!(
+            &*prepare_password("a\u{7}\u{e9}"),
+            "a\u{7}\u{e9}".as_bytes()
+        );
     }
 
     #[test]

@@ -198,6 +198,14 @@ async fn login(
         );
         return Err(refuse(&mut stream, e).await);
     };
+    if params.wants_replication() {
+        let e = PgError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "pgmux does not proxy replication connections",
+        )
+        .with_hint("connect a replication client to the Postgres server itself");
+        return Err(refuse(&mut stream, e).await);
+    }
     let database = params.database().unwrap_or_default().to_string();
     let user = shared.user(&user_name);
 

@@ -61,6 +61,18 @@ impl StartupParams {
         self.get("database").or_else(|| self.user())
     }
 
+    /// The client asked for a replication connection (`replication=database`, or a
+    /// true boolean): a walsender speaks its own commands, which a pooled session
+    /// cannot serve. False spellings ask for an ordinary session.
+    pub fn wants_replication(&self) -> bool {
+        self.get("replication").is_some_and(|v| {
+            !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "false" | "off" | "no" | "0" | "f" | "n"
+            )
+        })
+    }
+
     /// Session settings the client asked for: every parameter except the ones that
     /// select the connection, with `options=-c name=value` (and `--name=value`) expanded.
     pub fn session_settings(&self) -> Vec<(String, String)> {
