@@ -1212,3 +1212,74 @@ async fn pinned_clients_gauge_counts_clients_while_they_are_pinned() {
     gauge_becomes(0.0).await;
     simple(&plain, "SELECT 1").await;
 }
+
+// ------------------------------------------------------------------ identity
+
+/// A superuser pgmux logs in as, and roles to take: `SET SESSION AUTHORIZATION` needs
+/// a superuser login. Created once on the shared primary.
+fn identity_roles() -> Pgmux {
+    let pg = shared_primary();
+    pg.sql(
+        "postgres",
+        "DO $$ BEGIN
+           CREATE ROLE pgmux_su LOGIN SUPERUSER PASSWORD 'su-secret';
+           CREATE ROLE pgmux_low NOLOGIN;
+           CREATE ROLE pgmux_sa NOLOGIN;
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    pg.sql("postgres", "GRANT pgmux_low TO pgmux_sa");
+    let config = format!(
+        "{}\n[[users]]\nname = \"pgmux_su\"\npassword = \"su-secret\"\n",
+        pgmux_config(pg, "", "pool_size = 1")
+    );
+    start_pgmux(&config)
+}
+
+async fn who(client: &Client) -> (String, String) {
+    let row = client
+        .query_one("select current_user::text, session_user::text", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Who a client is follows it onto each server connection, and never reaches another
+/// client: session authorization is taken before role (it drops a SET ROLE), `RESET
+/// ALL` leaves both (as in Postgres), `DISCARD ALL` clears both. With one server
+/// connection, each statement below follows the other client's.
+#[tokio::test]
+async fn set_role_and_session_authorization_follow_their_client_in_order() {
+    let px = identity_roles();
+    let url = px.url("pgmux_su", "su-secret", APP_DB);
+    let (a, b) = (connect(&url).await, connect(&url).await);
+    let su = || ("pgmux_su".to_string(), "pgmux_su".to_string());
+    let pair = |c: &str, s: &str| (c.to_string(), s.to_string());
+
+    b.batch_execute("SET ROLE pgmux_low").await.unwrap();
+    a.batch_execute("SET SESSION AUTHORIZATION pgmux_sa")
+        .await
+        .unwrap();
+    assert_eq!(who(&b).await, pair("pgmux_low", "pgmux_su"));
+    assert_eq!(who(&a).await, pair("pgmux_sa", "pgmux_sa"));
+
+    a.batch_execute("SET ROLE pgmux_low").await.unwrap();
+    assert_eq!(who(&b).await, pair("pgmux_low", "pgmux_su"));
+    assert_eq!(who(&a).await, pair("pgmux_low", "pgmux_sa"));
+
+    // RESET ALL leaves role and session authorization alone.
+    b.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(who(&a).await, pair("pgmux_low", "pgmux_sa"));
+    assert_eq!(who(&b).await, pair("pgmux_low", "pgmux_su"));
+
+    // DISCARD ALL clears both.
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(who(&b).await, pair("pgmux_low", "pgmux_su"));
+    assert_eq!(who(&a).await, su());
+    b.batch_execute("RESET ROLE").await.unwrap();
+    assert_eq!(who(&a).await, su());
+    assert_eq!(who(&b).await, su());
+
+    // A fresh client is nobody but its login.
+    let c = connect(&url).await;
+    assert_eq!(who(&c).await, su());
+}

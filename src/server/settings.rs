@@ -69,28 +69,66 @@ impl Settings {
         }
     }
 
+    /// What `RESET ALL` leaves of these settings: `startup`'s, except the identity
+    /// (`session_authorization`, `role`), which Postgres' RESET ALL does not touch.
+    pub fn after_reset_all(&self, startup: &Settings) -> Settings {
+        let mut next = startup.clone();
+        for name in IDENTITY {
+            match self.get(name) {
+                Some(stmt) => next.set(name, stmt),
+                None => next.reset(name),
+            }
+        }
+        next
+    }
+
     /// The SQL that makes a connection with settings `from` have settings `self`, or
     /// `None` when they already match.
+    ///
+    /// The identity goes back to the login's first, and the client's is taken last,
+    /// session authorization before role: setting or resetting the session
+    /// authorization drops a `SET ROLE`, and the identity decides which settings may
+    /// be changed (the login user may change what the client could).
     pub fn sync_sql(&self, from: &Settings) -> Option<String> {
         if self.same_as(from) {
             return None;
         }
+        let identity_differs = IDENTITY
+            .iter()
+            .any(|name| self.map.get(*name) != from.map.get(*name));
         let mut sql = String::new();
+        let mut push = |stmt: &str| {
+            sql.push_str(stmt);
+            sql.push_str(";\n");
+        };
+        if identity_differs {
+            for name in IDENTITY.iter().filter(|n| from.map.contains_key(**n)) {
+                push(&reset_statement(name));
+            }
+        }
         for (name, stmt) in self.map.iter() {
-            if from.map.get(name) != Some(stmt) {
-                sql.push_str(stmt);
-                sql.push_str(";\n");
+            if !IDENTITY.contains(&name.as_str()) && from.map.get(name) != Some(stmt) {
+                push(stmt);
             }
         }
         for name in from.map.keys() {
-            if !self.map.contains_key(name) {
-                sql.push_str(&reset_statement(name));
-                sql.push_str(";\n");
+            if !IDENTITY.contains(&name.as_str()) && !self.map.contains_key(name) {
+                push(&reset_statement(name));
+            }
+        }
+        if identity_differs {
+            for name in IDENTITY {
+                if let Some(stmt) = self.map.get(name) {
+                    push(stmt);
+                }
             }
         }
         (!sql.is_empty()).then_some(sql)
     }
 }
+
+/// The settings that say who the session is, in the order they must be set.
+const IDENTITY: [&str; 2] = ["session_authorization", "role"];
 
 /// Reported parameters no client can set: they follow from other settings (a role,
 /// the server itself), so re-applying them elsewhere would fail.
@@ -275,6 +313,56 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("RESET work_mem"), "{sql}");
+    }
+
+    /// Session authorization, set or reset, drops a SET ROLE: it goes first, role
+    /// after it, and both after the other settings, which the login user changes.
+    #[test]
+    fn identity_is_reset_first_and_taken_last_session_authorization_before_role() {
+        let mut client = Settings::default();
+        client.set("role", "SET ROLE 'r'");
+        client.set("work_mem", "SET work_mem = '5MB'");
+        let mut server = Settings::default();
+        server.set("session_authorization", "SET SESSION AUTHORIZATION 'u'");
+        server.set("role", "SET ROLE 'r'");
+        let sql = client.sync_sql(&server).unwrap();
+        let order: Vec<&str> = sql.lines().collect();
+        assert_eq!(
+            order,
+            [
+                "RESET SESSION AUTHORIZATION;",
+                "RESET ROLE;",
+                "SET work_mem = '5MB';",
+                "SET ROLE 'r';",
+            ]
+        );
+
+        let mut both = client.clone();
+        both.set("session_authorization", "SET SESSION AUTHORIZATION 'u'");
+        let sql = both.sync_sql(&Settings::default()).unwrap();
+        let sa = sql.find("SESSION AUTHORIZATION").unwrap();
+        let role = sql.find("SET ROLE").unwrap();
+        assert!(sa < role, "{sql}");
+
+        // The same identity on both sides: nothing to redo.
+        let mut same = server.clone();
+        same.set("work_mem", "SET work_mem = '5MB'");
+        assert_eq!(same.sync_sql(&server).unwrap(), "SET work_mem = '5MB';\n");
+    }
+
+    #[test]
+    fn reset_all_keeps_the_identity() {
+        let mut s = Settings::from_pairs([("application_name", "x")]);
+        s.set("role", "SET ROLE 'r'");
+        s.set("work_mem", "SET work_mem = '5MB'");
+        let startup = Settings::from_pairs([("application_name", "a")]);
+        let after = s.after_reset_all(&startup);
+        assert_eq!(after.get("role"), Some("SET ROLE 'r'"));
+        assert_eq!(after.get("work_mem"), None);
+        assert_eq!(
+            after.get("application_name"),
+            startup.get("application_name")
+        );
     }
 
     #[test]

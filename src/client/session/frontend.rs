@@ -374,7 +374,13 @@ impl Session {
         }
         if fx.discard_all {
             self.stmts.clear();
+            // DISCARD ALL is also SET SESSION AUTHORIZATION DEFAULT, which RESET ALL
+            // leaves alone.
             self.pending_sets.push((unit, SetOp::ResetAll));
+            for name in ["session_authorization", "role"] {
+                let name = name.to_string();
+                self.pending_sets.push((unit, SetOp::Reset { name }));
+            }
             if let Some(s) = self.server.as_mut() {
                 // DISCARD ALL drops every prepared statement of the connection.
                 s.conn().prepared.clear();

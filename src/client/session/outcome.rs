@@ -2,7 +2,7 @@
 //! from its replies, and savepoints.
 
 use super::sql::SetOp;
-use crate::server::ServerConn;
+use crate::server::{ServerConn, Settings};
 
 use super::Session;
 
@@ -122,8 +122,8 @@ impl Session {
                     conn.settings.reset(&name);
                 }
                 SetOp::ResetAll => {
-                    self.settings = self.startup.clone();
-                    conn.settings.clear();
+                    self.settings = self.settings.after_reset_all(&self.startup);
+                    conn.settings = conn.settings.after_reset_all(&Settings::default());
                 }
                 SetOp::Savepoint(_) | SetOp::Release(_) | SetOp::RollbackTo(_) => {}
             }
