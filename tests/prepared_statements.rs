@@ -217,6 +217,47 @@ fn a_name_in_use_cannot_be_prepared_again_and_a_failed_parse_leaves_it_free() {
     assert_eq!(w.execute("dup", &[]), ["5"]);
 }
 
+/// The unnamed statement lives until the client's next unnamed Parse or simple Query,
+/// across Syncs (psql's `\gdesc`, libpq's `PQprepare(conn, "", …)` then
+/// `PQexecPrepared`): a later unit uses the client's own, whichever server connection
+/// it gets, and never one another client left on that connection.
+#[test]
+fn the_unnamed_statement_is_the_clients_own_across_syncs() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let (mut a, mut b, mut c) = (
+        wire::Wire::connect(px.port),
+        wire::Wire::connect(px.port),
+        wire::Wire::connect(px.port),
+    );
+
+    a.prepare("", "select 'a' as a_col");
+    b.prepare("", "select 'secret of b' as b_col");
+    assert_eq!(a.describe_statement("").columns, ["a_col"]);
+    assert_eq!(a.execute("", &[]), ["a"]);
+    assert_eq!(b.execute("", &[]), ["secret of b"]);
+
+    // A client that never parsed one has none, whatever its connection holds.
+    let none = c.try_execute("", &[]);
+    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert!(none.values.is_empty());
+    let none = c.describe_statement("");
+    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+
+    // A simple Query ends the client's unnamed statement, as in Postgres.
+    assert_eq!(a.simple("select 1"), ["1"]);
+    let gone = a.try_execute("", &[]);
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(b.execute("", &[]), ["secret of b"]);
+
+    // So does closing it.
+    b.close_statement("");
+    a.prepare("", "select 'a again'");
+    let gone = b.try_execute("", &[]);
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(a.execute("", &[]), ["a again"]);
+}
+
 #[tokio::test]
 async fn statements_beyond_max_prepared_statements_are_evicted_and_prepared_again() {
     let pg = shared_primary();
@@ -696,6 +737,8 @@ mod wire {
         pub error: Option<(String, String)>,
         /// The transaction status ReadyForQuery gave.
         pub status: char,
+        /// Column names of a RowDescription.
+        pub columns: Vec<String>,
     }
 
     fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
@@ -802,6 +845,16 @@ mod wire {
                         reply.values.push(value);
                     }
                     b'E' => reply.error = Some(error_fields(&body)),
+                    b'T' => {
+                        let mut rest = &body[2..];
+                        for _ in 0..i16::from_be_bytes([body[0], body[1]]) {
+                            let end = rest.iter().position(|&b| b == 0).unwrap();
+                            reply
+                                .columns
+                                .push(String::from_utf8_lossy(&rest[..end]).into_owned());
+                            rest = &rest[end + 1 + 18..];
+                        }
+                    }
                     b'Z' => {
                         reply.status = body[0] as char;
                         return reply;
@@ -819,6 +872,17 @@ mod wire {
             body.extend_from_slice(&0i16.to_be_bytes());
             let mut out = Vec::new();
             message(&mut out, b'P', &body);
+            message(&mut out, b'S', &[]);
+            self.send(&out);
+            self.until_ready()
+        }
+
+        /// Describe (statement) + Sync.
+        pub fn describe_statement(&mut self, name: &str) -> Reply {
+            let mut body = vec![b'S'];
+            cstr(&mut body, name);
+            let mut out = Vec::new();
+            message(&mut out, b'D', &body);
             message(&mut out, b'S', &[]);
             self.send(&out);
             self.until_ready()

@@ -86,6 +86,7 @@ impl Session {
                     sql::analyze(text)
                 };
                 if !fx.is_empty() && self.renames() && self.answer_locally(&fx, text) {
+                    self.unnamed_ended(false);
                     return Ok(());
                 }
                 if let Err(b) = self.ensure_server() {
@@ -94,6 +95,9 @@ impl Session {
                 }
                 let signal = fx.signal;
                 self.apply_effects(fx);
+                // A simple Query ends the unnamed statement (Postgres docs, "Simple
+                // Query"), on the server it runs on too.
+                self.unnamed_ended(true);
                 self.swbuf.put_slice(frame);
                 self.unit_sent(b'Q');
                 if let Some(sig) = signal {
@@ -138,6 +142,13 @@ impl Session {
                     None => {
                         self.swbuf.put_slice(frame);
                         self.expect(b'1', false, None);
+                        if p.name.is_empty() && self.renames() {
+                            let u = self.unnamed.get_or_insert_with(Box::default);
+                            u.rest.clear();
+                            u.rest.extend_from_slice(p.rest);
+                            u.valid = true;
+                            u.held = true;
+                        }
                     }
                     Some((name, stmt)) => {
                         self.stmts.insert(name.clone(), stmt.clone());
@@ -168,6 +179,9 @@ impl Session {
                     .then(|| self.stmts.get(b.statement).cloned())
                     .flatten();
                 self.ensure_server()?;
+                if b.statement.is_empty() {
+                    self.own_unnamed();
+                }
                 match stmt {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
@@ -196,6 +210,9 @@ impl Session {
                     // Nothing is in flight, so the reply cannot overtake another.
                     if t.kind == b'S' {
                         self.stmts.remove(t.name);
+                        if t.name.is_empty() {
+                            self.unnamed_ended(false);
+                        }
                     }
                     build::close_complete(&mut self.cwbuf);
                     return Ok(());
@@ -204,6 +221,13 @@ impl Session {
                     .then(|| self.stmts.get(t.name).cloned())
                     .flatten();
                 self.ensure_server()?;
+                if t.kind == b'S' && t.name.is_empty() {
+                    if tag == fe::DESCRIBE {
+                        self.own_unnamed();
+                    } else {
+                        self.unnamed_ended(true);
+                    }
+                }
                 match (tag, known) {
                     (fe::DESCRIBE, Some(stmt)) => {
                         self.ensure_prepared(&stmt);
@@ -474,6 +498,42 @@ impl Session {
         }
         conn.settings = self.settings.clone();
         self.server = Some(co);
+        if let Some(u) = &mut self.unnamed {
+            u.held = false;
+        }
+    }
+
+    /// Before a Bind or Describe of the unnamed statement: makes the held server
+    /// connection's unnamed statement the client's. Another client may have left its
+    /// own there, which this client must never run; or the client's is on the
+    /// connection its earlier unit had.
+    fn own_unnamed(&mut self) {
+        if !self.renames() {
+            return;
+        }
+        match self.unnamed.as_deref_mut() {
+            Some(u) if u.held => return,
+            Some(u) if u.valid => {
+                build::parse_with_rest(&mut self.swbuf, b"", &u.rest);
+                u.held = true;
+                self.expect(b'1', true, None);
+                return;
+            }
+            Some(u) => u.held = true,
+            None => {}
+        }
+        // The server then says the statement does not exist, as it would.
+        build::close_statement(&mut self.swbuf, b"");
+        self.expect(b'3', true, None);
+    }
+
+    /// The client's unnamed statement is gone (a simple Query, a Close); `on_server`:
+    /// the held server connection's too.
+    fn unnamed_ended(&mut self, on_server: bool) {
+        if let Some(u) = &mut self.unnamed {
+            u.valid = false;
+            u.held |= on_server;
+        }
     }
 
     /// Waits in the pool's queue for the message at the head of `crbuf`. If no

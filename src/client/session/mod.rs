@@ -26,6 +26,7 @@ mod outcome;
 mod signal;
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +93,20 @@ struct Fixup {
     client_name: Option<Bytes>,
 }
 
+/// The client's unnamed statement. Postgres keeps it until the next unnamed Parse or
+/// simple Query, across Syncs, so a client may Bind or Describe it in a later unit,
+/// on whatever server connection that unit gets (see `Session::own_unnamed`).
+#[derive(Default)]
+struct Unnamed {
+    /// The body of the client's last unnamed Parse after the name.
+    rest: Vec<u8>,
+    /// The client has an unnamed statement: `rest`.
+    valid: bool,
+    /// The held server connection's unnamed statement is the client's (or neither
+    /// has one): false from each checkout until pgmux makes it so.
+    held: bool,
+}
+
 /// Limits a session enforces, read once from the config at login.
 pub struct Limits {
     pub max_message_size: usize,
@@ -126,7 +141,10 @@ pub struct Session {
     settings_uncertain: bool,
     /// How the transaction carrying `pending_sets` is ending, from its replies.
     outcome: Outcome,
-    stmts: HashMap<Bytes, Arc<Statement>>,
+    /// Keyed with SipHash under fixed keys: a client chooses its names, and a client
+    /// that makes them collide slows only itself; a per-map random key would add 16
+    /// bytes to every client's task.
+    stmts: HashMap<Bytes, Arc<Statement>, BuildHasherDefault<DefaultHasher>>,
 
     sent_units: u64,
     recv_units: u64,
@@ -143,6 +161,9 @@ pub struct Session {
     discard_until_sync: bool,
     /// The Query at the head of `crbuf` waits for a server and has no session effects.
     head_is_plain: bool,
+    /// Transaction mode: the client's unnamed statement, made on its first unnamed
+    /// Parse (boxed: every idle client pays for the task's size).
+    unnamed: Option<Box<Unnamed>>,
     /// Signal calls naming clients by pgmux's process ids (rare: boxed, made on the
     /// first such statement).
     signals: Option<Box<signal::Signals>>,
@@ -192,7 +213,7 @@ impl Session {
             pending_sets: Vec::new(),
             settings_uncertain: false,
             outcome: Outcome::default(),
-            stmts: HashMap::new(),
+            stmts: HashMap::default(),
             sent_units: 0,
             recv_units: 0,
             unit_kinds: VecDeque::new(),
@@ -204,6 +225,7 @@ impl Session {
             pinned: None,
             discard_until_sync: false,
             head_is_plain: false,
+            unnamed: None,
             signals: None,
             trimmed: false,
             unit_started: None,
