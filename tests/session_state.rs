@@ -1283,3 +1283,84 @@ async fn set_role_and_session_authorization_follow_their_client_in_order() {
     let c = connect(&url).await;
     assert_eq!(who(&c).await, su());
 }
+
+// ------------------------------------------------------------------ chained transactions
+
+/// `COMMIT AND CHAIN` commits what came before it; `ROLLBACK AND CHAIN` undoes it:
+/// both keep the transaction going, and the client's settings follow what the server
+/// kept.
+#[tokio::test]
+async fn settings_around_commit_and_rollback_and_chain_follow_the_server() {
+    let px = pgmux_with_pool(2);
+    let url = app_url(&px);
+    let steer = Steering::new(&url).await;
+    let client = connect(&url).await;
+    let defaults = [
+        ("work_mem", DEFAULT_WORK_MEM),
+        ("statement_timeout", DEFAULT_STATEMENT_TIMEOUT),
+    ];
+
+    steer.free(0).await;
+    for sql in [
+        "BEGIN",
+        "SET work_mem = '5656kB'",
+        "COMMIT AND CHAIN",
+        "SET statement_timeout = '3434ms'",
+        "ROLLBACK AND CHAIN",
+        "SHOW work_mem",
+        "COMMIT",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    steer.retake(0, &defaults).await;
+    steer
+        .expect_on_both(&client, "work_mem", "5656kB", &defaults)
+        .await;
+    steer
+        .expect_on_both(
+            &client,
+            "statement_timeout",
+            DEFAULT_STATEMENT_TIMEOUT,
+            &defaults,
+        )
+        .await;
+
+    steer.free(1).await;
+    for sql in [
+        "BEGIN",
+        "SET work_mem = '1111kB'",
+        "ROLLBACK AND CHAIN",
+        "SET statement_timeout = '2222ms'",
+        "COMMIT",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    steer.retake(1, &defaults).await;
+    steer
+        .expect_on_both(&client, "work_mem", "5656kB", &defaults)
+        .await;
+    steer
+        .expect_on_both(&client, "statement_timeout", "2222ms", &defaults)
+        .await;
+}
+
+/// Statements after a COMMIT in one Query: which changes stuck cannot be told from
+/// the replies, so the client keeps its server connection, which knows.
+#[tokio::test]
+async fn a_setting_committed_mid_query_pins_rather_than_being_lost() {
+    let px = pgmux_with_pool(2);
+    let url = app_url(&px);
+    let client = connect(&url).await;
+    client
+        .batch_execute("BEGIN; SET work_mem = '4545kB'; COMMIT; SELECT 1")
+        .await
+        .unwrap();
+    let pin = PinCheck::new(&url, &client).await;
+    for round in 0..ROUNDS {
+        pin.round(&client, round).await;
+        let (got, _) = setting_and_pid(&client, "work_mem").await;
+        assert_eq!(got, "4545kB", "round {round}");
+        let (other, _) = setting_and_pid(&pin.other, "work_mem").await;
+        assert_eq!(other, DEFAULT_WORK_MEM, "round {round}");
+    }
+}

@@ -186,7 +186,11 @@ impl Session {
                 if self.copy_in && self.unit_kinds.is_empty() {
                     self.copy_in = false;
                 }
-                if self.tx == TxStatus::Idle {
+                // COMMIT AND CHAIN: committed, and the next transaction has begun.
+                let chained = self.tx == TxStatus::InTransaction
+                    && self.outcome.last == super::outcome::LastTag::Commit
+                    && !self.outcome.ambiguous;
+                if self.tx == TxStatus::Idle || chained {
                     self.end_of_transaction(conn);
                 }
                 if self.in_flight() > 0 {

@@ -523,7 +523,9 @@ impl Session {
         }
         if uncertain {
             let conn = co.conn();
-            if conn.run("RESET ALL").await.is_err() {
+            // RESET ALL leaves the identity alone.
+            let reset = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL";
+            if conn.run(reset).await.is_err() {
                 return;
             }
             conn.settings.clear();

@@ -1,7 +1,7 @@
 //! Whether a transaction's settings changes stuck: the outcome of the transaction
 //! from its replies, and savepoints.
 
-use super::sql::SetOp;
+use super::sql::{PinReason, SetOp};
 use crate::server::{ServerConn, Settings};
 
 use super::Session;
@@ -56,6 +56,10 @@ pub(super) fn replay_savepoints(ops: Vec<SetOp>) -> Option<Vec<SetOp>> {
                 kept.truncate(marks[i].1);
                 marks.truncate(i + 1);
             }
+            SetOp::RollbackAll => {
+                kept.clear();
+                marks.clear();
+            }
             op => kept.push(op),
         }
     }
@@ -99,7 +103,9 @@ impl Session {
             replay_savepoints(ops)
         };
         let Some(kept) = kept else {
-            self.settings_uncertain = true;
+            // What the server now holds is known only to it: the client stays with
+            // that connection rather than lose or invent a setting elsewhere.
+            self.pin(PinReason::UntrackedSettings);
             return;
         };
         if !committed {
@@ -125,7 +131,10 @@ impl Session {
                     self.settings = self.settings.after_reset_all(&self.startup);
                     conn.settings = conn.settings.after_reset_all(&Settings::default());
                 }
-                SetOp::Savepoint(_) | SetOp::Release(_) | SetOp::RollbackTo(_) => {}
+                SetOp::Savepoint(_)
+                | SetOp::Release(_)
+                | SetOp::RollbackTo(_)
+                | SetOp::RollbackAll => {}
             }
         }
     }

@@ -32,6 +32,7 @@ pub enum PinReason {
     SqlPrepare,
     SessionCharacteristics,
     SetConfig,
+    UntrackedSettings,
 }
 
 impl PinReason {
@@ -44,6 +45,9 @@ impl PinReason {
             PinReason::SqlPrepare => "SQL PREPARE",
             PinReason::SessionCharacteristics => "SET SESSION CHARACTERISTICS",
             PinReason::SetConfig => "set_config() with a value known only to the server",
+            PinReason::UntrackedSettings => {
+                "settings changed in a transaction whose outcome pgmux could not follow"
+            }
         }
     }
 }
@@ -64,6 +68,8 @@ pub enum SetOp {
     Savepoint(String),
     Release(String),
     RollbackTo(String),
+    /// `ROLLBACK AND CHAIN`: every change so far is undone, the transaction goes on.
+    RollbackAll,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +245,18 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
             if let Some(n) = rest.get(i) {
                 fx.sets.push(SetOp::RollbackTo(Word(n).name()));
             }
+        } else if rest.last().is_some_and(|w| Word(w).is("chain"))
+            && !rest.iter().any(|w| Word(w).is("no"))
+        {
+            // ROLLBACK AND CHAIN: the transaction goes on, without the changes so far.
+            fx.sets.push(SetOp::RollbackAll);
+        }
+    } else if first.is("abort") {
+        let rest: Vec<&[u8]> = words.collect();
+        if rest.last().is_some_and(|w| Word(w).is("chain"))
+            && !rest.iter().any(|w| Word(w).is("no"))
+        {
+            fx.sets.push(SetOp::RollbackAll);
         }
     } else if first.is("discard") {
         if words.next().is_some_and(|w| Word(w).is("all")) {
@@ -557,6 +575,19 @@ mod tests {
             vec![SetOp::RollbackTo("a".into())]
         );
         assert!(analyze(b"ROLLBACK").sets.is_empty());
+        for chained in [
+            "ROLLBACK AND CHAIN",
+            "rollback work and chain",
+            "ABORT AND CHAIN",
+        ] {
+            assert_eq!(
+                analyze(chained.as_bytes()).sets,
+                vec![SetOp::RollbackAll],
+                "{chained}"
+            );
+        }
+        assert!(analyze(b"ROLLBACK AND NO CHAIN").sets.is_empty());
+        assert!(analyze(b"abort").sets.is_empty());
     }
 
     #[test]
