@@ -21,6 +21,10 @@
 #   KEEP=1        keep the temp dir (logs, configs) after the run
 #   UPSTREAM      how both proxies reach Postgres: tcp (127.0.0.1) or unix (its   [tcp]
 #                 socket directory, as a co-located pooler would); clients always use TCP
+#   CLIENTS       how pgbench reaches every target: tcp (127.0.0.1) or unix (each    [tcp]
+#                 one's socket directory: Postgres', and PgBouncer's and pgmux's
+#                 unix_socket_dir, as clients on the proxy's machine would); the
+#                 idle-client memory test always uses TCP
 #   FLOOR=1       also measure benches/floor: byte forwarders with no pooling logic, on
 #                 epoll and on io_uring (what a proxy costs at least, per I/O model;
 #                 with UPSTREAM=unix only the io_uring one)
@@ -54,6 +58,7 @@ FLOOR=${FLOOR:-0}
 KEEP=${KEEP:-0}
 OUT=${OUT:-$ROOT/target/bench/load-last.md}
 UPSTREAM=${UPSTREAM:-tcp}
+CLIENTS=${CLIENTS:-tcp}
 
 PG_BIN=${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}
 BENCH_USER=bench
@@ -63,6 +68,8 @@ BENCH_DB=bench
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 case "$UPSTREAM" in tcp | unix) ;; *) die "UPSTREAM is tcp or unix, not $UPSTREAM" ;; esac
+case "$CLIENTS" in tcp | unix) ;; *) die "CLIENTS is tcp or unix, not $CLIENTS" ;; esac
+[ "$CLIENTS" = unix ] && [ "$FLOOR" = 1 ] && die "the floor forwarders listen on TCP only: FLOOR=1 needs CLIENTS=tcp"
 
 # ---------------------------------------------------------------- setup
 
@@ -183,6 +190,12 @@ log "pgbench -i -s $SCALE"
 "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$BENCH_USER" "$BENCH_DB" \
     >"$TMP/pg/pgbench-init.log" 2>&1 || { cat "$TMP/pg/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
+# Where the proxies listen for clients on a Unix-domain socket (CLIENTS=unix).
+mkdir -p "$TMP/clients"
+chmod 1777 "$TMP/clients"
+PROXY_SOCKET_DIR=""
+[ "$CLIENTS" = unix ] && PROXY_SOCKET_DIR=$TMP/clients
+
 # Where both proxies find Postgres: libpq's host, a socket directory for unix.
 UPSTREAM_HOST=127.0.0.1
 [ "$UPSTREAM" = unix ] && UPSTREAM_HOST=$TMP/pg
@@ -202,7 +215,7 @@ $BENCH_DB = host=$UPSTREAM_HOST port=$PG_PORT dbname=$BENCH_DB
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
-unix_socket_dir =
+unix_socket_dir = $PROXY_SOCKET_DIR
 auth_type = scram-sha-256
 auth_file = $TMP/pgbouncer/userlist.txt
 pool_mode = transaction
@@ -250,6 +263,7 @@ pool_mode = "transaction"
 max_client_conn = $(( IDLE_CLIENTS + 1000 ))
 workers = $w
 auth_method = "scram-sha-256"
+unix_socket_dir = "$PROXY_SOCKET_DIR"
 
 [[users]]
 name = "$BENCH_USER"
@@ -353,9 +367,13 @@ is_na() { [[ " ${W_NA[$1]} " == *" $2 "* ]]; }
 
 pgbench_run() { # TARGET DURATION OUTPREFIX ARGS...
     local target=$1 dur=$2 prefix=$3; shift 3
-    local port; port=$(target_port "$target")
+    local port host=127.0.0.1; port=$(target_port "$target")
+    if [ "$CLIENTS" = unix ]; then
+        host=$PROXY_SOCKET_DIR
+        [ "$target" = direct ] && host=$TMP/pg
+    fi
     # shellcheck disable=SC2086
-    "$PG_BIN/pgbench" -n -T "$dur" -j "$JOBS" -h 127.0.0.1 -p "$port" -U "$BENCH_USER" \
+    "$PG_BIN/pgbench" -n -T "$dur" -j "$JOBS" -h "$host" -p "$port" -U "$BENCH_USER" \
         "$@" "$BENCH_DB" >"$prefix.out" 2>"$prefix.err"
 }
 
@@ -547,12 +565,12 @@ report() {
     echo "### pgmux load benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
     echo
     local cmd="" v
-    for v in QUICK DURATION ROUNDS WORKERS IDLE_CLIENTS SCALE POOL_SIZE JOBS ONLY SKIP_MEMORY UPSTREAM FLOOR; do
+    for v in QUICK DURATION ROUNDS WORKERS IDLE_CLIENTS SCALE POOL_SIZE JOBS ONLY SKIP_MEMORY UPSTREAM CLIENTS FLOOR; do
         if printenv "$v" >/dev/null; then cmd+="$v=$(printf '%q' "$(printenv "$v")") "; fi
     done
     echo "Command: \`${cmd}bash benches/load.sh\`"
     echo "Machine: $(nproc) cores, $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')."
-    echo "Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync=off, shared_buffers=128MB), PgBouncer $(pgbouncer --version | head -n 1 | awk '{print $2}'), pgmux release build; transaction mode, pool_size $POOL_SIZE, scram-sha-256 everywhere; proxies reach Postgres over $( [ "$UPSTREAM" = unix ] && echo "its Unix-domain socket" || echo TCP), clients connect over TCP; pgbench -s $SCALE, -T $DURATION, -j $JOBS, $ROUNDS round(s) (medians); pgmux workers: ${WORKER_LIST[*]} (0 = one per core)."
+    echo "Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync=off, shared_buffers=128MB), PgBouncer $(pgbouncer --version | head -n 1 | awk '{print $2}'), pgmux release build; transaction mode, pool_size $POOL_SIZE, scram-sha-256 everywhere; proxies reach Postgres over $( [ "$UPSTREAM" = unix ] && echo "its Unix-domain socket" || echo TCP), clients connect over $( [ "$CLIENTS" = unix ] && echo "each target's Unix-domain socket" || echo TCP); pgbench -s $SCALE, -T $DURATION, -j $JOBS, $ROUNDS round(s) (medians); pgmux workers: ${WORKER_LIST[*]} (0 = one per core)."
     echo
     local hdr="| workload | direct tps | pgbouncer tps"
     local sep="|---|---:|---:"
