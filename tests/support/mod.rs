@@ -25,9 +25,11 @@
 
 pub mod cancel;
 pub mod clients;
+pub mod extended;
 pub mod pgmux;
 pub mod postgres;
 pub mod process;
+pub mod session;
 pub mod wire;
 
 use std::future::Future;

@@ -233,9 +233,9 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
         if let Some(n) = n {
             fx.sets.push(SetOp::Release(Word(n).name()));
         }
-    } else if first.is("rollback") {
-        // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name; a plain ROLLBACK ends
-        // the transaction and is seen in its reply instead.
+    } else if first.is("rollback") || first.is("abort") {
+        // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name; a plain ROLLBACK (or
+        // ABORT) ends the transaction and is seen in its reply instead.
         let rest: Vec<&[u8]> = words.collect();
         if let Some(to) = rest.iter().position(|w| Word(w).is("to")) {
             let mut i = to + 1;
@@ -249,13 +249,6 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
             && !rest.iter().any(|w| Word(w).is("no"))
         {
             // ROLLBACK AND CHAIN: the transaction goes on, without the changes so far.
-            fx.sets.push(SetOp::RollbackAll);
-        }
-    } else if first.is("abort") {
-        let rest: Vec<&[u8]> = words.collect();
-        if rest.last().is_some_and(|w| Word(w).is("chain"))
-            && !rest.iter().any(|w| Word(w).is("no"))
-        {
             fx.sets.push(SetOp::RollbackAll);
         }
     } else if first.is("discard") {
