@@ -257,6 +257,17 @@ fn the_unnamed_statement_is_the_clients_own_across_syncs() {
     let gone = b.try_execute("", &[]);
     assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
     assert_eq!(a.execute("", &[]), ["a again"]);
+
+    // A Parse that fails leaves no unnamed statement: Postgres drops the old one first.
+    let failed = a.try_prepare("", "select * from no_such_table_for_unnamed");
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("42P01"));
+    for _ in 0..2 {
+        let gone = a.try_execute("", &[]);
+        assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    }
+    assert_eq!(b.simple("select 2"), ["2"]);
+    let gone = a.describe_statement("");
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
 }
 
 #[tokio::test]

@@ -173,6 +173,11 @@ impl Session {
                     .is_some_and(|f| f.unit < self.recv_units)
                 {
                     let f = self.fixups.pop_front().expect("checked");
+                    if f.unnamed && !self.fixups.iter().any(|l| l.unnamed) {
+                        if let Some(u) = &mut self.unnamed {
+                            u.valid = false;
+                        }
+                    }
                     if let Some(id) = f.parsed {
                         // Skipped after an error: the server never prepared it.
                         conn.prepared.remove(id);

@@ -143,6 +143,9 @@ impl Session {
                         self.swbuf.put_slice(frame);
                         self.expect(b'1', false, None);
                         if p.name.is_empty() && self.renames() {
+                            if let Some(f) = self.fixups.back_mut() {
+                                f.unnamed = true;
+                            }
                             let u = self.unnamed.get_or_insert_with(Box::default);
                             u.rest.clear();
                             u.rest.extend_from_slice(p.rest);
@@ -335,6 +338,7 @@ impl Session {
             swallow,
             parsed,
             client_name: None,
+            unnamed: false,
         });
     }
 

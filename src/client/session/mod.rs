@@ -91,6 +91,9 @@ struct Fixup {
     /// The client's own Parse of this name: without a ParseComplete, the name stays
     /// free, as in Postgres.
     client_name: Option<Bytes>,
+    /// The client's own unnamed Parse: without a ParseComplete, the client has no
+    /// unnamed statement, as in Postgres (which drops the old one before parsing).
+    unnamed: bool,
 }
 
 /// The client's unnamed statement. Postgres keeps it until the next unnamed Parse or
