@@ -270,6 +270,42 @@ fn the_unnamed_statement_is_the_clients_own_across_syncs() {
     assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
 }
 
+/// `DEALLOCATE` of a protocol-level statement reaches the server under the name the
+/// server knows it by: over the extended protocol (libpq's `PQexecParams`, psycopg in
+/// pipeline mode) and pipelined behind another statement, inside a transaction that
+/// still commits afterwards.
+#[test]
+fn deallocate_of_a_protocol_statement_works_over_the_extended_protocol_and_pipelined() {
+    let pg = shared_primary();
+    fresh_table(pg, "dealloc_ext");
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+    let code = |r: extended::Reply| r.error.map(|e| e.0);
+
+    w.prepare("s1", "select 11");
+    assert_eq!(w.execute("s1", &[]), ["11"]);
+    w.prepare("", "DEALLOCATE s1");
+    assert_eq!(code(w.try_execute("", &[])), None);
+    assert_eq!(code(w.try_execute("s1", &[])).as_deref(), Some("26000"));
+    w.prepare("s1", "select 12");
+    assert_eq!(w.execute("s1", &[]), ["12"]);
+
+    w.simple("begin");
+    w.simple("insert into dealloc_ext values (1, 1)");
+    w.prepare("", "DEALLOCATE PREPARE s1");
+    let reply = w.try_execute("", &[]);
+    assert_eq!((reply.error, reply.status), (None, 'T'));
+    w.prepare("s2", "select 21");
+    let replies = w.pipeline_simple(&["select 1", "DEALLOCATE s2"]);
+    for r in &replies {
+        assert_eq!((&r.error, r.status), (&None, 'T'));
+    }
+    w.simple("commit");
+    assert_eq!(pg.sql(APP_DB, "select count(*) from dealloc_ext"), "1");
+    assert_eq!(code(w.try_execute("s2", &[])).as_deref(), Some("26000"));
+    assert_eq!(code(w.try_execute("s1", &[])).as_deref(), Some("26000"));
+}
+
 #[tokio::test]
 async fn statements_beyond_max_prepared_statements_are_evicted_and_prepared_again() {
     let pg = shared_primary();

@@ -221,6 +221,18 @@ impl Wire {
         assert!(reply.error.is_none(), "Close {name}: {:?}", reply.error);
     }
 
+    /// Simple Queries sent in one write, without waiting for replies in between.
+    pub fn pipeline_simple(&mut self, sqls: &[&str]) -> Vec<Reply> {
+        let mut out = Vec::new();
+        for sql in sqls {
+            let mut body = Vec::new();
+            cstr(&mut body, sql);
+            message(&mut out, b'Q', &body);
+        }
+        self.send(&out);
+        sqls.iter().map(|_| self.until_ready()).collect()
+    }
+
     /// A simple Query; panics on an error.
     pub fn simple(&mut self, sql: &str) -> Vec<String> {
         let mut body = Vec::new();

@@ -94,11 +94,20 @@ impl Session {
                     return Err(b);
                 }
                 let signal = fx.signal;
+                let dealloc = self
+                    .deallocate_target(&fx)
+                    .filter(|_| single_statement(text));
                 self.apply_effects(fx);
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
                 self.unnamed_ended(true);
-                self.swbuf.put_slice(frame);
+                match dealloc {
+                    Some(stmt) => {
+                        let sql = self.server_deallocate(&stmt);
+                        build::query(&mut self.swbuf, &sql);
+                    }
+                    None => self.swbuf.put_slice(frame),
+                }
                 self.unit_sent(b'Q');
                 if let Some(sig) = signal {
                     self.expect_signal_query(self.sent_units, sig);
@@ -137,10 +146,28 @@ impl Session {
                         Arc::new(Statement::new(p.rest)),
                     )
                 });
+                let dealloc = if p.name.is_empty() {
+                    self.deallocate_target(&fx)
+                } else {
+                    None
+                };
                 self.apply_effects(fx);
                 match named {
                     None => {
-                        self.swbuf.put_slice(frame);
+                        // The unnamed statement as the server gets it.
+                        let mut rest = std::borrow::Cow::Borrowed(p.rest);
+                        match dealloc {
+                            Some(stmt) => {
+                                let sql = self.server_deallocate(&stmt);
+                                let mut body = Vec::with_capacity(p.rest.len() + 40);
+                                body.extend_from_slice(sql.as_bytes());
+                                body.push(0);
+                                body.extend_from_slice(&p.rest[p.query.len() + 1..]);
+                                build::parse_with_rest(&mut self.swbuf, b"", &body);
+                                rest = body.into();
+                            }
+                            None => self.swbuf.put_slice(frame),
+                        }
                         self.expect(b'1', false, None);
                         if p.name.is_empty() && self.renames() {
                             if let Some(f) = self.fixups.back_mut() {
@@ -148,7 +175,7 @@ impl Session {
                             }
                             let u = self.unnamed.get_or_insert_with(Box::default);
                             u.rest.clear();
-                            u.rest.extend_from_slice(p.rest);
+                            u.rest.extend_from_slice(&rest);
                             u.valid = true;
                             u.held = true;
                         }
@@ -422,11 +449,7 @@ impl Session {
     /// statement is answered by pgmux inside a transaction too (when nothing else is in
     /// flight): the server knows that statement under another name, and would refuse.
     pub(super) fn answer_locally(&mut self, fx: &sql::Effects, text: &[u8]) -> bool {
-        let single = !text.contains(&b';')
-            || text.iter().rposition(|&b| b == b';').is_some_and(|i| {
-                text[i + 1..].iter().all(u8::is_ascii_whitespace) && !text[..i].contains(&b';')
-            });
-        if !single || fx.pin.is_some() {
+        if !single_statement(text) || fx.pin.is_some() {
             return false;
         }
         if self.server.is_some() {
@@ -462,6 +485,30 @@ impl Session {
         build::command_complete(&mut self.cwbuf, tag);
         build::ready_for_query(&mut self.cwbuf, self.tx);
         true
+    }
+
+    /// The client's protocol-level statement a `DEALLOCATE name` names (the only
+    /// effect of the statement), in transaction mode.
+    fn deallocate_target(&self, fx: &sql::Effects) -> Option<Arc<Statement>> {
+        if !self.renames() || fx.pin.is_some() || fx.discard_all || !fx.sets.is_empty() {
+            return None;
+        }
+        match fx.deallocate.as_slice() {
+            [Deallocate::Name(n)] => self.stmts.get(n.as_bytes()).cloned(),
+            _ => None,
+        }
+    }
+
+    /// What a `DEALLOCATE` of the client's statement becomes on the held server: the
+    /// same statement naming the server's name, after preparing it there if this
+    /// connection lacks it, so the client gets Postgres' own reply, in order, inside
+    /// or outside a transaction. The connection no longer counts the statement; other
+    /// clients' uses of it prepare it again on demand.
+    fn server_deallocate(&mut self, stmt: &Statement) -> String {
+        self.ensure_prepared(stmt);
+        let conn = self.server.as_mut().expect("ensured").conn();
+        conn.prepared.remove(stmt.id);
+        format!("DEALLOCATE {}", String::from_utf8_lossy(&stmt.server_name))
     }
 
     /// Reloaded timeouts and limits reach connected clients too: each transaction
@@ -635,6 +682,14 @@ impl Session {
     }
 
     // ---------------------------------------------------------------- server → client
+}
+
+/// One statement, at most with a trailing semicolon.
+fn single_statement(text: &[u8]) -> bool {
+    !text.contains(&b';')
+        || text.iter().rposition(|&b| b == b';').is_some_and(|i| {
+            text[i + 1..].iter().all(u8::is_ascii_whitespace) && !text[..i].contains(&b';')
+        })
 }
 
 fn protocol_violation(e: FrameError) -> PgError {
