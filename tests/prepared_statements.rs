@@ -306,6 +306,49 @@ fn deallocate_of_a_protocol_statement_works_over_the_extended_protocol_and_pipel
     assert_eq!(code(w.try_execute("s1", &[])).as_deref(), Some("26000"));
 }
 
+/// SQL `EXECUTE` of a protocol-level statement (asyncpg's `prepare(name=…)`, then
+/// `fetchval('EXECUTE name')`) runs the client's own statement: by simple Query, and
+/// inside unnamed and named statements, which prepare it again wherever it is gone.
+#[test]
+fn sql_execute_runs_the_clients_protocol_level_statement() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "max_prepared_statements = 2",
+        "pool_size = 1",
+    ));
+    let (mut a, mut b) = (
+        extended::Wire::connect(px.port),
+        extended::Wire::connect(px.port),
+    );
+    a.prepare("foobar", "select 'a' || $1::text");
+    b.prepare("foobar", "select 'b'");
+
+    assert_eq!(a.simple("EXECUTE foobar('x')"), ["ax"]);
+    assert_eq!(b.simple("execute FOOBAR;"), ["b"]);
+    a.prepare("", "EXECUTE foobar('y')");
+    assert_eq!(a.execute("", &[]), ["ay"]);
+    a.prepare("via_execute", "EXECUTE foobar('z')");
+    assert_eq!(a.execute("via_execute", &[]), ["az"]);
+
+    // Other statements push both of a's out of the connection's two slots.
+    for k in 0..3 {
+        b.prepare(&format!("other{k}"), &format!("select {k}"));
+        assert_eq!(b.execute(&format!("other{k}"), &[]), [k.to_string()]);
+    }
+    assert_eq!(a.execute("via_execute", &[]), ["az"]);
+    for k in 0..3 {
+        assert_eq!(b.execute(&format!("other{k}"), &[]), [k.to_string()]);
+    }
+    assert_eq!(a.execute("", &[]), ["ay"]);
+
+    // A name the client never prepared is Postgres' error.
+    a.prepare("", "EXECUTE nobody_prepared_this");
+    let missing = a.try_execute("", &[]);
+    assert_eq!(missing.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(a.simple("EXECUTE foobar('again')"), ["aagain"]);
+}
+
 #[tokio::test]
 async fn statements_beyond_max_prepared_statements_are_evicted_and_prepared_again() {
     let pg = shared_primary();

@@ -34,6 +34,9 @@ pub struct Statement {
     pub server_name: Bytes,
     /// The client's Parse body after the name: query, NUL, parameter types.
     pub parse_rest: Bytes,
+    /// The statement a SQL `EXECUTE` in this one's text runs, which must be prepared
+    /// on the same connection first.
+    pub runs: Option<std::sync::Arc<Statement>>,
 }
 
 impl Statement {
@@ -51,6 +54,7 @@ impl Statement {
             id,
             server_name: name.freeze(),
             parse_rest: Bytes::copy_from_slice(parse_rest),
+            runs: None,
         }
     }
 }

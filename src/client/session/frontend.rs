@@ -1,6 +1,7 @@
 //! Client → server: what each frontend message needs (a server, a rename, a local
 //! answer), and checking out a server connection.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -94,18 +95,17 @@ impl Session {
                     return Err(b);
                 }
                 let signal = fx.signal;
-                let dealloc = self
-                    .deallocate_target(&fx)
-                    .filter(|_| single_statement(text));
+                let one_deallocate = !fx.deallocate.is_empty() && single_statement(text);
+                let server_text = self.server_text(&fx, text, one_deallocate);
                 self.apply_effects(fx);
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
                 self.unnamed_ended(true);
-                match dealloc {
-                    Some(stmt) => {
-                        let sql = self.server_deallocate(&stmt);
-                        build::query(&mut self.swbuf, &sql);
-                    }
+                match server_text {
+                    Some((sql, _)) => build::message(&mut self.swbuf, fe::QUERY, |o| {
+                        o.put_slice(&sql);
+                        o.put_u8(0);
+                    }),
                     None => self.swbuf.put_slice(frame),
                 }
                 self.unit_sent(b'Q');
@@ -140,33 +140,27 @@ impl Session {
                 }
                 let fx = sql::analyze(p.query);
                 self.note_signal_statement(p.name, fx.signal);
-                let named = (!p.name.is_empty() && self.renames()).then(|| {
-                    (
-                        Bytes::copy_from_slice(p.name),
-                        Arc::new(Statement::new(p.rest)),
-                    )
-                });
-                let dealloc = if p.name.is_empty() {
-                    self.deallocate_target(&fx)
-                } else {
-                    None
+                // The statement as the server gets it: the client's, or one naming the
+                // server's statement in place of the client's.
+                let (rest, runs) = match self.server_text(&fx, p.query, p.name.is_empty()) {
+                    Some((mut sql, runs)) => {
+                        sql.push(0);
+                        sql.extend_from_slice(&p.rest[p.query.len() + 1..]);
+                        (Cow::Owned(sql), runs)
+                    }
+                    None => (Cow::Borrowed(p.rest), None),
                 };
+                let named = (!p.name.is_empty() && self.renames()).then(|| {
+                    let mut stmt = Statement::new(&rest);
+                    stmt.runs = runs.clone();
+                    (Bytes::copy_from_slice(p.name), Arc::new(stmt))
+                });
                 self.apply_effects(fx);
                 match named {
                     None => {
-                        // The unnamed statement as the server gets it.
-                        let mut rest = std::borrow::Cow::Borrowed(p.rest);
-                        match dealloc {
-                            Some(stmt) => {
-                                let sql = self.server_deallocate(&stmt);
-                                let mut body = Vec::with_capacity(p.rest.len() + 40);
-                                body.extend_from_slice(sql.as_bytes());
-                                body.push(0);
-                                body.extend_from_slice(&p.rest[p.query.len() + 1..]);
-                                build::parse_with_rest(&mut self.swbuf, b"", &body);
-                                rest = body.into();
-                            }
-                            None => self.swbuf.put_slice(frame),
+                        match &rest {
+                            Cow::Owned(body) => build::parse_with_rest(&mut self.swbuf, b"", body),
+                            Cow::Borrowed(_) => self.swbuf.put_slice(frame),
                         }
                         self.expect(b'1', false, None);
                         if p.name.is_empty() && self.renames() {
@@ -176,6 +170,7 @@ impl Session {
                             let u = self.unnamed.get_or_insert_with(Box::default);
                             u.rest.clear();
                             u.rest.extend_from_slice(&rest);
+                            u.runs = runs;
                             u.valid = true;
                             u.held = true;
                         }
@@ -371,6 +366,9 @@ impl Session {
 
     /// Prepares `stmt` on the held server connection if it is not there yet.
     pub(super) fn ensure_prepared(&mut self, stmt: &Statement) {
+        if let Some(runs) = &stmt.runs {
+            self.ensure_prepared(runs);
+        }
         let conn = self.server.as_mut().expect("ensured").conn();
         if conn.prepared.touch(stmt.id) {
             return;
@@ -487,30 +485,6 @@ impl Session {
         true
     }
 
-    /// The client's protocol-level statement a `DEALLOCATE name` names (the only
-    /// effect of the statement), in transaction mode.
-    fn deallocate_target(&self, fx: &sql::Effects) -> Option<Arc<Statement>> {
-        if !self.renames() || fx.pin.is_some() || fx.discard_all || !fx.sets.is_empty() {
-            return None;
-        }
-        match fx.deallocate.as_slice() {
-            [Deallocate::Name(n)] => self.stmts.get(n.as_bytes()).cloned(),
-            _ => None,
-        }
-    }
-
-    /// What a `DEALLOCATE` of the client's statement becomes on the held server: the
-    /// same statement naming the server's name, after preparing it there if this
-    /// connection lacks it, so the client gets Postgres' own reply, in order, inside
-    /// or outside a transaction. The connection no longer counts the statement; other
-    /// clients' uses of it prepare it again on demand.
-    fn server_deallocate(&mut self, stmt: &Statement) -> String {
-        self.ensure_prepared(stmt);
-        let conn = self.server.as_mut().expect("ensured").conn();
-        conn.prepared.remove(stmt.id);
-        format!("DEALLOCATE {}", String::from_utf8_lossy(&stmt.server_name))
-    }
-
     /// Reloaded timeouts and limits reach connected clients too: each transaction
     /// starts with the current ones (the pool mode stays what the client logged in
     /// with).
@@ -565,6 +539,10 @@ impl Session {
         match self.unnamed.as_deref_mut() {
             Some(u) if u.held => return,
             Some(u) if u.valid => {
+                if let Some(runs) = u.runs.clone() {
+                    self.ensure_prepared(&runs);
+                }
+                let u = self.unnamed.as_deref_mut().expect("matched");
                 build::parse_with_rest(&mut self.swbuf, b"", &u.rest);
                 u.held = true;
                 self.expect(b'1', true, None);

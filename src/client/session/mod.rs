@@ -23,6 +23,7 @@ mod backend;
 mod frontend;
 mod io;
 mod outcome;
+mod rename;
 mod signal;
 
 use std::collections::{HashMap, VecDeque};
@@ -103,6 +104,8 @@ struct Fixup {
 struct Unnamed {
     /// The body of the client's last unnamed Parse after the name.
     rest: Vec<u8>,
+    /// The statement a SQL `EXECUTE` in `rest` runs, to prepare first.
+    runs: Option<Arc<Statement>>,
     /// The client has an unnamed statement: `rest`.
     valid: bool,
     /// The held server connection's unnamed statement is the client's (or neither

@@ -12,10 +12,12 @@
 //! DELETE) costs one first-word check and two or three case-insensitive substring
 //! scans.
 
+mod execute;
 mod lex;
 mod set_config;
 mod signal;
 
+pub use execute::execute_target;
 pub use lex::contains_ci;
 use lex::{trim, Statements, Word, Words};
 use set_config::set_config_calls;

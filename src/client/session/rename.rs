@@ -1,0 +1,63 @@
+//! Statement texts that name one of the client's protocol-level statements. In
+//! transaction mode the server knows those under pgmux's names (`server::prepared`),
+//! so `DEALLOCATE name` and SQL `EXECUTE name` reach it naming the server's statement.
+
+use std::sync::Arc;
+
+use super::sql::{self, Deallocate};
+use super::Session;
+use crate::server::prepared::Statement;
+
+impl Session {
+    /// The text the server must run instead of `query` when it names one of the
+    /// client's protocol-level statements (a `DEALLOCATE` only when `deallocate`),
+    /// with the statement an `EXECUTE` runs. What it names is prepared on the held
+    /// server first, so the client gets Postgres' own reply, in order.
+    pub(super) fn server_text(
+        &mut self,
+        fx: &sql::Effects,
+        query: &[u8],
+        deallocate: bool,
+    ) -> Option<(Vec<u8>, Option<Arc<Statement>>)> {
+        if !self.renames() || self.stmts.is_empty() {
+            return None;
+        }
+        if deallocate {
+            if let Some(stmt) = self.deallocate_target(fx) {
+                return Some((self.server_deallocate(&stmt), None));
+            }
+        }
+        let (range, name) = sql::execute_target(query)?;
+        let stmt = self.stmts.get(name.as_bytes())?.clone();
+        self.ensure_prepared(&stmt);
+        let mut text = Vec::with_capacity(query.len() + stmt.server_name.len());
+        text.extend_from_slice(&query[..range.start]);
+        text.extend_from_slice(&stmt.server_name);
+        text.extend_from_slice(&query[range.end..]);
+        Some((text, Some(stmt)))
+    }
+
+    /// The client's protocol-level statement a `DEALLOCATE name` names (the only
+    /// effect of the statement), in transaction mode.
+    fn deallocate_target(&self, fx: &sql::Effects) -> Option<Arc<Statement>> {
+        if !self.renames() || fx.pin.is_some() || fx.discard_all || !fx.sets.is_empty() {
+            return None;
+        }
+        match fx.deallocate.as_slice() {
+            [Deallocate::Name(n)] => self.stmts.get(n.as_bytes()).cloned(),
+            _ => None,
+        }
+    }
+
+    /// What a `DEALLOCATE` of the client's statement becomes on the held server: the
+    /// same statement naming the server's name, after preparing it there if this
+    /// connection lacks it, so the client gets Postgres' own reply, in order, inside
+    /// or outside a transaction. The connection no longer counts the statement; other
+    /// clients' uses of it prepare it again on demand.
+    fn server_deallocate(&mut self, stmt: &Statement) -> Vec<u8> {
+        self.ensure_prepared(stmt);
+        let conn = self.server.as_mut().expect("ensured").conn();
+        conn.prepared.remove(stmt.id);
+        [&b"DEALLOCATE "[..], &stmt.server_name].concat()
+    }
+}
