@@ -11,13 +11,14 @@
 //! the target is read and the connection's [`CancelGate`] entered under one lock, and
 //! the session waits for the gate to clear before it gives the connection back.
 
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use crate::server::{send_cancel, CancelGate, CancelTarget};
 
@@ -26,9 +27,6 @@ pub struct CancelSlot {
     /// The user the client logged in as: a signal call by process id reaches only
     /// clients of the same user, as Postgres lets a role signal only its own backends.
     user: Arc<str>,
-    /// Ends the session: a child of pgmux's shutdown token, cancelled alone by a
-    /// `pg_terminate_backend()` naming this client.
-    pub kill: CancellationToken,
     target: Mutex<Option<CancelTarget>>,
     /// The session is queued for a server connection (from the moment it found none
     /// free): a cancel then abandons the wait. The session may run on another thread
@@ -36,8 +34,14 @@ pub struct CancelSlot {
     /// registered yet.
     queued: AtomicBool,
     cancelled: AtomicBool,
-    /// Wakes a session that is queued.
-    waiting: tokio::sync::Notify,
+    /// The session must end: pgmux is shutting down, or a `pg_terminate_backend()`
+    /// named this client.
+    ended: AtomicBool,
+    /// The session's task, while it waits for `cancelled` or `ended`. Only the
+    /// session waits on its slot, so one waker is enough; each idle client pays for
+    /// this slot rather than for a child cancellation token and a boxed wait on it
+    /// (about 400 bytes).
+    waker: Mutex<Option<Waker>>,
 }
 
 impl CancelSlot {
@@ -57,6 +61,40 @@ impl CancelSlot {
     pub fn detach(&self) -> Option<Arc<CancelGate>> {
         self.target.lock().take().map(|t| t.gate)
     }
+
+    /// Tells the session to end, wherever it is waiting.
+    pub fn end(&self) {
+        self.raise(&self.ended);
+    }
+
+    /// Ready once the session must end (see [`CancelSlot::end`]); stays ready.
+    pub fn poll_end(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_flag(&self.ended, cx)
+    }
+
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().take() {
+            w.wake();
+        }
+    }
+
+    // The waker is stored before the flag is read, and `raise` sets the flag before
+    // it takes the waker: a raise either is seen here or finds this waker.
+    fn poll_flag(&self, flag: &AtomicBool, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut w = self.waker.lock();
+            match &mut *w {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                other => *other = Some(cx.waker().clone()),
+            }
+        }
+        if flag.load(Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// A session queued for a server connection; see [`CancelSlot::enter_queue`].
@@ -68,16 +106,7 @@ impl Queued<'_> {
     /// Completes when a cancel arrives while queued (or arrived since the queueing).
     pub async fn cancelled(&self) {
         let slot = self.slot;
-        loop {
-            // Registered before the flag is read: a cancel after the read wakes it.
-            let notified = slot.waiting.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if slot.cancelled.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
+        poll_fn(|cx| slot.poll_flag(&slot.cancelled, cx)).await
     }
 }
 
@@ -93,6 +122,8 @@ pub const PID_FLOOR: i32 = (1 << 22) + 1;
 #[derive(Default)]
 pub struct CancelRegistry {
     slots: DashMap<i32, Arc<CancelSlot>>,
+    /// Set by [`CancelRegistry::end_all`]: a client registered after it ends at once.
+    ending: AtomicBool,
 }
 
 /// Removes a client's key from the registry when the client goes away.
@@ -117,7 +148,7 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
-    pub fn register(self: &Arc<Self>, user: Arc<str>, kill: CancellationToken) -> Registration {
+    pub fn register(self: &Arc<Self>, user: Arc<str>) -> Registration {
         loop {
             // Above every process id Linux hands out (PID_MAX_LIMIT is 2^22): a
             // client's id never names a real backend, so a `pg_terminate_backend()`
@@ -127,14 +158,19 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 secret,
                 user: user.clone(),
-                kill: kill.clone(),
                 target: Mutex::new(None),
                 queued: AtomicBool::new(false),
                 cancelled: AtomicBool::new(false),
-                waiting: tokio::sync::Notify::new(),
+                ended: AtomicBool::new(false),
+                waker: Mutex::new(None),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(pid) {
                 v.insert(slot.clone());
+                // After the insert: `end_all` either finds this slot or was flagged
+                // before this read.
+                if self.ending.load(Ordering::SeqCst) {
+                    slot.end();
+                }
                 return Registration {
                     registry: self.clone(),
                     pid,
@@ -159,6 +195,14 @@ impl CancelRegistry {
         Self::cancel_slot(pid, &slot, timeout).await;
     }
 
+    /// Ends every session (pgmux is shutting down), and each one registered later.
+    pub fn end_all(&self) {
+        self.ending.store(true, Ordering::SeqCst);
+        for slot in self.slots.iter() {
+            slot.end();
+        }
+    }
+
     /// Whether a client of `user` may signal the client with process id `pid`.
     pub fn may_signal(&self, pid: i32, user: &str) -> bool {
         self.slots.get(&pid).is_some_and(|s| &*s.user == user)
@@ -172,7 +216,7 @@ impl CancelRegistry {
         };
         if terminate {
             // The session cancels a statement it has running as it ends.
-            slot.kill.cancel();
+            slot.end();
             return;
         }
         tokio::spawn(async move { Self::cancel_slot(pid, &slot, timeout).await });
@@ -190,8 +234,7 @@ impl CancelRegistry {
             // Only a session queued for a server connection is cancelled: an idle
             // client's cancel changes nothing.
             if slot.queued.load(Ordering::SeqCst) {
-                slot.cancelled.store(true, Ordering::SeqCst);
-                slot.waiting.notify_waiters();
+                slot.raise(&slot.cancelled);
             } else {
                 tracing::debug!(pid, "cancel for a client without a running statement");
             }
@@ -211,10 +254,8 @@ mod tests {
     #[test]
     fn client_ids_are_distinct_and_above_every_linux_process_id() {
         let registry = Arc::new(CancelRegistry::default());
-        let kill = CancellationToken::new();
-        let regs: Vec<Registration> = (0..2000)
-            .map(|_| registry.register("app".into(), kill.child_token()))
-            .collect();
+        let user: Arc<str> = "app".into();
+        let regs: Vec<Registration> = (0..2000).map(|_| registry.register(user.clone())).collect();
         assert!(registry.may_signal(regs[0].pid, "app"));
         assert!(!registry.may_signal(regs[0].pid, "other"));
         let pids: std::collections::HashSet<i32> = regs.iter().map(|r| r.pid).collect();
@@ -228,5 +269,61 @@ mod tests {
             registry.slots.is_empty(),
             "a dropped registration leaves its key"
         );
+    }
+
+    fn ended(slot: &CancelSlot) -> bool {
+        slot.poll_end(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_terminate_wakes_the_session_it_names_and_no_other() {
+        let registry = Arc::new(CancelRegistry::default());
+        let (a, b) = (
+            registry.register("app".into()),
+            registry.register("app".into()),
+        );
+        let slot = a.slot.clone();
+        let waiting = tokio::spawn(async move { poll_fn(|cx| slot.poll_end(cx)).await });
+        tokio::task::yield_now().await;
+        registry.signal(a.pid, true, BOUND);
+        tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("the named session is woken")
+            .unwrap();
+        assert!(ended(&a.slot), "an end stays in force");
+        assert!(!ended(&b.slot), "another session goes on");
+    }
+
+    #[tokio::test]
+    async fn ending_all_ends_sessions_registered_after_it() {
+        let registry = Arc::new(CancelRegistry::default());
+        let before = registry.register("app".into());
+        registry.end_all();
+        let after = registry.register("app".into());
+        assert!(ended(&before.slot));
+        assert!(ended(&after.slot));
+    }
+
+    #[tokio::test]
+    async fn a_cancel_wakes_a_session_queued_for_a_server() {
+        let registry = Arc::new(CancelRegistry::default());
+        let reg = registry.register("app".into());
+        let slot = reg.slot.clone();
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn(async move {
+            let queued = slot.enter_queue();
+            let _ = entered_tx.send(());
+            queued.cancelled().await;
+        });
+        entered_rx.await.unwrap();
+        registry.cancel(reg.pid, reg.secret, BOUND).await;
+        tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("the queued session is woken")
+            .unwrap();
+        assert!(!ended(&reg.slot), "a cancel does not end the session");
     }
 }

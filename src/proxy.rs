@@ -108,6 +108,7 @@ impl Shared {
         }
         self.draining.store(true, Ordering::Release);
         self.shutdown.cancel();
+        self.cancels.end_all();
     }
 
     /// Whether the proxy is shutting down.

@@ -266,9 +266,7 @@ async fn login(
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect::<Vec<_>>(),
     );
-    let cancel = shared
-        .cancels
-        .register(Arc::from(user_name.as_str()), shared.shutdown.child_token());
+    let cancel = shared.cancels.register(pool.key.user.clone());
     for (name, value) in reported.iter() {
         let own = client_values
             .iter()

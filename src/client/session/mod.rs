@@ -27,13 +27,12 @@ mod rename;
 mod signal;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, DefaultHasher};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::sql::{self, PinReason, SetOp};
 use crate::cancel::Registration;
@@ -177,9 +176,6 @@ pub struct Session {
     trimmed: bool,
     unit_started: Option<Instant>,
     timeout_cancel_sent: bool,
-    /// Registered with the shutdown token once per session rather than on every wait
-    /// for the client: that registration takes a lock.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 enum Event {
@@ -203,7 +199,6 @@ impl Session {
         startup: Settings,
     ) -> Session {
         Session {
-            shutdown: Box::pin(cancel.slot.kill.clone().cancelled_owned()),
             shared,
             client,
             crbuf: leftover,
@@ -288,10 +283,11 @@ impl Session {
                 }
                 // Biased: polled in this order, so the usual wakeup (the client's next
                 // query) polls nothing else and draws no random number.
+                let slot = &self.cancel.slot;
                 let ev = tokio::select! {
                     biased;
                     r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
-                    _ = &mut self.shutdown => Event::Shutdown,
+                    _ = poll_fn(|cx| slot.poll_end(cx)) => Event::Shutdown,
                 };
                 match ev {
                     Event::Client(Ok(0)) => return Err(End::ClientLeft),
@@ -313,6 +309,7 @@ impl Session {
             // terminate names this client alone and ends it wherever it is.
             let may_end = self.between_transactions() || !self.shared.draining();
             let server = self.server.as_mut().expect("checked above").conn();
+            let slot = &self.cancel.slot;
             // The server first: its replies are what the usual wakeup brings, and a
             // client that sends more meanwhile is read once the server has nothing.
             let ev = tokio::select! {
@@ -322,7 +319,7 @@ impl Session {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
                 }
-                _ = &mut self.shutdown, if may_end => Event::Shutdown,
+                _ = poll_fn(|cx| slot.poll_end(cx)), if may_end => Event::Shutdown,
             };
             match ev {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),

@@ -179,7 +179,7 @@ impl Session {
                         // As a backend that terminates itself: FATAL instead of the
                         // result, once the server has finished the unit.
                         r.hide_rest = true;
-                        self.cancel.slot.kill.cancel();
+                        self.cancel.slot.end();
                         return true;
                     }
                     // Its own statement is this one, and it has run.
