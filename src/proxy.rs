@@ -79,6 +79,8 @@ pub struct Shared {
     /// Set before `shutdown` is cancelled: cheaper to read than the token, whose
     /// state sits behind a lock every session shares.
     draining: AtomicBool,
+    /// Startup settings, one copy for all the clients that sent the same.
+    pub startup_settings: crate::server::settings::Interner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,7 @@ impl Shared {
             mock_salt: rand::random(),
             immediate: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            startup_settings: Default::default(),
         }))
     }
 

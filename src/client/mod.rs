@@ -260,12 +260,12 @@ async fn login(
             &format!("identifier \"{given}\" will be truncated to \"{kept}\""),
         );
     }
-    let startup_settings = Settings::from_pairs(
+    let startup_settings = shared.startup_settings.intern(Settings::from_pairs(
         client_values
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect::<Vec<_>>(),
-    );
+    ));
     let cancel = shared.cancels.register(pool.key.user.clone());
     for (name, value) in reported.iter() {
         let own = client_values

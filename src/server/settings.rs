@@ -6,10 +6,12 @@
 //! turns one connection's settings into another's. The map is behind an `Arc` so that
 //! "nothing changed" is usually a pointer comparison.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+use parking_lot::Mutex;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Settings {
     map: Arc<BTreeMap<String, Arc<str>>>,
 }
@@ -124,6 +126,43 @@ impl Settings {
             }
         }
         (!sql.is_empty()).then_some(sql)
+    }
+}
+
+/// One shared copy of each distinct set of startup settings. The clients of an
+/// application usually log in with the same parameters, and every idle client would
+/// otherwise hold its own copy of them (a B-tree node, about half a kilobyte); shared,
+/// they also compare equal by pointer at each checkout ([`Settings::same_as`]).
+#[derive(Default)]
+pub struct Interner {
+    inner: Mutex<Interned>,
+}
+
+#[derive(Default)]
+struct Interned {
+    set: HashSet<Settings>,
+    /// Size at which copies that no client or connection holds any more are dropped.
+    sweep_at: usize,
+}
+
+impl Interner {
+    /// The shared copy of `settings`.
+    pub fn intern(&self, settings: Settings) -> Settings {
+        let mut inner = self.inner.lock();
+        if let Some(shared) = inner.set.get(&settings) {
+            return shared.clone();
+        }
+        if inner.set.len() >= inner.sweep_at {
+            inner.set.retain(|s| Arc::strong_count(&s.map) > 1);
+            inner.sweep_at = (inner.set.len() * 2).max(64);
+        }
+        inner.set.insert(settings.clone());
+        settings
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().set.len()
     }
 }
 
@@ -385,6 +424,37 @@ mod tests {
         }
         assert_eq!(canonical_client_encoding("klingon"), None);
         assert_eq!(canonical_client_encoding("cp9999"), None);
+    }
+
+    #[test]
+    fn equal_startup_settings_share_one_copy_while_someone_holds_it() {
+        let interner = Interner::default();
+        let a = interner.intern(Settings::from_pairs([("application_name", "app")]));
+        let b = interner.intern(Settings::from_pairs([("Application_Name", "app")]));
+        assert!(Arc::ptr_eq(&a.map, &b.map), "equal settings share a copy");
+        let other = interner.intern(Settings::from_pairs([("application_name", "x")]));
+        assert!(!Arc::ptr_eq(&a.map, &other.map));
+
+        // A client's SET changes its own settings only.
+        let mut changed = b.clone();
+        changed.set("work_mem", "SET work_mem = '1MB'");
+        assert_eq!(a.get("work_mem"), None);
+        assert_eq!(a, b);
+
+        // Copies nobody holds go as the set grows; a held one stays shared.
+        drop((b, other, changed));
+        for i in 0..200 {
+            interner.intern(Settings::from_pairs([(
+                "application_name",
+                &*format!("n{i}"),
+            )]));
+        }
+        assert!(interner.len() < 64, "{} copies kept", interner.len());
+        let again = interner.intern(Settings::from_pairs([("application_name", "app")]));
+        assert!(
+            Arc::ptr_eq(&a.map, &again.map),
+            "a held copy is still shared"
+        );
     }
 
     #[test]
