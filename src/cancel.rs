@@ -74,7 +74,8 @@ impl CancelSlot {
 
     fn raise(&self, flag: &AtomicBool) {
         flag.store(true, Ordering::SeqCst);
-        if let Some(w) = self.waker.lock().take() {
+        let waker = self.waker.lock().take();
+        if let Some(w) = waker {
             w.wake();
         }
     }
