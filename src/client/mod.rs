@@ -493,10 +493,11 @@ mod tests {
             std::mem::size_of::<crate::server::ServerConn>(),
             std::mem::size_of::<crate::tls::MaybeTls>(),
         );
-        // 824 bytes when last measured; the worker's wrapper (`workers.rs`) makes it
-        // 904, and with tokio's task header and trailer the task is 1,024 bytes. A
-        // wrapped future over 920 bytes makes the task 1,152 (tokio aligns it to 128)
-        // and moves the allocation up a size class, 256 bytes more per idle client.
-        assert!(size <= 840, "client task future is {size} bytes");
+        // 824 bytes when last measured. The wrappers of `workers.rs` make it 904 on
+        // the accepting worker and 912 on the others (release build), and with
+        // tokio's task header and trailer the task is 1,024 bytes. A wrapped future
+        // over 920 bytes makes the task 1,152 (tokio aligns it to 128) and moves the
+        // allocation up a size class: 256 bytes more per idle client.
+        assert!(size <= 832, "client task future is {size} bytes");
     }
 }
