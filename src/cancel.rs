@@ -33,6 +33,11 @@ pub struct CancelSlot {
     /// than the cancel's, so this is a flag it sets, not a listener it may not have
     /// registered yet.
     queued: AtomicBool,
+    /// The session's statement was sent behind another client's, on a connection whose
+    /// replies are not yet the session's to read (see `pool::follow`): a cancel is
+    /// kept for when they are, as the server's key would now reach the other client's
+    /// statement.
+    following: AtomicBool,
     cancelled: AtomicBool,
     /// The session must end: pgmux is shutting down, or a `pg_terminate_backend()`
     /// named this client.
@@ -54,6 +59,19 @@ impl CancelSlot {
         self.cancelled.store(false, Ordering::SeqCst);
         self.queued.store(true, Ordering::SeqCst);
         Queued { slot: self }
+    }
+
+    /// The session sent its statement behind another client's (see `following`).
+    pub fn follow(&self) {
+        self.following.store(true, Ordering::SeqCst);
+    }
+
+    /// The session now reads the connection it followed on, `target`: true when a
+    /// cancel came since it was queued, to be forwarded now.
+    pub fn followed(&self, target: CancelTarget) -> bool {
+        self.attach(target);
+        self.following.store(false, Ordering::SeqCst);
+        self.cancelled.swap(false, Ordering::SeqCst)
     }
 
     /// Forgets the target; returns its gate, which the caller must see clear before
@@ -161,6 +179,7 @@ impl CancelRegistry {
                 user: user.clone(),
                 target: Mutex::new(None),
                 queued: AtomicBool::new(false),
+                following: AtomicBool::new(false),
                 cancelled: AtomicBool::new(false),
                 ended: AtomicBool::new(false),
                 waker: Mutex::new(None),
@@ -232,9 +251,9 @@ impl CancelRegistry {
             })
         };
         let Some(target) = target else {
-            // Only a session queued for a server connection is cancelled: an idle
-            // client's cancel changes nothing.
-            if slot.queued.load(Ordering::SeqCst) {
+            // Only a session queued for a server connection (or following, see
+            // `following`) is cancelled: an idle client's cancel changes nothing.
+            if slot.queued.load(Ordering::SeqCst) || slot.following.load(Ordering::SeqCst) {
                 slot.raise(&slot.cancelled);
             } else {
                 tracing::debug!(pid, "cancel for a client without a running statement");

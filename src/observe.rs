@@ -51,6 +51,7 @@ pub async fn serve(
                 continue;
             };
             let handle = handle.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
                 let mut req = [0u8; 1024];
                 let n = match tokio::time::timeout(
@@ -66,6 +67,7 @@ pub async fn serve(
                 let path = line.split_whitespace().nth(1).unwrap_or("/");
                 let (status, body) = match path {
                     "/metrics" => {
+                        publish_pool_counters(&shared);
                         handle.run_upkeep();
                         ("200 OK", handle.render())
                     }
@@ -80,4 +82,15 @@ pub async fn serve(
             });
         }
     })
+}
+
+/// Counters the pools keep in atomics, so the relay does no metric work of its own.
+fn publish_pool_counters(shared: &Shared) {
+    let mut by_db: std::collections::BTreeMap<String, u64> = Default::default();
+    for pool in shared.pools.all() {
+        *by_db.entry(pool.key.database.to_string()).or_default() += pool.stats().handoffs;
+    }
+    for (database, n) in by_db {
+        metrics::counter!("pgmux_pipelined_total", "database" => database).absolute(n);
+    }
 }

@@ -90,6 +90,48 @@ thread_local! {
     /// A reap's lists, kept so that a reap allocates nothing. The park hook and the
     /// reaper task of a thread never run inside one another.
     static SCRATCH: RefCell<(Vec<Waker>, Vec<Op>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Sockets given output this pass whose send is not in the ring yet: it goes in
+    /// at park, with everything written to the socket until then (see `State::send_pushed`).
+    static DEFERRED: RefCell<Vec<Arc<Sock>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Puts the sends deferred this pass into the ring.
+fn push_deferred() {
+    let socks = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    if socks.is_empty() {
+        return;
+    }
+    for sock in &socks {
+        let due = {
+            let mut st = sock.state.lock();
+            let due = st.send_armed && !st.send_pushed;
+            st.send_pushed |= due;
+            due
+        };
+        if due {
+            if let Err(e) = sock.clone().push_send() {
+                let mut st = sock.state.lock();
+                st.send_armed = false;
+                st.send_pushed = false;
+                st.sending.clear();
+                st.queued.clear();
+                st.error
+                    .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+                let w = (st.reader.take(), st.writer.take());
+                drop(st);
+                w.0.into_iter().chain(w.1).for_each(Waker::wake);
+            }
+        }
+    }
+    // Keep the list's allocation for the next pass.
+    DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_empty() {
+            let mut socks = socks;
+            socks.clear();
+            *d = socks;
+        }
+    });
 }
 
 /// The runtime's park hook: hands the thread's queued operations to the kernel, then
@@ -98,6 +140,7 @@ thread_local! {
 /// a batch whose replies are back needs no trip through the reactor.
 pub fn submit_local() {
     PARKS.with(|p| p.set(true));
+    push_deferred();
     LOCAL.with(|l| {
         if let Some(ring) = &*l.borrow() {
             ring.submit();
@@ -115,7 +158,8 @@ pub fn submit_local() {
 pub async fn drain(limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let pending = LOCAL.with(|l| l.borrow().as_ref().map_or(0, |r| r.inner.lock().sends));
+        let pending = LOCAL.with(|l| l.borrow().as_ref().map_or(0, |r| r.inner.lock().sends))
+            + DEFERRED.with(|d| d.borrow().len());
         if pending == 0 || tokio::time::Instant::now() >= deadline {
             return;
         }
@@ -328,6 +372,7 @@ impl Ring {
                             // A send that moves nothing would be retried forever.
                             st.error = Some(if res == 0 { libc::EPIPE } else { -res });
                             st.send_armed = false;
+                            st.send_pushed = false;
                             st.sending.clear();
                             st.queued.clear();
                         } else {
@@ -337,6 +382,7 @@ impl Ring {
                                 st.sent = 0;
                                 if st.queued.is_empty() {
                                     st.send_armed = false;
+                                    st.send_pushed = false;
                                     if std::mem::take(&mut st.trim_after_send) {
                                         st.sending = BytesMut::new();
                                         st.queued = BytesMut::new();
@@ -376,6 +422,7 @@ impl Ring {
                     st.recv_armed = false;
                 } else {
                     st.send_armed = false;
+                    st.send_pushed = false;
                     st.sending.clear();
                     st.queued.clear();
                 }
@@ -400,6 +447,12 @@ struct State {
     reader: Option<Waker>,
 
     send_armed: bool,
+    /// The armed send's entry is in the ring: `sending` is the kernel's to read, and
+    /// more output waits in `queued`. Until then (the rest of the event loop's pass)
+    /// output joins `sending`, so what a pass writes to a socket goes out in one send
+    /// — the messages two clients queue on one server connection in the same pass
+    /// reach it together.
+    send_pushed: bool,
     /// In the kernel's hands from `sent` on while `send_armed`.
     sending: BytesMut,
     sent: usize,
@@ -456,6 +509,9 @@ impl Sock {
 /// A plain TCP connection whose reads and writes go through io_uring.
 pub struct UringStream {
     sock: Arc<Sock>,
+    /// A second handle on a socket another handle owns (see [`UringStream::share`]):
+    /// dropping it leaves the socket alone.
+    shared: bool,
 }
 
 impl std::fmt::Debug for UringStream {
@@ -474,6 +530,16 @@ impl UringStream {
                 fd,
                 state: Mutex::new(State::default()),
             }),
+            shared: false,
+        }
+    }
+
+    /// Another handle on this socket, for reading replies while the owner writes
+    /// (see `pool::follow`). The two must not read at the same time.
+    pub fn share(&self) -> UringStream {
+        UringStream {
+            sock: self.sock.clone(),
+            shared: true,
         }
     }
 
@@ -557,20 +623,21 @@ impl UringStream {
     /// buffer's capacity); returns the bytes now waiting to be sent.
     pub fn send_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         self.send_with(|st| {
-            if st.send_armed {
+            if st.send_pushed {
                 st.queued.extend_from_slice(buf);
-                buf.clear();
-            } else {
+            } else if st.sending.is_empty() {
                 std::mem::swap(&mut st.sending, buf);
-                buf.clear();
+            } else {
+                st.sending.extend_from_slice(buf);
             }
+            buf.clear();
         })
     }
 
     /// Like [`UringStream::send_buf`], for bytes the caller keeps.
     pub fn send_slice(&self, data: &[u8]) -> io::Result<usize> {
         self.send_with(|st| {
-            if st.send_armed {
+            if st.send_pushed {
                 st.queued.extend_from_slice(data);
             } else {
                 st.sending.extend_from_slice(data);
@@ -594,9 +661,15 @@ impl UringStream {
             (arm, st.backlog())
         };
         if arm {
+            if PARKS.with(|p| p.get()) {
+                DEFERRED.with(|d| d.borrow_mut().push(self.sock.clone()));
+                return Ok(backlog);
+            }
+            self.sock.state.lock().send_pushed = true;
             if let Err(e) = self.sock.clone().push_send() {
                 let mut st = self.sock.state.lock();
                 st.send_armed = false;
+                st.send_pushed = false;
                 st.sending.clear();
                 st.error = e.raw_os_error().or(Some(libc::EIO));
                 return Err(e);
@@ -643,6 +716,9 @@ impl UringStream {
 
 impl Drop for UringStream {
     fn drop(&mut self) {
+        if self.shared {
+            return;
+        }
         let st = self.sock.state.lock();
         if st.recv_armed {
             // A receive would keep the socket open until the peer spoke; shutting

@@ -288,11 +288,12 @@ async fn login(
     stream.flush().await?;
 
     let limits = Limits {
-        max_message_size: cfg.proxy.max_message_size,
+        max_message_size: session::message_limit(cfg.proxy.max_message_size),
         query_wait_timeout: cfg.proxy.query_wait_timeout,
         query_timeout: cfg.proxy.query_timeout,
         idle_transaction_timeout: cfg.proxy.idle_transaction_timeout,
         pool_mode: db.pool_mode,
+        pipeline: cfg.proxy.pipeline_waiting_clients,
     };
     let session = Session::new(
         shared.clone(),

@@ -144,6 +144,9 @@ pub struct ProxyConfig {
     /// Where to also listen on a Unix-domain socket, `.s.PGSQL.<listen port>` as
     /// libpq names it (PgBouncer's `unix_socket_dir`); `None` when unset or `""`.
     pub unix_socket_dir: Option<PathBuf>,
+    /// A client that finds no server connection free may have its statement queued on
+    /// a busy one, behind a statement that leaves the connection idle and unchanged.
+    pub pipeline_waiting_clients: bool,
 }
 
 impl ProxyConfig {

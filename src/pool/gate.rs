@@ -14,12 +14,14 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::follow::Baton;
 
 /// How much later than a waiter of another worker a waiter of the releasing worker
 /// may have arrived and still go first: this, or half the other's wait so far,
@@ -32,6 +34,9 @@ const OVERTAKE_SHARE: u32 = 2;
 
 pub struct Gate {
     state: Mutex<State>,
+    /// Queued waiters that may be handed a busy connection (`State::followers`, read
+    /// without the lock by a client deciding whether to offer one).
+    followers: AtomicUsize,
 }
 
 struct State {
@@ -45,8 +50,19 @@ struct State {
 struct Waiter {
     worker: usize,
     arrived: Instant,
+    /// May be granted a busy connection instead of a permit (see `follow`).
+    can_follow: bool,
     granted: AtomicBool,
+    /// Set with `granted` when what was granted is a busy connection.
+    follow: Mutex<Option<Arc<Baton>>>,
     waker: Mutex<Option<Waker>>,
+}
+
+/// What a waiter gets.
+pub enum Grant {
+    Permit(Permit),
+    /// Another client's busy connection, to send on behind its last unit.
+    Follow(Arc<Baton>),
 }
 
 /// One unit of the pool's capacity; dropping it hands it on.
@@ -68,6 +84,7 @@ impl Gate {
                 owed: 0,
                 queues: Vec::new(),
             }),
+            followers: AtomicUsize::new(0),
         })
     }
 
@@ -83,12 +100,48 @@ impl Gate {
 
     /// Waits for a permit; dropping the future gives up its place (or passes on a
     /// permit it was granted and did not take).
+    #[cfg(test)]
     pub fn acquire(self: &Arc<Self>) -> Acquire {
+        self.acquire_or_follow(false)
+    }
+
+    /// Like [`Gate::acquire`]; with `can_follow`, the wait may also end with another
+    /// client's busy connection ([`Gate::hand_follow`]).
+    pub fn acquire_or_follow(self: &Arc<Self>, can_follow: bool) -> Acquire {
         Acquire {
             gate: self.clone(),
             waiter: None,
             done: false,
+            can_follow,
         }
+    }
+
+    /// Whether a waiter might take a busy connection; read without a lock.
+    pub fn has_followers(&self) -> bool {
+        self.followers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Grants `baton` to the waiter next in line, if it may follow; false otherwise.
+    pub fn hand_follow(&self, baton: &Arc<Baton>) -> bool {
+        let waiter = {
+            let mut st = self.state.lock();
+            let Some(w) = st.next_waiter(crate::workers::current(), Instant::now) else {
+                return false;
+            };
+            if !w.can_follow {
+                st.queues[w.worker].push_front(w);
+                return false;
+            }
+            self.followers.fetch_sub(1, Ordering::Relaxed);
+            *w.follow.lock() = Some(baton.clone());
+            w.granted.store(true, Ordering::Release);
+            w
+        };
+        let waker = waiter.waker.lock().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
     }
 
     /// Clients waiting for a permit.
@@ -125,6 +178,9 @@ impl Gate {
             }
             match st.next_waiter(crate::workers::current(), Instant::now) {
                 Some(w) => {
+                    if w.can_follow {
+                        self.followers.fetch_sub(1, Ordering::Relaxed);
+                    }
                     // Under the gate's lock: a waiter that gives up checks this flag
                     // under the same lock, so a grant is never lost.
                     w.granted.store(true, Ordering::Release);
@@ -200,12 +256,13 @@ pub struct Acquire {
     gate: Arc<Gate>,
     waiter: Option<Arc<Waiter>>,
     done: bool,
+    can_follow: bool,
 }
 
 impl Future for Acquire {
-    type Output = Permit;
+    type Output = Grant;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Permit> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Grant> {
         let this = &mut *self;
         match &this.waiter {
             None => {
@@ -214,16 +271,21 @@ impl Future for Acquire {
                     st.free -= 1;
                     drop(st);
                     this.done = true;
-                    return Poll::Ready(Permit {
+                    return Poll::Ready(Grant::Permit(Permit {
                         gate: this.gate.clone(),
-                    });
+                    }));
                 }
                 let waiter = Arc::new(Waiter {
                     worker: crate::workers::current(),
                     arrived: Instant::now(),
+                    can_follow: this.can_follow,
                     granted: AtomicBool::new(false),
+                    follow: Mutex::new(None),
                     waker: Mutex::new(Some(cx.waker().clone())),
                 });
+                if this.can_follow {
+                    this.gate.followers.fetch_add(1, Ordering::Relaxed);
+                }
                 st.enqueue(waiter.clone());
                 drop(st);
                 this.waiter = Some(waiter);
@@ -244,9 +306,12 @@ impl Future for Acquire {
                     }
                 }
                 this.done = true;
-                Poll::Ready(Permit {
+                if let Some(baton) = waiter.follow.lock().take() {
+                    return Poll::Ready(Grant::Follow(baton));
+                }
+                Poll::Ready(Grant::Permit(Permit {
                     gate: this.gate.clone(),
-                })
+                }))
             }
         }
     }
@@ -259,7 +324,13 @@ impl Drop for Acquire {
         }
         if let Some(waiter) = self.waiter.take() {
             let withdrawn = self.gate.state.lock().withdraw(&waiter);
-            if !withdrawn {
+            if withdrawn {
+                if waiter.can_follow {
+                    self.gate.followers.fetch_sub(1, Ordering::Relaxed);
+                }
+            } else if let Some(baton) = waiter.follow.lock().take() {
+                baton.give_up();
+            } else {
                 // Granted, never taken: it goes to the next waiter.
                 self.gate.release();
             }

@@ -8,7 +8,7 @@
 //! dropping it closes the connection unless the session explicitly released it clean,
 //! so no code path can return a dirty connection by forgetting.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,8 @@ use parking_lot::Mutex;
 
 use crate::config::ServerAddr;
 use crate::server::{ConnectOptions, ServerConn, ServerCredential, ServerError};
-use gate::{Gate, Permit};
+use follow::{Baton, Joined};
+use gate::{Gate, Grant, Permit};
 
 /// ParameterStatus values a server reported at login.
 pub type Reported = Arc<Vec<(String, String)>>;
@@ -73,7 +74,15 @@ pub enum PoolError {
     },
 }
 
+pub mod follow;
 mod gate;
+
+/// What a client waiting for a server connection gets.
+pub enum Lent {
+    Conn(Checkout),
+    /// Another client's busy connection (see `follow`).
+    Follow(Arc<Baton>),
+}
 
 pub struct Pool {
     pub key: PoolKey,
@@ -87,6 +96,8 @@ pub struct Pool {
     idle: Mutex<Vec<Box<ServerConn>>>,
     open: AtomicUsize,
     active: AtomicUsize,
+    /// Connections handed to a waiting client while busy (`follow`).
+    handoffs: AtomicU64,
     reported: Mutex<Option<Reported>>,
 }
 
@@ -101,6 +112,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            handoffs: AtomicU64::new(0),
             reported: Mutex::new(None),
         })
     }
@@ -145,17 +157,56 @@ impl Pool {
     }
 
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PoolError> {
+        match self.checkout_or_follow(wait, false).await? {
+            Lent::Conn(c) => Ok(c),
+            // Only a waiter that may follow is handed a busy connection.
+            Lent::Follow(baton) => match baton.join() {
+                Joined::Free(c, _) => Ok(c),
+                Joined::Following(c) => {
+                    baton.abandon(c);
+                    Err(PoolError::Timeout(wait))
+                }
+                Joined::Lost => Err(PoolError::Timeout(wait)),
+            },
+        }
+    }
+
+    /// Whether a client may be waiting to take a busy connection; without a lock.
+    pub fn has_followers(&self) -> bool {
+        self.permits.has_followers()
+    }
+
+    /// Offers `conn`, busy with a unit that leaves it idle and unchanged, to the next
+    /// waiting client; gives it back when no waiter may take it.
+    pub fn offer(&self, conn: Checkout) -> Result<Arc<Baton>, Checkout> {
+        let baton = Baton::new(conn);
+        if self.permits.hand_follow(&baton) {
+            self.handoffs.fetch_add(1, Ordering::Relaxed);
+            return Ok(baton);
+        }
+        Err(baton
+            .take_back()
+            .expect("an unoffered baton keeps its connection"))
+    }
+
+    /// Like [`Pool::checkout`]; with `can_follow`, the wait may also end with another
+    /// client's busy connection.
+    pub async fn checkout_or_follow(
+        self: &Arc<Self>,
+        wait: Duration,
+        can_follow: bool,
+    ) -> Result<Lent, PoolError> {
         // The usual case — a free permit and an idle connection — needs no await;
         // the rest is boxed so that every client's task stays small.
         let permit = self.permits.try_acquire();
         if let Some(permit) = permit {
             if let Some(conn) = self.take_idle() {
-                return Ok(self.lend(conn, permit));
+                return Ok(Lent::Conn(self.lend(conn, permit)));
             }
-            let slow = Box::pin(self.checkout_slow(wait, Some(permit)));
+            let slow = Box::pin(self.checkout_slow(wait, Some(permit), false));
             return slow.await;
         }
-        let slow = Box::pin(self.checkout_slow(wait, None));
+        let slow = Box::pin(self.checkout_slow(wait, None, can_follow));
         slow.await
     }
 
@@ -163,19 +214,24 @@ impl Pool {
         self: &Arc<Self>,
         wait: Duration,
         permit: Option<Permit>,
-    ) -> Result<Checkout, PoolError> {
+        can_follow: bool,
+    ) -> Result<Lent, PoolError> {
         let permit = match permit {
             Some(p) => p,
-            None => match tokio::time::timeout(wait, self.permits.acquire()).await {
-                Ok(p) => p,
-                Err(_) => return Err(PoolError::Timeout(wait)),
-            },
+            None => {
+                let acquire = self.permits.acquire_or_follow(can_follow);
+                match tokio::time::timeout(wait, acquire).await {
+                    Ok(Grant::Permit(p)) => p,
+                    Ok(Grant::Follow(baton)) => return Ok(Lent::Follow(baton)),
+                    Err(_) => return Err(PoolError::Timeout(wait)),
+                }
+            }
         };
         let conn = match self.take_idle() {
             Some(c) => c,
             None => self.open_new().await?,
         };
-        Ok(self.lend(conn, permit))
+        Ok(Lent::Conn(self.lend(conn, permit)))
     }
 
     fn lend(self: &Arc<Self>, conn: Box<ServerConn>, permit: Permit) -> Checkout {
@@ -287,6 +343,7 @@ impl Pool {
             idle: self.idle.lock().len(),
             active: self.active.load(Ordering::Relaxed),
             waiting: self.permits.waiting(),
+            handoffs: self.handoffs.load(Ordering::Relaxed),
         }
     }
 }
@@ -297,6 +354,8 @@ pub struct PoolStats {
     pub idle: usize,
     pub active: usize,
     pub waiting: usize,
+    /// Busy connections handed to a waiting client so far (`follow`).
+    pub handoffs: u64,
 }
 
 /// A server connection lent to one client. Dropping it closes the connection; only

@@ -466,6 +466,33 @@ impl ServerConn {
         false
     }
 
+    /// A second view of this connection for a client whose last unit still runs on it
+    /// while another client holds it (see `pool::follow`): it reads the replies of that
+    /// unit, with the bytes already read, and owns nothing else. Only io_uring sockets
+    /// can be shared so; `None` for the others.
+    pub fn reading_view(&mut self) -> Option<ServerConn> {
+        let MaybeTls::Uring(s) = &self.stream else {
+            return None;
+        };
+        Some(ServerConn {
+            id: self.id,
+            stream: MaybeTls::Uring(s.share()),
+            rbuf: std::mem::take(&mut self.rbuf),
+            addr: self.addr.clone(),
+            pid: self.pid,
+            secret: self.secret,
+            reported: self.reported.clone(),
+            settings: Settings::default(),
+            prepared: PreparedSet::new(1),
+            created: self.created,
+            last_used: self.last_used,
+            gate: self.gate.clone(),
+            home: self.home,
+            holder: None,
+            closing: false,
+        })
+    }
+
     /// Records the client now holding this connection, by its process id.
     pub fn set_holder(&self, client_pid: i32) {
         if let Some(h) = &self.holder {

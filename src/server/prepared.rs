@@ -37,6 +37,8 @@ pub struct Statement {
     /// The statement a SQL `EXECUTE` in this one's text runs, which must be prepared
     /// on the same connection first.
     pub runs: Option<std::sync::Arc<Statement>>,
+    /// Its text leaves the connection idle and unchanged (`client::sql::leaves_idle`).
+    pub plain: bool,
 }
 
 impl Statement {
@@ -55,6 +57,7 @@ impl Statement {
             server_name: name.freeze(),
             parse_rest: Bytes::copy_from_slice(parse_rest),
             runs: None,
+            plain: false,
         }
     }
 }

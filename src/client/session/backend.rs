@@ -19,7 +19,20 @@ impl Session {
     /// waiting: replies pass through as the bytes read, unless one must be hidden.
     pub(super) fn server_input_now(&mut self) -> Result<(), Blocked> {
         let mut co = self.server.take().expect("server input without a server");
-        let conn = co.conn();
+        let result = self.replies_now::<false>(co.conn());
+        self.server = Some(co);
+        result?;
+        self.flush_now()?;
+        self.release_if_done()
+    }
+
+    /// Forwards the complete replies in `conn.rbuf`. `UNTIL_DONE`: stop after the
+    /// ReadyForQuery that answers the last unit in flight, leaving what follows (another
+    /// client's replies, see `pool::follow`) in `conn.rbuf`.
+    pub(super) fn replies_now<const UNTIL_DONE: bool>(
+        &mut self,
+        conn: &mut ServerConn,
+    ) -> Result<(), Blocked> {
         let mut rbuf = std::mem::take(&mut conn.rbuf);
         let mut pos = 0;
         let mut forward_from = 0;
@@ -53,6 +66,9 @@ impl Session {
                 }
             }
             pos += len;
+            if UNTIL_DONE && tag == be::READY_FOR_QUERY && self.in_flight() == 0 {
+                break;
+            }
         }
         let mut result = Ok(());
         let mut taken = false;
@@ -92,11 +108,8 @@ impl Session {
         if let Ok(Some((_, total))) = crate::protocol::peek_header(&rbuf, usize::MAX) {
             rbuf.reserve(total.saturating_sub(rbuf.len()));
         }
-        co.conn().rbuf = rbuf;
-        self.server = Some(co);
-        result?;
-        self.flush_now()?;
-        self.release_if_done()
+        conn.rbuf = rbuf;
+        result
     }
 
     /// A notification names the process id the sending client got in its

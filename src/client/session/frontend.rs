@@ -9,11 +9,13 @@ use bytes::{Buf, BufMut, Bytes};
 
 use super::sql::{self, Deallocate, PinReason, SetOp};
 use crate::config::PoolMode;
-use crate::pool::{Checkout, PoolError};
+use crate::pool::follow::Joined;
+use crate::pool::{Checkout, Lent, PoolError};
 use crate::protocol::build::{self, PgError};
 use crate::protocol::{complete_frame, fe, msg, FrameError, SqlState, TxStatus};
 use crate::server::prepared::Statement;
 
+use super::handoff::{write_following, Handoff};
 use super::io::{write_all, write_now, write_to_server};
 use super::{Blocked, End, Fixup, Session};
 use crate::uring::HIGH_WATER;
@@ -25,14 +27,18 @@ impl Session {
     pub(super) fn client_input_now(&mut self) -> Result<(), Blocked> {
         self.handle_client_frames()?;
         self.flush_now()?;
-        self.release_if_done()
+        self.release_if_done()?;
+        if self.limits.pipeline {
+            self.offer_server();
+        }
+        Ok(())
     }
 
     /// Handles every complete message in `crbuf`. A message that needs a server
     /// connection when none is free stays at the head of `crbuf`, to be handled again
     /// once one is.
     fn handle_client_frames(&mut self) -> Result<(), Blocked> {
-        let max = self.limits.max_message_size;
+        let max = self.limits.max_message_size as usize;
         let mut buf = std::mem::take(&mut self.crbuf);
         let mut pos = 0;
         let result = loop {
@@ -73,6 +79,11 @@ impl Session {
             }
             return Ok(());
         }
+        if !self.unsynced && self.in_flight() == 0 {
+            // A unit begins: whether it leaves the connection idle and unchanged is
+            // worked out message by message below.
+            self.unit_plain = self.tx == TxStatus::Idle;
+        }
         let body = &frame[5..];
         match tag {
             fe::QUERY => {
@@ -94,6 +105,7 @@ impl Session {
                     self.head_is_plain = fx.is_empty();
                     return Err(b);
                 }
+                self.unit_plain &= fx.is_empty() && sql::leaves_idle(text);
                 let signal = fx.signal;
                 let one_deallocate = !fx.deallocate.is_empty() && single_statement(text);
                 let server_text = self.server_text(&fx, text, one_deallocate);
@@ -135,10 +147,12 @@ impl Session {
                             f.client_name = Some(Bytes::copy_from_slice(p.name));
                         }
                         self.unsynced = true;
+                        self.unit_plain = false;
                         return Ok(());
                     }
                 }
                 let fx = sql::analyze(p.query);
+                let plain = fx.is_empty() && sql::leaves_idle(p.query);
                 self.note_signal_statement(p.name, fx.signal);
                 // The statement as the server gets it: the client's, or one naming the
                 // server's statement in place of the client's.
@@ -150,9 +164,12 @@ impl Session {
                     }
                     None => (Cow::Borrowed(p.rest), None),
                 };
+                let plain = plain && runs.is_none();
+                self.unit_plain &= plain;
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
                     let mut stmt = Statement::new(&rest);
                     stmt.runs = runs.clone();
+                    stmt.plain = plain;
                     (Bytes::copy_from_slice(p.name), Arc::new(stmt))
                 });
                 self.apply_effects(fx);
@@ -173,6 +190,7 @@ impl Session {
                             u.runs = runs;
                             u.valid = true;
                             u.held = true;
+                            u.plain = plain;
                         }
                     }
                     Some((name, stmt)) => {
@@ -206,6 +224,9 @@ impl Session {
                 self.ensure_server()?;
                 if b.statement.is_empty() {
                     self.own_unnamed();
+                    self.unit_plain &= self.unnamed.as_ref().is_some_and(|u| u.valid && u.plain);
+                } else {
+                    self.unit_plain &= stmt.as_ref().is_some_and(|s| s.plain);
                 }
                 match stmt {
                     Some(stmt) => {
@@ -229,6 +250,9 @@ impl Session {
                         "Describe"
                     }));
                 };
+                if tag == fe::CLOSE {
+                    self.unit_plain = false;
+                }
                 if tag == fe::CLOSE && self.server.is_none() && self.renames() {
                     // Between transactions no server holds anything of this client's:
                     // its statements are pgmux's to forget and portals are gone.
@@ -305,6 +329,7 @@ impl Session {
                 }
             }
             fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
+                self.unit_plain = false;
                 // Without a server these are the tail of a COPY the server already
                 // ended with an error; Postgres ignores them too.
                 if self.server.is_some() {
@@ -320,6 +345,7 @@ impl Session {
             }
             fe::FUNCTION_CALL => {
                 self.ensure_server()?;
+                self.unit_plain = false;
                 self.swbuf.put_slice(frame);
                 self.unit_sent(b'F');
             }
@@ -491,10 +517,11 @@ impl Session {
     pub(super) fn refresh_limits(&mut self) {
         let cfg = self.shared.config();
         let proxy = &cfg.proxy;
-        self.limits.max_message_size = proxy.max_message_size;
+        self.limits.max_message_size = message_limit(proxy.max_message_size);
         self.limits.query_wait_timeout = proxy.query_wait_timeout;
         self.limits.query_timeout = proxy.query_timeout;
         self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout;
+        self.limits.pipeline = proxy.pipeline_waiting_clients;
     }
 
     /// Makes sure a server connection is held, without waiting: `Blocked::Checkout`
@@ -514,8 +541,14 @@ impl Session {
     }
 
     fn take_server(&mut self, mut co: Checkout) {
+        self.cancel.slot.attach(co.conn().cancel_target());
+        self.hold_server(co);
+    }
+
+    /// Makes `co` the held connection, its settings the client's; the caller points the
+    /// client's cancel key at it (at once, or once it may read it: see `follow_on`).
+    pub(super) fn hold_server(&mut self, mut co: Checkout) {
         let conn = co.conn();
-        self.cancel.slot.attach(conn.cancel_target());
         conn.set_holder(self.cancel.pid);
         if let Some(sql) = self.settings.sync_sql(&conn.settings) {
             build::query(&mut self.swbuf, &sql);
@@ -574,35 +607,58 @@ impl Session {
         let queued = slot.enter_queue();
         // Anything the client was already sent must go before the wait.
         self.flush().await?;
-        let checkout = self.pool.checkout(self.limits.query_wait_timeout);
-        let waited = tokio::select! {
-            r = checkout => Some(r),
-            _ = queued.cancelled() => None,
-        };
-        drop(queued);
-        let err = match waited {
-            Some(Ok(co)) => {
-                self.take_server(co);
-                return Ok(());
-            }
-            None => PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")
-                .with_hint("the statement was cancelled while it waited for a server connection; it did not run"),
-            Some(Err(e)) => {
-                tracing::warn!(database = %self.database, error = %e, "checkout failed");
-                match &e {
-                    PoolError::Timeout(wait) => PgError::error(
-                        SqlState::TOO_MANY_CONNECTIONS,
-                        format!(
-                            "no server connection for database \"{}\" became free within query_wait_timeout ({wait:?})",
-                            self.database
-                        ),
-                    )
-                    .with_hint("raise pool_size for this database or query_wait_timeout, or shorten transactions"),
-                    PoolError::Connect { .. } => PgError::error(SqlState::CONNECTION_FAILURE, e.to_string())
-                        .with_hint("check that the server is running and reachable; the statement was not run"),
+        let may_follow = self.limits.pipeline && self.renames() && self.pinned.is_none();
+        let err = loop {
+            let checkout = self
+                .pool
+                .checkout_or_follow(self.limits.query_wait_timeout, may_follow);
+            let waited = tokio::select! {
+                r = checkout => Some(r),
+                _ = queued.cancelled() => None,
+            };
+            match waited {
+                Some(Ok(Lent::Conn(co))) => {
+                    drop(queued);
+                    self.take_server(co);
+                    return Ok(());
+                }
+                Some(Ok(Lent::Follow(baton))) => match baton.join() {
+                    Joined::Following(co) => {
+                        // Before leaving the queue: a cancel from now on is kept.
+                        slot.follow();
+                        drop(queued);
+                        self.follow_on(co, baton);
+                        return Ok(());
+                    }
+                    Joined::Free(mut co, leftover) => {
+                        drop(queued);
+                        co.conn().rbuf = leftover;
+                        self.take_server(co);
+                        return Ok(());
+                    }
+                    // The connection was lost under its holder: wait for another.
+                    Joined::Lost => continue,
+                },
+                None => break PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")
+                    .with_hint("the statement was cancelled while it waited for a server connection; it did not run"),
+                Some(Err(e)) => {
+                    tracing::warn!(database = %self.database, error = %e, "checkout failed");
+                    break match &e {
+                        PoolError::Timeout(wait) => PgError::error(
+                            SqlState::TOO_MANY_CONNECTIONS,
+                            format!(
+                                "no server connection for database \"{}\" became free within query_wait_timeout ({wait:?})",
+                                self.database
+                            ),
+                        )
+                        .with_hint("raise pool_size for this database or query_wait_timeout, or shorten transactions"),
+                        PoolError::Connect { .. } => PgError::error(SqlState::CONNECTION_FAILURE, e.to_string())
+                            .with_hint("check that the server is running and reachable; the statement was not run"),
+                    };
                 }
             }
         };
+        drop(queued);
         err.encode(&mut self.cwbuf);
         self.head_is_plain = false;
         if let Ok(Some((tag, len))) = complete_frame(&self.crbuf, usize::MAX) {
@@ -638,7 +694,12 @@ impl Session {
         if let Some(s) = self.server.as_mut() {
             let conn = s.conn();
             if !self.swbuf.is_empty() || conn.stream.backlog() > HIGH_WATER {
-                if let Err(e) = write_to_server(conn, &self.swbuf).await {
+                let following = self.handoff.as_deref().and_then(Handoff::following);
+                let written = match following {
+                    Some(baton) => write_following(conn, baton, &self.swbuf).await,
+                    None => write_to_server(conn, &self.swbuf).await,
+                };
+                if let Err(e) = written {
                     let addr = conn.addr.to_string();
                     self.server = None;
                     tracing::warn!(server = %addr, error = %e, "server write failed");
@@ -660,6 +721,11 @@ impl Session {
     }
 
     // ---------------------------------------------------------------- server → client
+}
+
+/// `max_message_size` as a session keeps it.
+pub(crate) fn message_limit(max: usize) -> u32 {
+    u32::try_from(max).unwrap_or(u32::MAX)
 }
 
 /// One statement, at most with a trailing semicolon.

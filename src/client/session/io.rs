@@ -23,7 +23,7 @@ pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 pub(crate) fn read_some<'a>(
     stream: &'a mut MaybeTls,
     buf: &'a mut BytesMut,
-) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+) -> impl std::future::Future<Output = std::io::Result<usize>> + Unpin + 'a {
     std::future::poll_fn(move |cx| {
         if let MaybeTls::Uring(s) = &*stream {
             return s.poll_read_buf(cx, buf);

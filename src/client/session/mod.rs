@@ -21,13 +21,14 @@
 
 mod backend;
 mod frontend;
+mod handoff;
 mod io;
 mod outcome;
 mod rename;
 mod signal;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +46,23 @@ use crate::server::prepared::Statement;
 use crate::server::{CancelGate, Settings};
 use crate::tls::MaybeTls;
 
+pub(crate) use frontend::message_limit;
 use io::{read_some, sleep_until, write_all};
 use outcome::Outcome;
+
+/// The server's next bytes; `None` once `following`'s leader is done, before which
+/// the connection's replies are not this client's to read. One future rather than two
+/// select arms: every idle client's task holds the relay's largest wait.
+fn read_or_passed<'a>(
+    conn: &'a mut crate::server::ServerConn,
+    following: Option<&'a crate::pool::follow::Baton>,
+) -> impl std::future::Future<Output = Option<std::io::Result<usize>>> + 'a {
+    let mut read = read_some(&mut conn.stream, &mut conn.rbuf);
+    poll_fn(move |cx| match following {
+        Some(b) => b.poll_ready(cx).map(|()| None),
+        None => std::pin::Pin::new(&mut read).poll(cx).map(Some),
+    })
+}
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -107,6 +123,8 @@ struct Unnamed {
     runs: Option<Arc<Statement>>,
     /// The client has an unnamed statement: `rest`.
     valid: bool,
+    /// Its text leaves the connection idle and unchanged (`sql::leaves_idle`).
+    plain: bool,
     /// The held server connection's unnamed statement is the client's (or neither
     /// has one): false from each checkout until pgmux makes it so.
     held: bool,
@@ -114,11 +132,15 @@ struct Unnamed {
 
 /// Limits a session enforces, read once from the config at login.
 pub struct Limits {
-    pub max_message_size: usize,
+    /// A message's length field is 32 bits: a larger limit means none. Narrower than
+    /// the config's, to keep every client's task small.
+    pub max_message_size: u32,
     pub query_wait_timeout: Duration,
     pub query_timeout: Duration,
     pub idle_transaction_timeout: Duration,
     pub pool_mode: PoolMode,
+    /// `pipeline_waiting_clients`.
+    pub pipeline: bool,
 }
 
 pub struct Session {
@@ -176,11 +198,18 @@ pub struct Session {
     trimmed: bool,
     unit_started: Option<Instant>,
     timeout_cancel_sent: bool,
+    /// The units sent since the last unit that began with nothing in flight leave the
+    /// server connection idle and unchanged (`pipeline_waiting_clients`).
+    unit_plain: bool,
+    /// A server connection shared with another client (`pipeline_waiting_clients`).
+    handoff: Option<Box<handoff::Handoff>>,
 }
 
 enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
+    /// Following: the leader is done with the connection.
+    Passed,
     Shutdown,
     QueryTimeout,
     IdleTransactionTimeout,
@@ -231,6 +260,8 @@ impl Session {
             trimmed: false,
             unit_started: None,
             timeout_cancel_sent: false,
+            unit_plain: false,
+            handoff: None,
         }
     }
 
@@ -267,7 +298,8 @@ impl Session {
             self.client_input().await?;
         }
         loop {
-            if self.server.is_none() {
+            let leading = self.leading();
+            if self.server.is_none() && !leading {
                 if self.shared.draining() {
                     break;
                 }
@@ -280,6 +312,11 @@ impl Session {
                         s.trim();
                     }
                     self.trimmed = true;
+                }
+                if complete_frame(&self.crbuf, usize::MAX).is_ok_and(|f| f.is_some()) {
+                    // Messages that came while a lease ran.
+                    self.client_input().await?;
+                    continue;
                 }
                 // Biased: polled in this order, so the usual wakeup (the client's next
                 // query) polls nothing else and draws no random number.
@@ -298,7 +335,13 @@ impl Session {
                 }
                 continue;
             }
-            if self.server_has_reply() {
+            if leading {
+                if self.lease_has_reply() {
+                    // Replies the leader read past its own.
+                    self.lease_input().await?;
+                    continue;
+                }
+            } else if self.server_has_reply() {
                 // Replies read while pgmux was writing to the server.
                 self.server_input().await?;
                 continue;
@@ -308,14 +351,28 @@ impl Session {
             // pinned) has nothing to finish: shutdown closes it like any idle one. A
             // terminate names this client alone and ends it wherever it is.
             let may_end = self.between_transactions() || !self.shared.draining();
-            let server = self.server.as_mut().expect("checked above").conn();
+            let (server, following) = match self.server.as_mut() {
+                Some(co) => (
+                    co.conn(),
+                    self.handoff
+                        .as_deref()
+                        .and_then(handoff::Handoff::following),
+                ),
+                None => self
+                    .handoff
+                    .as_deref_mut()
+                    .and_then(handoff::Handoff::lease_parts)
+                    .expect("leading"),
+            };
             let slot = &self.cancel.slot;
             // The server first: its replies are what the usual wakeup brings, and a
             // client that sends more meanwhile is read once the server has nothing.
+            // While another client's unit runs on the connection, its replies are not
+            // this client's to read; while leading, the client's next messages wait.
             let ev = tokio::select! {
                 biased;
-                r = read_some(&mut server.stream, &mut server.rbuf) => Event::Server(r),
-                r = read_some(&mut self.client, &mut self.crbuf) => Event::Client(r),
+                r = read_or_passed(server, following) => r.map_or(Event::Passed, Event::Server),
+                r = read_some(&mut self.client, &mut self.crbuf), if !leading => Event::Client(r),
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
                 }
@@ -325,13 +382,22 @@ impl Session {
                 Event::Client(Ok(0)) => return Err(End::ClientLeft),
                 Event::Client(Ok(_)) => self.client_input().await?,
                 Event::Client(Err(e)) => return Err(End::Io(e)),
+                Event::Passed => {
+                    let passed = Box::pin(self.on_passed());
+                    passed.await?;
+                }
+                Event::Server(Ok(n)) if n > 0 && self.leading() => self.lease_input().await?,
                 Event::Server(Ok(0)) | Event::Server(Err(_)) => {
-                    let (addr, told) = self
-                        .server
-                        .as_mut()
-                        .map(|s| (s.conn().addr.to_string(), s.conn().closing))
-                        .unwrap_or_default();
+                    let (addr, told) = match (self.server.as_mut(), self.handoff.as_deref_mut()) {
+                        (Some(s), _) => (s.conn().addr.to_string(), s.conn().closing),
+                        (None, Some(h)) => h
+                            .lease_conn()
+                            .map(|c| (c.addr.to_string(), c.closing))
+                            .unwrap_or_default(),
+                        _ => Default::default(),
+                    };
                     self.server = None;
+                    self.lease_lost();
                     if told {
                         // The client has the server's own FATAL: a second error
                         // would read as a reply to its next message.
@@ -404,6 +470,7 @@ impl Session {
             && !self.copy_in
             && self.hidden_units == 0
             && self.swbuf.is_empty()
+            && self.handoff.is_none()
     }
 
     // The relay's handlers first run synchronously; only what must wait runs as a
@@ -432,6 +499,16 @@ impl Session {
         }
     }
 
+    async fn lease_input(&mut self) -> Result<(), End> {
+        match self.lease_input_now() {
+            Ok(()) => Ok(()),
+            Err(blocked) => {
+                let work = Box::pin(self.finish(blocked));
+                work.await
+            }
+        }
+    }
+
     /// The slow path: awaits what blocked, then goes on with the synchronous handling.
     async fn finish(&mut self, mut blocked: Blocked) -> Result<(), End> {
         loop {
@@ -446,6 +523,9 @@ impl Session {
                 }
                 Blocked::Release(gate) => {
                     self.release_slow(gate).await;
+                    // A lease ends before the client's output is out (see
+                    // `lease_input_now`).
+                    self.flush().await?;
                     Ok(())
                 }
                 Blocked::Terminate => {
@@ -459,6 +539,15 @@ impl Session {
                 Err(b) => blocked = b,
             }
         }
+    }
+
+    fn lease_has_reply(&mut self) -> bool {
+        self.handoff
+            .as_deref_mut()
+            .and_then(handoff::Handoff::lease_parts)
+            .is_some_and(|(conn, after)| {
+                after.is_none() && matches!(complete_frame(&conn.rbuf, usize::MAX), Ok(Some(_)))
+            })
     }
 
     fn server_has_reply(&mut self) -> bool {
@@ -505,6 +594,7 @@ impl Session {
             || self.tx != TxStatus::Idle
             || self.hidden_units > 0
             || !self.swbuf.is_empty()
+            || self.handoff.is_some()
         {
             return Ok(());
         }
@@ -519,6 +609,13 @@ impl Session {
     }
 
     async fn release_slow(&mut self, gate: Option<Arc<CancelGate>>) {
+        if self.leading() {
+            if let Some(gate) = gate {
+                gate.wait_clear().await;
+            }
+            self.pass_lease();
+            return;
+        }
         let mut co = self.server.take().expect("release without a server");
         let uncertain = std::mem::take(&mut self.settings_uncertain);
         if let Some(gate) = gate {
@@ -544,9 +641,21 @@ impl Session {
         {
             self.shared.pinned_changed(&self.database, -1);
         }
+        if self.leading() {
+            let drain = Box::pin(self.drain_lease());
+            drain.await;
+            return;
+        }
         let Some(mut co) = self.server.take() else {
             return;
         };
+        if let Some(h) = self.handoff.take() {
+            if let handoff::Handoff::Follow(baton) = *h {
+                // Sent behind the leader's unit: nobody will read its replies.
+                baton.abandon(co);
+                return;
+            }
+        }
         if let Some(gate) = self.cancel.slot.detach() {
             gate.wait_clear().await;
         }

@@ -125,6 +125,26 @@ pub fn analyze(sql: &[u8]) -> Effects {
     fx
 }
 
+/// Whether a text whose [`analyze`] found no session effects is one statement that
+/// runs in a transaction of its own outside a transaction block and leaves none open
+/// (a query or a data change): the connection is idle and unchanged after its reply.
+pub fn leaves_idle(sql: &[u8]) -> bool {
+    let one = match memchr::memchr(b';', sql) {
+        None => sql,
+        Some(i) if sql[i + 1..].iter().all(u8::is_ascii_whitespace) => &sql[..i],
+        Some(_) => return false,
+    };
+    let Some(first) = Words::new(one).next() else {
+        return false;
+    };
+    let first = Word(first);
+    [
+        "select", "with", "insert", "update", "delete", "values", "table", "merge",
+    ]
+    .iter()
+    .any(|kw| first.is(kw))
+}
+
 fn analyze_one(stmt: &[u8], fx: &mut Effects) {
     let mut words = Words::new(stmt);
     let Some(first) = words.next() else {
@@ -343,6 +363,34 @@ fn has_into_temp(stmt: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_single_statements_outside_transaction_control_leave_a_connection_idle() {
+        for sql in [
+            "select 1",
+            "  SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+            "/* tagged */ insert into t values (1)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "update t set a = 1 ; ",
+            "values (1)",
+        ] {
+            assert!(leaves_idle(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "begin",
+            "BEGIN; SELECT 1",
+            "select 1; select 2",
+            "commit",
+            "set x = 1",
+            "call p()",
+            "copy t from stdin",
+            "execute s(1)",
+            "",
+            "select 'a;b'",
+        ] {
+            assert!(!leaves_idle(sql.as_bytes()), "{sql}");
+        }
+    }
 
     #[test]
     fn statements_that_need_a_database_without_sessions_name_it() {

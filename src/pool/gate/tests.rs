@@ -5,7 +5,10 @@ use super::*;
 fn poll(a: &mut Acquire) -> Option<Permit> {
     let mut cx = Context::from_waker(Waker::noop());
     match Pin::new(a).poll(&mut cx) {
-        Poll::Ready(p) => Some(p),
+        Poll::Ready(Grant::Permit(p)) => Some(p),
+        Poll::Ready(Grant::Follow(_)) => {
+            panic!("a waiter that may not follow was handed a connection")
+        }
         Poll::Pending => None,
     }
 }
@@ -22,7 +25,9 @@ fn waiter(worker: usize, arrived: Instant) -> Arc<Waiter> {
     Arc::new(Waiter {
         worker,
         arrived,
+        can_follow: false,
         granted: AtomicBool::new(false),
+        follow: Mutex::new(None),
         waker: Mutex::new(None),
     })
 }
