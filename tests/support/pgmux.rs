@@ -68,7 +68,7 @@ pub fn pgmux_config_with_replicas(
 listen = "127.0.0.1:{listen_port}"
 metrics_listen = ""
 workers = {workers}
-{extra_proxy}
+{pipeline}{extra_proxy}
 
 [[users]]
 name = "{APP_USER}"
@@ -92,7 +92,21 @@ replicas = [{replicas}]
         listen_port = free_port(),
         primary = primary.addr(APP_DB),
         workers = test_workers(),
+        pipeline = test_pipeline(extra_proxy),
     )
+}
+
+/// `pipeline_waiting_clients = true` when `PGMUX_TEST_PIPELINE` is set
+/// (`scripts/test.sh` runs the suites of clients' protocols once more so), unless the
+/// test sets the key itself.
+fn test_pipeline(extra_proxy: &str) -> &'static str {
+    if std::env::var_os("PGMUX_TEST_PIPELINE").is_some()
+        && !extra_proxy.contains("pipeline_waiting_clients")
+    {
+        "pipeline_waiting_clients = true\n"
+    } else {
+        ""
+    }
 }
 
 /// `config` with `[proxy].workers` set to `n`.

@@ -1,0 +1,253 @@
+//! `pipeline_waiting_clients`: a client that finds no server connection free sends its
+//! statement behind another client's on a busy one. Each client still gets exactly its
+//! own replies, a cancel still reaches only the statement of the client that sent it,
+//! and a client leaving on either side disturbs nobody.
+//!
+//! The tests park one client in a transaction on the only server connection, queue the
+//! clients under test behind it, then let it go: the first in line gets the connection
+//! and hands it on to the next while its own statement runs.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use support::cancel::{send_raw_cancel, wait_until_running};
+use support::wire::{self, RawClient};
+use support::*;
+
+/// How long a test waits for something pgmux does in the background.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// pgmux with one server connection, handing it on while busy. One worker, so that
+/// clients queue strictly in arrival order.
+fn one_connection(proxy_keys: &str) -> Pgmux {
+    let cfg = pgmux_config(
+        shared_primary(),
+        &format!("auth_method = \"trust\"\npipeline_waiting_clients = true\n{proxy_keys}"),
+        "pool_size = 1",
+    );
+    start_pgmux(&with_workers(&cfg, 1))
+}
+
+/// A client in a transaction on the only server connection, so the next ones queue.
+fn holder(px: &Pgmux) -> RawClient {
+    let mut c = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    assert_eq!(c.query("begin"), Ok(vec![]));
+    assert_eq!(c.query("select 1"), Ok(vec!["1".to_owned()]));
+    c
+}
+
+/// A client that has sent `sql`, once pgmux has read it (and so queued the client).
+fn queued(px: &Pgmux, sql: &str) -> RawClient {
+    let mut c = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    c.send_query(sql);
+    let port = c.local_port();
+    let read = poll_until(PATIENCE, || wire::unread_bytes(px.port, port) == Some(0));
+    assert!(read, "pgmux did not read {sql:?}");
+    c
+}
+
+fn release(mut holder: RawClient) -> RawClient {
+    assert_eq!(holder.query("commit"), Ok(vec![]));
+    holder
+}
+
+#[test]
+fn a_client_waiting_for_a_busy_connection_runs_behind_it_instead_of_timing_out() {
+    // Each statement takes longer than a client may wait for a connection: without the
+    // hand-over, the second in line would get 53300.
+    let px = one_connection("query_wait_timeout = \"2s\"");
+    let x = holder(&px);
+    let mut a = queued(&px, "select 'a' from pg_sleep(3)");
+    let mut b = queued(&px, "select 'b' from pg_sleep(3)");
+    let _x = release(x);
+    assert_eq!(a.read_result(), Ok(vec!["a".to_owned()]));
+    assert_eq!(b.read_result(), Ok(vec!["b".to_owned()]));
+    // Both stay usable, each with its own replies.
+    assert_eq!(b.query("select 'b2'"), Ok(vec!["b2".to_owned()]));
+    assert_eq!(a.query("select 'a2'"), Ok(vec!["a2".to_owned()]));
+}
+
+#[test]
+fn a_cancel_from_a_client_behind_another_reaches_only_its_own_statement() {
+    let px = one_connection("");
+    let x = holder(&px);
+    let mut a = queued(&px, "select 'a' from pg_sleep(2) /* pipelining_cancel_a */");
+    let mut b = queued(
+        &px,
+        "select 'b' from pg_sleep(60) /* pipelining_cancel_b */",
+    );
+    let _x = release(x);
+    wait_until_running("pipelining_cancel_a");
+    // b's statement waits behind a's on the server: the cancel is kept for it, and
+    // must not stop a's.
+    send_raw_cancel(&px, &wire::cancel_request(b.pid, b.secret));
+    assert_eq!(a.read_result(), Ok(vec!["a".to_owned()]));
+    assert_eq!(b.read_result(), Err("57014".to_owned()));
+    assert_eq!(b.query("select 'b2'"), Ok(vec!["b2".to_owned()]));
+}
+
+#[test]
+fn a_cancel_of_a_client_with_another_behind_it_leaves_that_one_alone() {
+    let px = one_connection("");
+    let x = holder(&px);
+    let mut a = queued(
+        &px,
+        "select 'a' from pg_sleep(60) /* pipelining_cancel_leader */",
+    );
+    let mut b = queued(&px, "select 'b'");
+    let _x = release(x);
+    wait_until_running("pipelining_cancel_leader");
+    send_raw_cancel(&px, &wire::cancel_request(a.pid, a.secret));
+    assert_eq!(a.read_result(), Err("57014".to_owned()));
+    assert_eq!(b.read_result(), Ok(vec!["b".to_owned()]));
+    assert_eq!(a.query("select 'a2'"), Ok(vec!["a2".to_owned()]));
+}
+
+#[test]
+fn a_client_that_leaves_while_behind_another_disturbs_nobody() {
+    let px = one_connection("");
+    let x = holder(&px);
+    let mut a = queued(
+        &px,
+        "select 'a' from pg_sleep(1) /* pipelining_follower_leaves */",
+    );
+    let b = queued(&px, "select 'b' from pg_sleep(1)");
+    let _x = release(x);
+    wait_until_running("pipelining_follower_leaves");
+    drop(b);
+    assert_eq!(a.read_result(), Ok(vec!["a".to_owned()]));
+    // The connection that ran b's statement unread is closed, never reused: the
+    // next statements get the right replies.
+    assert_eq!(a.query("select 'a2'"), Ok(vec!["a2".to_owned()]));
+    let mut c = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    assert_eq!(c.query("select 'c'"), Ok(vec!["c".to_owned()]));
+}
+
+#[test]
+fn a_client_that_leaves_with_another_behind_it_still_lets_that_one_run() {
+    let px = one_connection("");
+    let x = holder(&px);
+    let a = queued(
+        &px,
+        "select 'a' from pg_sleep(1) /* pipelining_leader_leaves */",
+    );
+    let mut b = queued(&px, "select 'b'");
+    let _x = release(x);
+    wait_until_running("pipelining_leader_leaves");
+    drop(a);
+    assert_eq!(b.read_result(), Ok(vec!["b".to_owned()]));
+    assert_eq!(b.query("select 'b2'"), Ok(vec!["b2".to_owned()]));
+    let mut c = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    assert_eq!(c.query("select 'c'"), Ok(vec!["c".to_owned()]));
+}
+
+#[test]
+fn statements_that_leave_state_are_not_handed_on_mid_flight() {
+    // A transaction block, a SET, and a multi-statement Query hold the connection
+    // until they are done, as without the hand-over; the client behind each sees none
+    // of it.
+    let px = one_connection("");
+    for (first, then) in [
+        ("begin", "commit"),
+        (
+            "set application_name = 'pipelining_set'",
+            "show application_name",
+        ),
+        ("select 1; select pg_sleep(0.5)", "select 2"),
+    ] {
+        let x = holder(&px);
+        let mut a = queued(&px, first);
+        let mut b = queued(&px, "show application_name");
+        let _x = release(x);
+        assert!(a.read_result().is_ok(), "{first}");
+        assert!(a.query(then).is_ok(), "{then}");
+        drop(a);
+        let seen = b.read_result().expect("b's statement");
+        assert_ne!(
+            seen,
+            vec!["pipelining_set".to_owned()],
+            "a's SET leaked to b"
+        );
+    }
+}
+
+/// The value of `pgmux_pipelined_total` for database `app` at `metrics_port`.
+fn pipelined_total(metrics_port: u16) -> u64 {
+    let mut s = wire::tcp(metrics_port);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send the request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read /metrics");
+    body.lines()
+        .find(|l| l.starts_with("pgmux_pipelined_total{database=\"app\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_on_two_busy_connections_each_get_their_own_results() {
+    let metrics_port = support::process::free_port();
+    let cfg = pgmux_config(
+        shared_primary(),
+        &format!("pipeline_waiting_clients = true\nmetrics_listen = \"127.0.0.1:{metrics_port}\""),
+        "pool_size = 2",
+    )
+    .replacen("metrics_listen = \"\"\n", "", 1);
+    let px = start_pgmux(&cfg);
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let mut tasks = Vec::new();
+    for id in 0..24i32 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            // Half the clients change a setting, which pgmux re-applies on each
+            // connection they get (a unit of its own, that hands nothing on).
+            let name = if id % 2 == 0 {
+                let name = format!("pipelining_{id}");
+                client
+                    .batch_execute(&format!("set application_name = '{name}'"))
+                    .await
+                    .unwrap();
+                name
+            } else {
+                String::new()
+            };
+            let add = client.prepare("select $1::int + $2::int").await.unwrap();
+            for i in 0..150i32 {
+                let row = client.query_one(&add, &[&id, &i]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), id + i, "client {id}");
+                let rows = client
+                    .simple_query(&format!("select '{id}:{i}'"))
+                    .await
+                    .unwrap();
+                let text = rows.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                });
+                assert_eq!(text, Some(format!("{id}:{i}")), "client {id}");
+                if i % 25 == 0 {
+                    let row = client
+                        .query_one("show application_name", &[])
+                        .await
+                        .unwrap();
+                    assert_eq!(row.get::<_, String>(0), name, "another client's setting");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(PATIENCE * 4, t)
+            .await
+            .expect("the clients finish")
+            .unwrap();
+    }
+    let handed = pipelined_total(metrics_port);
+    eprintln!("connections handed on: {handed}");
+    assert!(
+        handed > 0,
+        "no connection was handed on: the test did not exercise pipelining"
+    );
+}
