@@ -2,7 +2,7 @@
 # The one test command: dependencies, formatting, lints, then every test target
 # (unit tests, integration tests against real Postgres, bench smoke runs, and the
 # protocol and pool suites once more with two workers, the relay on epoll, and the
-# client protocol suites with pipeline_waiting_clients).
+# client protocol suites with server_pipelining).
 # Exits non-zero on the first failure; cargo test's own summary is the last output.
 # PGMUX_TEST_THREADS (default: cargo's) bounds tests run at once within a binary.
 set -euo pipefail
@@ -31,7 +31,7 @@ PGMUX_TEST_WORKERS=1 cargo test --test protocol_and_errors --test pools --test c
 step "protocol, pool, cancel and lifecycle suites on epoll"
 PGMUX_IO=epoll cargo test --test protocol_and_errors --test pools --test cancel --test lifecycle
 
-step "client protocol suites with pipeline_waiting_clients"
+step "client protocol suites with server_pipelining"
 PGMUX_TEST_PIPELINE=1 cargo test --test protocol_and_errors --test prepared_statements --test drivers --test session_state --test cancel --test pools --test lifecycle
 
 step "cargo test (unit and integration tests)"

@@ -1,4 +1,4 @@
-//! `pipeline_waiting_clients`: a client that finds no server connection free sends its
+//! `server_pipelining`: a client that finds no server connection free sends its
 //! statement behind another client's on a busy one. Each client still gets exactly its
 //! own replies, a cancel still reaches only the statement of the client that sent it,
 //! and a client leaving on either side disturbs nobody.
@@ -24,7 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 fn one_connection(proxy_keys: &str) -> Pgmux {
     let cfg = pgmux_config(
         shared_primary(),
-        &format!("auth_method = \"trust\"\npipeline_waiting_clients = true\n{proxy_keys}"),
+        &format!("auth_method = \"trust\"\nserver_pipelining = true\n{proxy_keys}"),
         "pool_size = 1",
     );
     start_pgmux(&with_workers(&cfg, 1))
@@ -192,7 +192,7 @@ async fn many_clients_on_two_busy_connections_each_get_their_own_results() {
     let metrics_port = support::process::free_port();
     let cfg = pgmux_config(
         shared_primary(),
-        &format!("pipeline_waiting_clients = true\nmetrics_listen = \"127.0.0.1:{metrics_port}\""),
+        &format!("server_pipelining = true\nmetrics_listen = \"127.0.0.1:{metrics_port}\""),
         "pool_size = 2",
     )
     .replacen("metrics_listen = \"\"\n", "", 1);

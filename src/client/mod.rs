@@ -293,7 +293,7 @@ async fn login(
         query_timeout: cfg.proxy.query_timeout,
         idle_transaction_timeout: cfg.proxy.idle_transaction_timeout,
         pool_mode: db.pool_mode,
-        pipeline: cfg.proxy.pipeline_waiting_clients,
+        pipeline: cfg.proxy.server_pipelining,
     };
     let session = Session::new(
         shared.clone(),

@@ -273,7 +273,7 @@ fn build_proxy(raw: RawProxy, path: &KeyPath, problems: &mut Problems) -> ProxyC
             .max_prepared_statements
             .unwrap_or(DEFAULT_MAX_PREPARED_STATEMENTS),
         unix_socket_dir: raw.unix_socket_dir.filter(|d| !d.as_os_str().is_empty()),
-        pipeline_waiting_clients: raw.pipeline_waiting_clients.unwrap_or(false),
+        server_pipelining: raw.server_pipelining.unwrap_or(false),
     };
     check_proxy(&proxy, path, problems);
     proxy

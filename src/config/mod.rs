@@ -144,9 +144,10 @@ pub struct ProxyConfig {
     /// Where to also listen on a Unix-domain socket, `.s.PGSQL.<listen port>` as
     /// libpq names it (PgBouncer's `unix_socket_dir`); `None` when unset or `""`.
     pub unix_socket_dir: Option<PathBuf>,
-    /// A client that finds no server connection free may have its statement queued on
-    /// a busy one, behind a statement that leaves the connection idle and unchanged.
-    pub pipeline_waiting_clients: bool,
+    /// A client's statement may be sent to a busy server connection, behind another
+    /// client's statement that leaves the connection idle and unchanged, in preference
+    /// to an idle connection (see `pool::follow`).
+    pub server_pipelining: bool,
 }
 
 impl ProxyConfig {

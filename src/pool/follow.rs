@@ -1,14 +1,16 @@
-//! Handing a busy server connection to a waiting client before it is free
-//! (`pipeline_waiting_clients`).
+//! Handing a busy server connection on to another client before it is free
+//! (`server_pipelining`).
 //!
 //! A client (the leader) whose last unit runs on a connection and will leave it idle
-//! and unchanged may offer that connection to the client next in line for one (the
-//! follower). The follower takes the connection at once and sends its own messages
-//! behind the leader's, so Postgres finds them waiting when it finishes the leader's
-//! unit instead of going to sleep and being woken for them. The leader keeps reading
-//! its replies through a view of the socket until its ReadyForQuery, then passes the
-//! bytes after it — the follower's first replies — on: only then does the follower
-//! read the connection.
+//! and unchanged offers that connection: to the client first in line for one, or,
+//! when none waits, to whichever client next needs one ([`super::Pool::publish`]) —
+//! in preference to an idle connection. That client (the follower) takes it at once
+//! and sends its own messages behind the leader's, so Postgres finds them waiting when
+//! it finishes the leader's unit instead of going to sleep and being woken for them;
+//! the follower offers the connection in turn. The leader keeps reading its replies
+//! through a second handle on the socket until its ReadyForQuery, then passes the bytes
+//! after it — the follower's first replies — on: only then does the follower read the
+//! connection.
 //!
 //! Every way either side can end is covered: a follower that never joins leaves the
 //! connection to the leader to release; one that leaves after sending has made it
@@ -18,6 +20,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -26,6 +29,8 @@ use super::Checkout;
 
 pub struct Baton {
     st: Mutex<State>,
+    /// When the leader's unit went out.
+    pub since: Instant,
 }
 
 #[derive(Default)]
@@ -83,6 +88,7 @@ impl Baton {
                 conn: Some(conn),
                 ..State::default()
             }),
+            since: Instant::now(),
         })
     }
 

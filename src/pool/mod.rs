@@ -77,6 +77,12 @@ pub enum PoolError {
 pub mod follow;
 mod gate;
 
+/// How long after its unit went out a busy connection is still offered to a client
+/// that could take an idle one. Under load units take tens of microseconds and nearly
+/// every offer is taken within this; a unit still running after it is likely a long
+/// one, which a client should not queue behind while other connections are free.
+pub const OFFER_WINDOW: Duration = Duration::from_millis(1);
+
 /// What a client waiting for a server connection gets.
 pub enum Lent {
     Conn(Checkout),
@@ -98,6 +104,9 @@ pub struct Pool {
     active: AtomicUsize,
     /// Connections handed to a waiting client while busy (`follow`).
     handoffs: AtomicU64,
+    /// Busy connections any client needing one may take (`publish`), newest last.
+    offers: Mutex<Vec<Arc<Baton>>>,
+    offered: AtomicUsize,
     reported: Mutex<Option<Reported>>,
 }
 
@@ -113,6 +122,8 @@ impl Pool {
             open: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             handoffs: AtomicU64::new(0),
+            offers: Mutex::new(Vec::new()),
+            offered: AtomicUsize::new(0),
             reported: Mutex::new(None),
         })
     }
@@ -187,6 +198,48 @@ impl Pool {
         Err(baton
             .take_back()
             .expect("an unoffered baton keeps its connection"))
+    }
+
+    /// Offers `conn`, busy with a unit that leaves it idle and unchanged, to whichever
+    /// client next needs a connection (see [`Pool::take_offer`]): on a machine whose
+    /// cores the server shares, a backend that goes from one unit to the next without
+    /// sleeping costs far less than waking an idle one.
+    pub fn publish(&self, conn: Checkout) -> Arc<Baton> {
+        let baton = Baton::new(conn);
+        self.offers.lock().push(baton.clone());
+        self.offered.fetch_add(1, Ordering::Relaxed);
+        baton
+    }
+
+    /// Withdraws a published connection; false when a client took it meanwhile.
+    pub fn unpublish(&self, baton: &Arc<Baton>) -> bool {
+        let mut offers = self.offers.lock();
+        match offers.iter().rposition(|b| Arc::ptr_eq(b, baton)) {
+            Some(i) => {
+                offers.swap_remove(i);
+                self.offered.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The most recently published busy connection, if its unit went out less than
+    /// [`OFFER_WINDOW`] ago.
+    pub fn take_offer(&self) -> Option<Arc<Baton>> {
+        if self.offered.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut offers = self.offers.lock();
+        // Published in order: when the newest is too old, so are the rest.
+        if offers.last()?.since.elapsed() > OFFER_WINDOW {
+            return None;
+        }
+        let b = offers.pop()?;
+        drop(offers);
+        self.offered.fetch_sub(1, Ordering::Relaxed);
+        self.handoffs.fetch_add(1, Ordering::Relaxed);
+        Some(b)
     }
 
     /// Like [`Pool::checkout`]; with `can_follow`, the wait may also end with another

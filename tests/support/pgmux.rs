@@ -96,14 +96,14 @@ replicas = [{replicas}]
     )
 }
 
-/// `pipeline_waiting_clients = true` when `PGMUX_TEST_PIPELINE` is set
+/// `server_pipelining = true` when `PGMUX_TEST_PIPELINE` is set
 /// (`scripts/test.sh` runs the suites of clients' protocols once more so), unless the
 /// test sets the key itself.
 fn test_pipeline(extra_proxy: &str) -> &'static str {
     if std::env::var_os("PGMUX_TEST_PIPELINE").is_some()
-        && !extra_proxy.contains("pipeline_waiting_clients")
+        && !extra_proxy.contains("server_pipelining")
     {
-        "pipeline_waiting_clients = true\n"
+        "server_pipelining = true\n"
     } else {
         ""
     }

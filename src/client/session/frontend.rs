@@ -521,7 +521,7 @@ impl Session {
         self.limits.query_wait_timeout = proxy.query_wait_timeout;
         self.limits.query_timeout = proxy.query_timeout;
         self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout;
-        self.limits.pipeline = proxy.pipeline_waiting_clients;
+        self.limits.pipeline = proxy.server_pipelining;
     }
 
     /// Makes sure a server connection is held, without waiting: `Blocked::Checkout`
@@ -531,6 +531,23 @@ impl Session {
             return Ok(());
         }
         self.refresh_limits();
+        if self.limits.pipeline && self.renames() && self.pinned.is_none() {
+            while let Some(baton) = self.pool.take_offer() {
+                match baton.join() {
+                    Joined::Following(co) => {
+                        self.cancel.slot.follow();
+                        self.follow_on(co, baton);
+                        return Ok(());
+                    }
+                    Joined::Free(mut co, leftover) => {
+                        co.conn().rbuf = leftover;
+                        self.take_server(co);
+                        return Ok(());
+                    }
+                    Joined::Lost => {}
+                }
+            }
+        }
         match self.pool.try_checkout() {
             Some(co) => {
                 self.take_server(co);

@@ -1,4 +1,4 @@
-//! `pipeline_waiting_clients`: a session hands its busy server connection to a waiting
+//! `server_pipelining`: a session hands its busy server connection on to another
 //! client (leading), or sends on one whose previous holder's unit still runs there
 //! (following). The baton between the two is `pool::follow`.
 
@@ -36,6 +36,8 @@ pub(super) struct Lease {
     /// The leader this client followed, while its unit still runs: nothing is read
     /// before it passes.
     after: Option<Arc<Baton>>,
+    /// In the pool's list of busy connections any client may take.
+    published: bool,
 }
 
 impl Drop for Lease {
@@ -79,7 +81,7 @@ impl Session {
         self.server.is_none() && self.handoff.is_some()
     }
 
-    /// After a unit went out: hands the connection to a waiting client when that unit
+    /// After a unit went out: offers the connection to the next client when that unit
     /// leaves it idle and unchanged and nothing else of this client's is on it.
     pub(super) fn offer_server(&mut self) {
         if !self.unit_plain
@@ -101,7 +103,6 @@ impl Session {
             // A statement the server prepares only when its reply comes must be
             // recorded on the connection itself.
             || self.fixups.iter().any(|f| f.parsed.is_some())
-            || !self.pool.has_followers()
         {
             return;
         }
@@ -112,30 +113,28 @@ impl Session {
         if conn.closing {
             return;
         }
-        let Some(mut view) = conn.reading_view() else {
+        let Some(view) = conn.reading_view() else {
             return;
         };
         let co = self.server.take().expect("checked");
-        match self.pool.offer(co) {
-            Ok(baton) => {
-                // A follower offers too: its unit waits behind its leader's, and the
-                // next one behind its own.
-                let after = match self.handoff.take().map(|h| *h) {
-                    Some(Handoff::Follow(leader)) => Some(leader),
-                    _ => None,
-                };
-                self.handoff = Some(Box::new(Handoff::Lease(Lease {
-                    conn: view,
-                    baton,
-                    passed: false,
-                    after,
-                })));
-            }
-            Err(mut co) => {
-                co.conn().rbuf = std::mem::take(&mut view.rbuf);
-                self.server = Some(co);
-            }
-        }
+        // The oldest waiting client first; else whichever client next needs one.
+        let (baton, published) = match self.pool.offer(co) {
+            Ok(b) => (b, false),
+            Err(co) => (self.pool.publish(co), true),
+        };
+        // A follower offers too: its unit waits behind its leader's, and the next one
+        // behind its own.
+        let after = match self.handoff.take().map(|h| *h) {
+            Some(Handoff::Follow(leader)) => Some(leader),
+            _ => None,
+        };
+        self.handoff = Some(Box::new(Handoff::Lease(Lease {
+            conn: view,
+            baton,
+            passed: false,
+            after,
+            published,
+        })));
     }
 
     /// Takes a connection whose previous holder's unit still runs on it.
@@ -183,6 +182,18 @@ impl Session {
         };
         lease.passed = true;
         let leftover = std::mem::take(&mut lease.conn.rbuf);
+        if lease.published && self.pool.unpublish(&lease.baton) {
+            // Nobody took it: the connection is this client's to give back.
+            if let Some(mut co) = lease.baton.take_back() {
+                co.conn().rbuf = leftover;
+                if lease.conn.closing {
+                    drop(co);
+                } else {
+                    co.release();
+                }
+            }
+            return;
+        }
         match lease.baton.pass(leftover, lease.conn.closing) {
             Back::Taken => {}
             Back::Release(co) => co.release(),

@@ -139,7 +139,7 @@ pub struct Limits {
     pub query_timeout: Duration,
     pub idle_transaction_timeout: Duration,
     pub pool_mode: PoolMode,
-    /// `pipeline_waiting_clients`.
+    /// `server_pipelining`.
     pub pipeline: bool,
 }
 
@@ -199,9 +199,9 @@ pub struct Session {
     unit_started: Option<Instant>,
     timeout_cancel_sent: bool,
     /// The units sent since the last unit that began with nothing in flight leave the
-    /// server connection idle and unchanged (`pipeline_waiting_clients`).
+    /// server connection idle and unchanged (`server_pipelining`).
     unit_plain: bool,
-    /// A server connection shared with another client (`pipeline_waiting_clients`).
+    /// A server connection shared with another client (`server_pipelining`).
     handoff: Option<Box<handoff::Handoff>>,
 }
 

@@ -160,7 +160,7 @@ pub(super) struct RawProxy {
     pub(super) log_format: Option<LogFormat>,
     pub(super) max_prepared_statements: Option<usize>,
     pub(super) unix_socket_dir: Option<PathBuf>,
-    pub(super) pipeline_waiting_clients: Option<bool>,
+    pub(super) server_pipelining: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
