@@ -6,12 +6,14 @@
 #   QUICK=1 bash benches/load.sh         # self-check: 2 s runs, 1,000 idle clients
 #   WORKERS="1 2" bash benches/load.sh   # one pgmux column per worker count
 #   WORKERS="1 1e" bash benches/load.sh  # io_uring (default) against epoll (PGMUX_IO=epoll)
+#   WORKERS="1 1p" bash benches/load.sh  # without and with server_pipelining
 #
 # Environment (defaults in brackets):
 #   DURATION      seconds per pgbench run                        [10; QUICK: 2]
 #   ROUNDS        rounds of every workload × target; medians     [1]
 #   WORKERS       pgmux [proxy].workers; a list runs one pgmux each  [0 = one per core]
-#                 (an "e" suffix runs that one on epoll: PGMUX_IO=epoll)
+#                 (an "e" suffix runs that one on epoll: PGMUX_IO=epoll; a "p"
+#                 suffix with server_pipelining = true)
 #   IDLE_CLIENTS  idle logged-in clients for the memory figure   [10000; QUICK: 1000]
 #   SCALE         pgbench -i scale                               [10]
 #   POOL_SIZE     server connections per pool (both proxies)     [20]
@@ -247,9 +249,10 @@ stop_proxy() { # PID: stops it and forgets it (its number may be reused later)
 # ---- pgmux (one per entry of WORKERS)
 declare -A PGMUX_PORT PGMUX_PID
 pgmux_name() { if [ "$N_PGMUX" = 1 ]; then echo pgmux; else echo "pgmux-w$1"; fi; }
-start_pgmux() { # WORKERS, with an optional "e" suffix for epoll
-    local w=${1%e} io=io_uring name port mport dir
-    [ "$1" != "$w" ] && io=epoll
+start_pgmux() { # WORKERS, with optional suffixes "e" (epoll) and "p" (server_pipelining)
+    local w=${1//[ep]/} io=io_uring pipelining=false name port mport dir
+    [[ $1 == *e* ]] && io=epoll
+    [[ $1 == *p* ]] && pipelining=true
     name=$(pgmux_name "$1")
     dir=$TMP/$name
     mkdir -p "$dir"
@@ -264,6 +267,7 @@ max_client_conn = $(( IDLE_CLIENTS + 1000 ))
 workers = $w
 auth_method = "scram-sha-256"
 unix_socket_dir = "$PROXY_SOCKET_DIR"
+server_pipelining = $pipelining
 
 [[users]]
 name = "$BENCH_USER"

@@ -61,8 +61,13 @@ impl CancelSlot {
         Queued { slot: self }
     }
 
-    /// The session sent its statement behind another client's (see `following`).
-    pub fn follow(&self) {
+    /// The session sent its statement behind another client's (see `following`). A
+    /// cancel counts from the wait for a server connection this ended (`fresh`: from
+    /// now, when there was no wait, or an older cancel abandoned that wait).
+    pub fn follow(&self, fresh: bool) {
+        if fresh {
+            self.cancelled.store(false, Ordering::SeqCst);
+        }
         self.following.store(true, Ordering::SeqCst);
     }
 

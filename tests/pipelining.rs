@@ -251,3 +251,26 @@ async fn many_clients_on_two_busy_connections_each_get_their_own_results() {
         "no connection was handed on: the test did not exercise pipelining"
     );
 }
+
+#[test]
+fn a_client_behind_a_transaction_runs_after_its_end_and_outside_it() {
+    let px = one_connection("");
+    let x = holder(&px);
+    let mut a = queued(&px, "begin");
+    // Outside a transaction block, now() is the statement's own start.
+    let mut b = queued(&px, "select now() = statement_timestamp()");
+    let _x = release(x);
+    assert_eq!(a.read_result(), Ok(vec![]));
+    // Units inside the block hand nothing on, a Sync alone among them.
+    assert_eq!(a.query("select 1"), Ok(vec!["1".to_owned()]));
+    a.stream
+        .write_all(&wire::tagged(b'S', &[]))
+        .expect("send a Sync");
+    let replies = a.read_until_ready();
+    assert_eq!(replies.last().map(|m| m.tx_status()), Some('T'));
+    // The end of the block does: b's statement runs after it, in a transaction of
+    // its own.
+    assert_eq!(a.query("commit"), Ok(vec![]));
+    assert_eq!(b.read_result(), Ok(vec!["t".to_owned()]));
+    assert_eq!(a.query("select 'a'"), Ok(vec!["a".to_owned()]));
+}

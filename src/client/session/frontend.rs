@@ -79,7 +79,8 @@ impl Session {
             }
             return Ok(());
         }
-        if !self.unsynced && self.in_flight() == 0 {
+        let starts_unit = !self.unsynced && self.in_flight() == 0;
+        if starts_unit {
             // A unit begins: whether it leaves the connection idle and unchanged is
             // worked out message by message below.
             self.unit_plain = self.tx == TxStatus::Idle;
@@ -105,7 +106,12 @@ impl Session {
                     self.head_is_plain = fx.is_empty();
                     return Err(b);
                 }
-                self.unit_plain &= fx.is_empty() && sql::leaves_idle(text);
+                if starts_unit && self.tx != TxStatus::Idle {
+                    // Inside a block, only its end leaves the connection idle.
+                    self.unit_plain = fx.is_empty() && sql::ends_block(text);
+                } else {
+                    self.unit_plain &= fx.is_empty() && sql::leaves_idle(text);
+                }
                 let signal = fx.signal;
                 let one_deallocate = !fx.deallocate.is_empty() && single_statement(text);
                 let server_text = self.server_text(&fx, text, one_deallocate);
@@ -535,7 +541,7 @@ impl Session {
             while let Some(baton) = self.pool.take_offer() {
                 match baton.join() {
                     Joined::Following(co) => {
-                        self.cancel.slot.follow();
+                        self.cancel.slot.follow(true);
                         self.follow_on(co, baton);
                         return Ok(());
                     }
@@ -642,7 +648,7 @@ impl Session {
                 Some(Ok(Lent::Follow(baton))) => match baton.join() {
                     Joined::Following(co) => {
                         // Before leaving the queue: a cancel from now on is kept.
-                        slot.follow();
+                        slot.follow(false);
                         drop(queued);
                         self.follow_on(co, baton);
                         return Ok(());

@@ -450,7 +450,10 @@ impl Session {
         } else {
             "terminating connection due to administrator command"
         };
-        if self.server.is_some() && self.in_flight() > 0 {
+        // Not while the statement waits behind another client's: the key reaches
+        // whichever statement runs on the server connection.
+        let running = self.server.is_some() || self.leading() && !self.waiting_behind();
+        if running && self.in_flight() > 0 {
             let (pid, secret) = (self.cancel.pid, self.cancel.secret);
             let cancel = self
                 .shared
@@ -539,6 +542,13 @@ impl Session {
                 Err(b) => blocked = b,
             }
         }
+    }
+
+    /// This client's unit was sent behind another client's, which still runs.
+    fn waiting_behind(&self) -> bool {
+        self.handoff
+            .as_deref()
+            .is_some_and(|h| h.following().is_some())
     }
 
     fn lease_has_reply(&mut self) -> bool {

@@ -145,6 +145,26 @@ pub fn leaves_idle(sql: &[u8]) -> bool {
     .any(|kw| first.is(kw))
 }
 
+/// Whether a text whose [`analyze`] found no session effects is one statement that
+/// ends a transaction block (`COMMIT`, `END`, `ROLLBACK`, `ABORT`; not `AND CHAIN`,
+/// not `COMMIT PREPARED`): sent inside a block, it leaves the connection idle.
+pub fn ends_block(sql: &[u8]) -> bool {
+    let one = match memchr::memchr(b';', sql) {
+        None => sql,
+        Some(i) if sql[i + 1..].iter().all(u8::is_ascii_whitespace) => &sql[..i],
+        Some(_) => return false,
+    };
+    let mut words = Words::new(one);
+    let Some(first) = words.next().map(Word) else {
+        return false;
+    };
+    (first.is("commit") || first.is("end") || first.is("rollback") || first.is("abort"))
+        && words.all(|w| {
+            let w = Word(w);
+            w.is("work") || w.is("transaction")
+        })
+}
+
 fn analyze_one(stmt: &[u8], fx: &mut Effects) {
     let mut words = Words::new(stmt);
     let Some(first) = words.next() else {
@@ -389,6 +409,18 @@ mod tests {
             "select 'a;b'",
         ] {
             assert!(!leaves_idle(sql.as_bytes()), "{sql}");
+        }
+        for sql in ["commit", "END;", "rollback work", "abort transaction"] {
+            assert!(ends_block(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "commit and chain",
+            "commit prepared 'x'",
+            "rollback to s",
+            "commit; begin",
+            "select 1",
+        ] {
+            assert!(!ends_block(sql.as_bytes()), "{sql}");
         }
     }
 
