@@ -337,7 +337,7 @@ impl Session {
             }
             if leading {
                 if self.lease_has_reply() {
-                    // Replies the leader read past its own.
+                    // Replies the client ahead read past its own and passed on.
                     self.lease_input().await?;
                     continue;
                 }
