@@ -212,3 +212,6 @@ impl Baton {
         back
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -493,6 +493,28 @@ impl ServerConn {
         })
     }
 
+    /// A logged-in connection over `stream`, for tests of what holds connections.
+    #[cfg(test)]
+    pub fn for_test(stream: MaybeTls, addr: Arc<ServerAddr>) -> ServerConn {
+        ServerConn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+            rbuf: BytesMut::new(),
+            addr,
+            pid: 1,
+            secret: 2,
+            reported: Arc::new(Vec::new()),
+            settings: Settings::default(),
+            prepared: PreparedSet::new(4),
+            created: Instant::now(),
+            last_used: Instant::now(),
+            gate: Arc::new(CancelGate::default()),
+            home: 0,
+            holder: None,
+            closing: false,
+        }
+    }
+
     /// Records the client now holding this connection, by its process id.
     pub fn set_holder(&self, client_pid: i32) {
         if let Some(h) = &self.holder {
