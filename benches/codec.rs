@@ -109,7 +109,7 @@ fn prepared(c: &mut Criterion) {
     rest.put_i16(1);
     rest.put_i32(0);
     c.bench_function("prepared/statement_new", |b| {
-        b.iter(|| Statement::new(black_box(&rest)))
+        b.iter(|| Statement::new(black_box(&rest), 0))
     });
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use support::extended;
 use support::*;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 /// Clients per test that runs many of them.
@@ -143,6 +143,60 @@ async fn a_statement_prepared_on_one_connection_runs_on_the_other() {
             steer.retake(conn).await;
         }
     }
+}
+
+/// A schema change made through pgmux leaves the statements servers prepared before it
+/// stale: a client that prepares its statement again afterwards (psycopg 3 does after
+/// a DROP) gets it parsed against the new table on every server connection, as
+/// Postgres would parse it afresh, not the copy another connection kept from before.
+#[tokio::test]
+async fn a_statement_prepared_again_after_a_schema_change_is_parsed_afresh_on_every_connection() {
+    const INSERT: &str = "insert into ps_schema_change (v) values ($1)";
+    let pg = shared_primary();
+    pg.sql(
+        APP_DB,
+        &format!(
+            "drop table if exists ps_schema_change; create table ps_schema_change (v int); \
+             alter table ps_schema_change owner to {APP_USER}"
+        ),
+    );
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let url = app_url(&px);
+    let steer = Steering::new(&url).await;
+    let client = connect(&url).await;
+
+    // Both server connections hold the statement, its parameter an int.
+    for conn in [0, 1] {
+        steer.free(conn).await;
+        let stmt = client.prepare(INSERT).await.unwrap();
+        assert_eq!(stmt.params(), &[Type::INT4]);
+        client.execute(&stmt, &[&1i32]).await.unwrap();
+        steer.retake(conn).await;
+    }
+
+    steer.free(0).await;
+    client
+        .batch_execute("drop table ps_schema_change; create table ps_schema_change (v text)")
+        .await
+        .unwrap();
+    let stmt = client.prepare(INSERT).await.unwrap();
+    assert_eq!(stmt.params(), &[Type::TEXT], "the statement parsed again");
+    client.execute(&stmt, &[&"on 0"]).await.unwrap();
+    steer.retake(0).await;
+
+    steer.free(1).await;
+    client
+        .execute(&stmt, &[&"on 1"])
+        .await
+        .expect("the statement on the connection that had it from before the change");
+    steer.retake(1).await;
+    assert_eq!(
+        pg.sql(
+            APP_DB,
+            "select string_agg(v, ',' order by v) from ps_schema_change"
+        ),
+        "on 0,on 1"
+    );
 }
 
 #[test]

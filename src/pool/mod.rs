@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::config::ServerAddr;
-use crate::server::{ConnectOptions, ServerConn, ServerCredential, ServerError};
+use crate::server::{ConnectOptions, SchemaEpoch, ServerConn, ServerCredential, ServerError};
 use follow::{Baton, Joined};
 use gate::{Gate, Grant, Permit};
 
@@ -108,12 +108,20 @@ pub struct Pool {
     offers: Mutex<Vec<Arc<Baton>>>,
     offered: AtomicUsize,
     reported: Mutex<Option<Reported>>,
+    /// Schema changes made through pgmux to the pool's database.
+    pub schema: Arc<SchemaEpoch>,
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, settings: PoolSettings, connect: ConnectOptions) -> Arc<Pool> {
+    pub fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        connect: ConnectOptions,
+        schema: Arc<SchemaEpoch>,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             key,
+            schema,
             permits: Gate::new(settings.size),
             capacity: AtomicUsize::new(settings.size),
             settings: ArcSwap::from_pointee(settings),
@@ -464,6 +472,8 @@ impl Drop for Checkout {
 #[derive(Default)]
 pub struct Pools {
     map: DashMap<PoolKey, Arc<Pool>>,
+    /// One per database: its pools, of every user and server, see the same schema.
+    schemas: DashMap<Arc<str>, Arc<SchemaEpoch>>,
 }
 
 impl Pools {
@@ -476,9 +486,14 @@ impl Pools {
         if let Some(p) = self.map.get(&key) {
             return p.clone();
         }
+        let schema = self
+            .schemas
+            .entry(key.database.clone())
+            .or_default()
+            .clone();
         self.map
             .entry(key.clone())
-            .or_insert_with(|| Pool::new(key, settings(), connect()))
+            .or_insert_with(|| Pool::new(key, settings(), connect(), schema))
             .clone()
     }
 

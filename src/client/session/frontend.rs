@@ -173,7 +173,7 @@ impl Session {
                 let plain = plain && runs.is_none();
                 self.unit_plain &= plain;
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
-                    let mut stmt = Statement::new(&rest);
+                    let mut stmt = Statement::new(&rest, self.pool.schema.now());
                     stmt.runs = runs.clone();
                     stmt.plain = plain;
                     (Bytes::copy_from_slice(p.name), Arc::new(stmt))
@@ -202,11 +202,9 @@ impl Session {
                     Some((name, stmt)) => {
                         self.stmts.insert(name.clone(), stmt.clone());
                         let conn = self.server.as_mut().expect("ensured").conn();
-                        if !conn.prepared.touch(stmt.id) {
-                            if let Some(victim) = conn.prepared.insert(&stmt) {
-                                build::close_statement(&mut self.swbuf, &victim);
-                                self.expect(b'3', true, None);
-                            }
+                        if let Some(victim) = conn.prepared.insert(&stmt, stmt.epoch) {
+                            build::close_statement(&mut self.swbuf, &victim);
+                            self.expect(b'3', true, None);
                         }
                         // Re-prepare even when the server has it, so the client gets a
                         // ParseComplete (or an error) from the server itself.
@@ -401,11 +399,14 @@ impl Session {
         if let Some(runs) = &stmt.runs {
             self.ensure_prepared(runs);
         }
+        let epoch = self.pool.schema.now();
         let conn = self.server.as_mut().expect("ensured").conn();
-        if conn.prepared.touch(stmt.id) {
+        if conn.prepared.touch(stmt) {
             return;
         }
-        if let Some(victim) = conn.prepared.insert(stmt) {
+        // A copy from before the client's parse is replaced: `close_and_parse` closes
+        // it first.
+        if let Some(victim) = conn.prepared.insert(stmt, epoch) {
             build::close_statement(&mut self.swbuf, &victim);
             self.expect(b'3', true, None);
         }

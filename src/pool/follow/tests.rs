@@ -41,6 +41,7 @@ fn checked_out() -> (Arc<Pool>, Checkout, tokio::net::UnixStream) {
             tls_mode: UpstreamTlsMode::Disable,
             connect_timeout: Duration::from_secs(1),
         },
+        Arc::default(),
     );
     let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
     let conn = Box::new(ServerConn::for_test(MaybeTls::Unix(ours), addr));
