@@ -74,8 +74,9 @@ impl Statement {
 }
 
 /// Counts the schema changes made through pgmux to one database: every `CREATE`,
-/// `DROP` or `ALTER`, and the end of a transaction that made one (whose rollback
-/// undoes it, and whose commit shows it to other connections).
+/// `DROP`, `ALTER`, `IMPORT FOREIGN SCHEMA` and `DO`, and the end of a transaction
+/// that made one (whose rollback undoes it, and whose commit shows it to other
+/// connections).
 #[derive(Debug, Default)]
 pub struct SchemaEpoch(AtomicU64);
 
@@ -89,12 +90,14 @@ impl SchemaEpoch {
     }
 }
 
-/// Whether a CommandComplete tag is that of a schema change.
+/// Whether a CommandComplete tag (NUL-terminated or not) is that of a schema change,
+/// or of a `DO` block, which may hold one.
 pub fn is_schema_change(tag: &[u8]) -> bool {
-    matches!(tag.first(), Some(b'C' | b'D' | b'A'))
-        && [&b"CREATE "[..], b"DROP ", b"ALTER "]
+    matches!(tag.first(), Some(b'C' | b'D' | b'A' | b'I'))
+        && ([&b"CREATE "[..], b"DROP ", b"ALTER ", b"IMPORT "]
             .iter()
             .any(|p| tag.starts_with(p))
+            || matches!(tag, b"DO" | b"DO\0"))
 }
 
 struct Entry {
@@ -221,6 +224,10 @@ mod tests {
             (b"DROP TYPE", true),
             (b"ALTER TABLE", true),
             (b"CREATE INDEX", true),
+            (b"DO\0", true),
+            (b"IMPORT FOREIGN SCHEMA", true),
+            (b"DROP TABLE\0", true),
+            (b"DOMAIN", false),
             (b"DELETE 3", false),
             (b"COMMIT", false),
             (b"SELECT 1", false),
