@@ -199,6 +199,57 @@ async fn a_statement_prepared_again_after_a_schema_change_is_parsed_afresh_on_ev
     );
 }
 
+/// A schema change rolled back is a change too: a statement prepared inside that
+/// transaction is not the one a client prepares after the rollback.
+#[tokio::test]
+async fn a_statement_prepared_in_a_transaction_whose_schema_change_rolled_back_is_not_reused() {
+    const INSERT: &str = "insert into ps_schema_rollback (v) values ($1)";
+    let pg = shared_primary();
+    pg.sql(
+        APP_DB,
+        &format!(
+            "drop table if exists ps_schema_rollback; create table ps_schema_rollback (v int); \
+             alter table ps_schema_rollback owner to {APP_USER}"
+        ),
+    );
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let url = app_url(&px);
+    let steer = Steering::new(&url).await;
+    let client = connect(&url).await;
+
+    steer.free(0).await;
+    client
+        .batch_execute(
+            "begin; drop table ps_schema_rollback; create table ps_schema_rollback (v text)",
+        )
+        .await
+        .unwrap();
+    let inside = client.prepare(INSERT).await.unwrap();
+    assert_eq!(inside.params(), &[Type::TEXT]);
+    client.batch_execute("rollback").await.unwrap();
+    steer.retake(0).await;
+
+    steer.free(1).await;
+    let stmt = client.prepare(INSERT).await.unwrap();
+    assert_eq!(stmt.params(), &[Type::INT4], "the table as it was again");
+    client.execute(&stmt, &[&5i32]).await.unwrap();
+    steer.retake(1).await;
+
+    steer.free(0).await;
+    client
+        .execute(&stmt, &[&7i32])
+        .await
+        .expect("the statement on the connection that parsed it inside the transaction");
+    steer.retake(0).await;
+    assert_eq!(
+        pg.sql(
+            APP_DB,
+            "select string_agg(v::text, ',' order by v) from ps_schema_rollback"
+        ),
+        "5,7"
+    );
+}
+
 #[test]
 fn two_clients_statements_of_the_same_name_never_collide() {
     let pg = shared_primary();
