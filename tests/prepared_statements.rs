@@ -145,10 +145,10 @@ async fn a_statement_prepared_on_one_connection_runs_on_the_other() {
     }
 }
 
-/// A schema change made through pgmux leaves the statements servers prepared before it
-/// stale: a client that prepares its statement again afterwards (psycopg 3 does after
-/// a DROP) gets it parsed against the new table on every server connection, as
-/// Postgres would parse it afresh, not the copy another connection kept from before.
+/// A schema change leaves the statements servers prepared before it stale: a client
+/// that prepares its statement again afterwards (psycopg 3 does after a DROP) gets it
+/// parsed against the new table on every server connection, as Postgres would parse
+/// it afresh, not the copy another connection kept from before.
 #[tokio::test]
 async fn a_statement_prepared_again_after_a_schema_change_is_parsed_afresh_on_every_connection() {
     const INSERT: &str = "insert into ps_schema_change (v) values ($1)";
@@ -194,6 +194,54 @@ async fn a_statement_prepared_again_after_a_schema_change_is_parsed_afresh_on_ev
         pg.sql(
             APP_DB,
             "select string_agg(v, ',' order by v) from ps_schema_change"
+        ),
+        "on 0,on 1"
+    );
+}
+
+/// The same when the schema changes past pgmux (a migration run straight against
+/// Postgres): the client's new Parse is what tells pgmux that copies parsed before
+/// it may be stale.
+#[tokio::test]
+async fn a_statement_prepared_again_after_a_schema_change_made_past_pgmux_is_parsed_afresh() {
+    const INSERT: &str = "insert into ps_schema_past (v) values ($1)";
+    let pg = shared_primary();
+    let create = |ty: &str| {
+        format!(
+            "drop table if exists ps_schema_past; create table ps_schema_past (v {ty}); \
+             alter table ps_schema_past owner to {APP_USER}"
+        )
+    };
+    pg.sql(APP_DB, &create("int"));
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 2"));
+    let url = app_url(&px);
+    let steer = Steering::new(&url).await;
+    let client = connect(&url).await;
+
+    for conn in [0, 1] {
+        steer.free(conn).await;
+        let stmt = client.prepare(INSERT).await.unwrap();
+        client.execute(&stmt, &[&1i32]).await.unwrap();
+        steer.retake(conn).await;
+    }
+
+    pg.sql(APP_DB, &create("text"));
+    steer.free(0).await;
+    let stmt = client.prepare(INSERT).await.unwrap();
+    assert_eq!(stmt.params(), &[Type::TEXT], "the statement parsed again");
+    client.execute(&stmt, &[&"on 0"]).await.unwrap();
+    steer.retake(0).await;
+
+    steer.free(1).await;
+    client
+        .execute(&stmt, &[&"on 1"])
+        .await
+        .expect("the statement on the connection that had it from before the change");
+    steer.retake(1).await;
+    assert_eq!(
+        pg.sql(
+            APP_DB,
+            "select string_agg(v, ',' order by v) from ps_schema_past"
         ),
         "on 0,on 1"
     );

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::config::ServerAddr;
-use crate::server::{ConnectOptions, SchemaEpoch, ServerConn, ServerCredential, ServerError};
+use crate::server::{ConnectOptions, ParseClock, ServerConn, ServerCredential, ServerError};
 use follow::{Baton, Joined};
 use gate::{Gate, Grant, Permit};
 
@@ -108,8 +108,8 @@ pub struct Pool {
     offers: Mutex<Vec<Arc<Baton>>>,
     offered: AtomicUsize,
     reported: Mutex<Option<Reported>>,
-    /// Schema changes made through pgmux to the pool's database.
-    pub schema: Arc<SchemaEpoch>,
+    /// Shared by the pools of one database, whose servers prepare the same statements.
+    pub parses: Arc<ParseClock>,
 }
 
 impl Pool {
@@ -117,11 +117,11 @@ impl Pool {
         key: PoolKey,
         settings: PoolSettings,
         connect: ConnectOptions,
-        schema: Arc<SchemaEpoch>,
+        parses: Arc<ParseClock>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             key,
-            schema,
+            parses,
             permits: Gate::new(settings.size),
             capacity: AtomicUsize::new(settings.size),
             settings: ArcSwap::from_pointee(settings),
@@ -472,8 +472,8 @@ impl Drop for Checkout {
 #[derive(Default)]
 pub struct Pools {
     map: DashMap<PoolKey, Arc<Pool>>,
-    /// One per database: its pools, of every user and server, see the same schema.
-    schemas: DashMap<Arc<str>, Arc<SchemaEpoch>>,
+    /// One per database, for its pools of every user and server.
+    parse_clocks: DashMap<Arc<str>, Arc<ParseClock>>,
 }
 
 impl Pools {
@@ -486,14 +486,14 @@ impl Pools {
         if let Some(p) = self.map.get(&key) {
             return p.clone();
         }
-        let schema = self
-            .schemas
+        let parses = self
+            .parse_clocks
             .entry(key.database.clone())
             .or_default()
             .clone();
         self.map
             .entry(key.clone())
-            .or_insert_with(|| Pool::new(key, settings(), connect(), schema))
+            .or_insert_with(|| Pool::new(key, settings(), connect(), parses))
             .clone()
     }
 

@@ -24,7 +24,7 @@ use crate::config::{ServerAddr, UpstreamTlsMode};
 use crate::protocol::{be, build, complete_frame, msg, TxStatus};
 use crate::tls::MaybeTls;
 
-pub use prepared::{is_schema_change, PreparedSet, SchemaEpoch};
+pub use prepared::{ParseClock, PreparedSet};
 pub use settings::Settings;
 
 /// How pgmux proves who it is to a server.

@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, Bytes};
 
 use crate::protocol::build::{self};
 use crate::protocol::{be, complete_frame, msg, TxStatus};
-use crate::server::{is_schema_change, ServerConn};
+use crate::server::ServerConn;
 use crate::tls::MaybeTls;
 use crate::uring::HIGH_WATER;
 
@@ -172,10 +172,6 @@ impl Session {
             }
             return true;
         }
-        if tag == be::COMMAND_COMPLETE && is_schema_change(body) {
-            self.pool.schema.changed();
-            self.schema_changed = true;
-        }
         match tag {
             be::READY_FOR_QUERY => {
                 // Never more answers than units sent, whatever a server does.
@@ -183,10 +179,6 @@ impl Session {
                 self.unit_kinds.pop_front();
                 if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
                     self.tx = s;
-                }
-                if self.schema_changed && self.tx == TxStatus::Idle {
-                    self.schema_changed = false;
-                    self.pool.schema.changed();
                 }
                 while self
                     .fixups

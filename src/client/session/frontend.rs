@@ -173,7 +173,7 @@ impl Session {
                 let plain = plain && runs.is_none();
                 self.unit_plain &= plain;
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
-                    let mut stmt = Statement::new(&rest, self.pool.schema.now());
+                    let mut stmt = Statement::new(&rest, self.pool.parses.tick());
                     stmt.runs = runs.clone();
                     stmt.plain = plain;
                     (Bytes::copy_from_slice(p.name), Arc::new(stmt))
@@ -399,7 +399,7 @@ impl Session {
         if let Some(runs) = &stmt.runs {
             self.ensure_prepared(runs);
         }
-        let epoch = self.pool.schema.now();
+        let epoch = self.pool.parses.now();
         let conn = self.server.as_mut().expect("ensured").conn();
         if conn.prepared.touch(stmt) {
             return;

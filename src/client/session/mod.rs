@@ -166,9 +166,6 @@ pub struct Session {
     pending_sets: Vec<(u64, SetOp)>,
     /// A transaction that changed settings failed: what the server holds is unknown.
     settings_uncertain: bool,
-    /// The transaction under way changed the schema: its end changes it again, for
-    /// other connections (commit) or back (rollback).
-    schema_changed: bool,
     /// How the transaction carrying `pending_sets` is ending, from its replies.
     outcome: Outcome,
     /// Keyed with SipHash under fixed keys: a client chooses its names, and a client
@@ -245,7 +242,6 @@ impl Session {
             startup,
             pending_sets: Vec::new(),
             settings_uncertain: false,
-            schema_changed: false,
             outcome: Outcome::default(),
             stmts: HashMap::default(),
             sent_units: 0,
