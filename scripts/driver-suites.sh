@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Runs drivers' own test suites through pgmux: asyncpg, psycopg2 and pg8000 (their
+# sdists from PyPI carry their tests), and SQLAlchemy's PostgreSQL dialect tests over
+# psycopg 3 and asyncpg. A throwaway Postgres and pgmux live in one temp dir, removed
+# on exit. Not part of scripts/test.sh: the suites take minutes, and some of their
+# tests need things a pooler cannot give (below). Compare a run through pgmux with
+# one straight to Postgres (MODE=direct) to tell the two apart.
+#
+#   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 sqlalchemy
+#
+# Environment: MODE=session|transaction|pipelining|direct (default transaction);
+# PGMUX_BIN=path uses that binary instead of `cargo build --release`;
+# PGMUX_PG_BIN=dir uses Postgres tools from dir (default /usr/lib/postgresql/15/bin).
+#
+# Failures that are not pgmux's, seen straight to Postgres too or by design:
+# - asyncpg test_connect standby tests: they start clusters of their own (pg_ctl as
+#   root refuses).
+# - psycopg2 test_pgconn_ptr; test_backend_pid (the driver's BackendKeyData pid is
+#   pgmux's, `pg_backend_pid()` the server's); test_external_close_async in
+#   transaction mode (it terminates a server backend the client no longer holds).
+# - pg8000: its auth tests want users and pg_hba rules of their own; test_notify
+#   compares the notifier's pid with `pg_backend_pid()`; in transaction mode
+#   test_close_prepared_statement counts the server's pg_prepared_statements and
+#   test_broken_pipe_* terminate a server backend by its pid.
+# - SQLAlchemy test_array_str_collation: the en_US collation is not installed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+MODE="${MODE:-transaction}"
+PG_BIN="${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}"
+SUITES=("$@")
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 sqlalchemy)
+ASYNCPG=0.30.0 PSYCOPG2=2.9.10 PG8000=1.31.6 SQLALCHEMY=2.0.36 PSYCOPG=3.2.3
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'driver-suites.sh: %s\n' "$*" >&2; exit 1; }
+case "$MODE" in session | transaction | pipelining | direct) ;; *) die "MODE=$MODE?" ;; esac
+
+bash scripts/install-deps.sh
+
+tmp=""
+pgmux_pid=""
+cleanup() {
+    trap - EXIT INT TERM
+    set +e
+    [ -n "$pgmux_pid" ] && kill -TERM "$pgmux_pid" 2>/dev/null && wait "$pgmux_pid" 2>/dev/null
+    if [ -n "$tmp" ]; then
+        [ -f "$tmp/pg/data/postmaster.pid" ] &&
+            as_postgres "$PG_BIN/pg_ctl" -D "$tmp/pg/data" stop -m immediate -w -t 30 >/dev/null 2>&1
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+tmp="$(mktemp -d /tmp/pgmux-suites.XXXXXX)"
+chmod 755 "$tmp"
+mkdir -p "$tmp/pg"
+[ "$(id -u)" = 0 ] && chown postgres "$tmp/pg"
+
+say "Postgres 15 on a free port"
+pg_port="$(free_port)"
+as_postgres "$PG_BIN/initdb" -D "$tmp/pg/data" -A trust -U postgres >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$tmp/pg/data" -l "$tmp/pg/log" -w -t 60 start \
+    -o "-p $pg_port -k $tmp/pg -c listen_addresses=127.0.0.1 -c max_connections=300 -c max_prepared_transactions=10 -c fsync=off" >/dev/null
+psql_pg() { psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
+psql_pg -d postgres -c "alter user postgres password 'pw'"
+DATABASES=(postgres psycopg2_test test testdb asyncpg_intro_test)
+for db in "${DATABASES[@]:1:2}"; do psql_pg -d postgres -c "create database $db"; done
+psql_pg -d test -c "create schema test_schema; create schema test_schema_2; create extension hstore"
+
+port="$pg_port"
+if [ "$MODE" != direct ]; then
+    say "pgmux in $MODE mode"
+    if [ -n "${PGMUX_BIN:-}" ]; then bin="$PGMUX_BIN"; else
+        cargo build --release --quiet
+        bin=target/release/pgmux
+    fi
+    port="$(free_port)"
+    {
+        echo '[proxy]'
+        echo "listen = \"127.0.0.1:$port\""
+        echo 'metrics_listen = ""'
+        [ "$MODE" = session ] && echo 'pool_mode = "session"' || echo 'pool_mode = "transaction"'
+        [ "$MODE" = pipelining ] && echo 'server_pipelining = true'
+        echo 'admin_users = ["postgres"]'
+        printf '\n[[users]]\nname = "postgres"\npassword = "pw"\n'
+        for db in "${DATABASES[@]}"; do
+            printf '\n[databases.%s]\npool_size = 20\n[[databases.%s.shards]]\nprimary = "127.0.0.1:%s/%s"\n' \
+                "$db" "$db" "$pg_port" "$db"
+        done
+    } >"$tmp/pgmux.toml"
+    "$bin" --config "$tmp/pgmux.toml" >"$tmp/pgmux.log" 2>&1 &
+    pgmux_pid=$!
+    for _ in $(seq 300); do
+        PGPASSWORD=pw psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'select 1' >/dev/null 2>&1 && break
+        kill -0 "$pgmux_pid" 2>/dev/null || { cat "$tmp/pgmux.log" >&2; die "pgmux exited"; }
+        sleep 0.1
+    done
+fi
+
+say "the drivers and their sdists"
+python3 -m venv "$tmp/venv"
+# shellcheck disable=SC1091
+. "$tmp/venv/bin/activate"
+pip install -q "asyncpg==$ASYNCPG" "psycopg2-binary==$PSYCOPG2" "pg8000==$PG8000" \
+    "sqlalchemy==$SQLALCHEMY" "psycopg[binary]==$PSYCOPG" greenlet pytest pytest-timeout \
+    pytest-benchmark distro pytz uvloop
+(cd "$tmp" && pip download -q --no-binary :all: --no-deps \
+    "asyncpg==$ASYNCPG" "psycopg2==$PSYCOPG2" "pg8000==$PG8000" "sqlalchemy==$SQLALCHEMY" &&
+    for f in *.tar.gz; do tar xzf "$f"; done)
+
+results=()
+run() { # NAME DIR ARGS...: pytest in DIR, its last line kept
+    local name="$1" dir="$2"
+    shift 2
+    say "$name"
+    (cd "$dir" && timeout 1800 python -m pytest -q -p no:cacheprovider "$@" >"$tmp/$name.log" 2>&1) || true
+    grep -E '^(FAILED|ERROR) ' "$tmp/$name.log" | sed 's/ - .*//' >&2 || true
+    results+=("$name: $(tail -n 1 "$tmp/$name.log")")
+}
+export PGPASSWORD=pw
+for suite in "${SUITES[@]}"; do
+    case "$suite" in
+        asyncpg)
+            # Its own package's tests, run against the installed build.
+            mkdir -p "$tmp/asyncpg-run" && cp -r "$tmp/asyncpg-$ASYNCPG/tests" "$tmp/asyncpg-run/"
+            PGHOST=127.0.0.1 PGPORT="$port" PGUSER=postgres run asyncpg "$tmp/asyncpg-run" tests \
+                --deselect tests/test__sourcecode.py --timeout 120
+            ;;
+        psycopg2)
+            PSYCOPG2_TESTDB=psycopg2_test PSYCOPG2_TESTDB_HOST=127.0.0.1 PSYCOPG2_TESTDB_PORT="$port" \
+                PSYCOPG2_TESTDB_USER=postgres run psycopg2 "$tmp/psycopg2-$PSYCOPG2" tests --timeout 120
+            ;;
+        pg8000)
+            PGHOST=127.0.0.1 PGPORT="$port" run pg8000 "$tmp/pg8000-$PG8000" test --timeout 120 --benchmark-disable
+            ;;
+        sqlalchemy)
+            for driver in psycopg asyncpg; do
+                run "sqlalchemy-$driver" "$tmp/sqlalchemy-$SQLALCHEMY" test/dialect/postgresql \
+                    --dburi "postgresql+$driver://postgres:pw@127.0.0.1:$port/test"
+            done
+            ;;
+        *) die "unknown suite $suite" ;;
+    esac
+done
+
+say "results ($MODE)"
+printf '%s\n' "${results[@]}"
