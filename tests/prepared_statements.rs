@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::extended;
+use support::session::Steering;
 use support::*;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -129,7 +130,7 @@ async fn a_statement_prepared_on_one_connection_runs_on_the_other() {
         (row.get::<_, i32>(0), row.get::<_, i32>(1)),
         (6, steer.pids[0])
     );
-    steer.retake(0).await;
+    steer.retake(0, &[]).await;
 
     for round in 0..3 {
         for conn in [1, 0] {
@@ -140,7 +141,7 @@ async fn a_statement_prepared_on_one_connection_runs_on_the_other() {
                 (round + 5, steer.pids[conn]),
                 "round {round} on connection {conn}"
             );
-            steer.retake(conn).await;
+            steer.retake(conn, &[]).await;
         }
     }
 }
@@ -171,7 +172,7 @@ async fn a_statement_prepared_again_after_a_schema_change_is_parsed_afresh_on_ev
         let stmt = client.prepare(INSERT).await.unwrap();
         assert_eq!(stmt.params(), &[Type::INT4]);
         client.execute(&stmt, &[&1i32]).await.unwrap();
-        steer.retake(conn).await;
+        steer.retake(conn, &[]).await;
     }
 
     steer.free(0).await;
@@ -182,14 +183,14 @@ async fn a_statement_prepared_again_after_a_schema_change_is_parsed_afresh_on_ev
     let stmt = client.prepare(INSERT).await.unwrap();
     assert_eq!(stmt.params(), &[Type::TEXT], "the statement parsed again");
     client.execute(&stmt, &[&"on 0"]).await.unwrap();
-    steer.retake(0).await;
+    steer.retake(0, &[]).await;
 
     steer.free(1).await;
     client
         .execute(&stmt, &[&"on 1"])
         .await
         .expect("the statement on the connection that had it from before the change");
-    steer.retake(1).await;
+    steer.retake(1, &[]).await;
     assert_eq!(
         pg.sql(
             APP_DB,
@@ -222,7 +223,7 @@ async fn a_statement_prepared_again_after_a_schema_change_made_past_pgmux_is_par
         steer.free(conn).await;
         let stmt = client.prepare(INSERT).await.unwrap();
         client.execute(&stmt, &[&1i32]).await.unwrap();
-        steer.retake(conn).await;
+        steer.retake(conn, &[]).await;
     }
 
     pg.sql(APP_DB, &create("text"));
@@ -230,14 +231,14 @@ async fn a_statement_prepared_again_after_a_schema_change_made_past_pgmux_is_par
     let stmt = client.prepare(INSERT).await.unwrap();
     assert_eq!(stmt.params(), &[Type::TEXT], "the statement parsed again");
     client.execute(&stmt, &[&"on 0"]).await.unwrap();
-    steer.retake(0).await;
+    steer.retake(0, &[]).await;
 
     steer.free(1).await;
     client
         .execute(&stmt, &[&"on 1"])
         .await
         .expect("the statement on the connection that had it from before the change");
-    steer.retake(1).await;
+    steer.retake(1, &[]).await;
     assert_eq!(
         pg.sql(
             APP_DB,
@@ -275,20 +276,20 @@ async fn a_statement_prepared_in_a_transaction_whose_schema_change_rolled_back_i
     let inside = client.prepare(INSERT).await.unwrap();
     assert_eq!(inside.params(), &[Type::TEXT]);
     client.batch_execute("rollback").await.unwrap();
-    steer.retake(0).await;
+    steer.retake(0, &[]).await;
 
     steer.free(1).await;
     let stmt = client.prepare(INSERT).await.unwrap();
     assert_eq!(stmt.params(), &[Type::INT4], "the table as it was again");
     client.execute(&stmt, &[&5i32]).await.unwrap();
-    steer.retake(1).await;
+    steer.retake(1, &[]).await;
 
     steer.free(0).await;
     client
         .execute(&stmt, &[&7i32])
         .await
         .expect("the statement on the connection that parsed it inside the transaction");
-    steer.retake(0).await;
+    steer.retake(0, &[]).await;
     assert_eq!(
         pg.sql(
             APP_DB,
@@ -913,46 +914,4 @@ fn jdbc_server_prepared_statements_work_with_20_threads_on_2_server_connections(
         "select count(*), count(distinct client) from jdbc_prepared",
     );
     assert_eq!(rows, format!("{}|{CLIENTS}", CLIENTS * 10));
-}
-
-/// Steers a client onto a chosen server connection of a `pool_size = 2` pool: two
-/// holder clients keep both connections in open transactions, and [`Steering::free`]
-/// commits one of them so that connection is the only one anybody can get.
-struct Steering {
-    holders: [Client; 2],
-    /// The backend pid of each of the two server connections.
-    pids: [i32; 2],
-}
-
-impl Steering {
-    async fn new(url: &str) -> Steering {
-        let holders = [connect(url).await, connect(url).await];
-        let mut pids = [0; 2];
-        for (h, pid) in holders.iter().zip(pids.iter_mut()) {
-            h.batch_execute("BEGIN").await.unwrap();
-            *pid = h
-                .query_one("select pg_backend_pid()", &[])
-                .await
-                .unwrap()
-                .get(0);
-        }
-        assert_ne!(pids[0], pids[1], "the holders share a server connection");
-        Steering { holders, pids }
-    }
-
-    /// Makes connection `i` the only free one.
-    async fn free(&self, i: usize) {
-        self.holders[i].batch_execute("COMMIT").await.unwrap();
-    }
-
-    /// Takes connection `i` back (the only one its holder can get).
-    async fn retake(&self, i: usize) {
-        self.holders[i].batch_execute("BEGIN").await.unwrap();
-        let pid: i32 = self.holders[i]
-            .query_one("select pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(pid, self.pids[i], "holder {i} got another connection");
-    }
 }
