@@ -399,14 +399,13 @@ impl Session {
         if let Some(runs) = &stmt.runs {
             self.ensure_prepared(runs);
         }
-        let epoch = self.pool.parses.now();
         let conn = self.server.as_mut().expect("ensured").conn();
         if conn.prepared.touch(stmt) {
             return;
         }
         // A copy from before the client's parse is replaced: `close_and_parse` closes
         // it first.
-        if let Some(victim) = conn.prepared.insert(stmt, epoch) {
+        if let Some(victim) = conn.prepared.insert(stmt, self.pool.parses.now()) {
             build::close_statement(&mut self.swbuf, &victim);
             self.expect(b'3', true, None);
         }
