@@ -12,7 +12,7 @@
 //! the session waits for the gate to clear before it gives the connection back.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -39,6 +39,8 @@ pub struct CancelSlot {
     /// statement.
     following: AtomicBool,
     cancelled: AtomicBool,
+    /// Cancels asked for this client, ever (see `client::session::replay`).
+    requests: AtomicU32,
     /// The session must end: pgmux is shutting down, or a `pg_terminate_backend()`
     /// named this client.
     ended: AtomicBool,
@@ -83,6 +85,11 @@ impl CancelSlot {
     /// reusing the server connection.
     pub fn detach(&self) -> Option<Arc<CancelGate>> {
         self.target.lock().take().map(|t| t.gate)
+    }
+
+    /// How many cancels were asked for this client so far.
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::SeqCst)
     }
 
     /// Tells the session to end, wherever it is waiting.
@@ -186,6 +193,7 @@ impl CancelRegistry {
                 queued: AtomicBool::new(false),
                 following: AtomicBool::new(false),
                 cancelled: AtomicBool::new(false),
+                requests: AtomicU32::new(0),
                 ended: AtomicBool::new(false),
                 waker: Mutex::new(None),
             });
@@ -248,6 +256,7 @@ impl CancelRegistry {
     }
 
     async fn cancel_slot(pid: i32, slot: &CancelSlot, timeout: Duration) {
+        slot.requests.fetch_add(1, Ordering::SeqCst);
         let target = {
             let guard = slot.target.lock();
             guard.as_ref().map(|t| {

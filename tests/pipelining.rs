@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use support::cancel::{send_raw_cancel, wait_until_running};
+use support::link::Link;
 use support::wire::{self, RawClient};
 use support::*;
 
@@ -103,6 +104,73 @@ fn a_cancel_of_a_client_with_another_behind_it_leaves_that_one_alone() {
     assert_eq!(a.read_result(), Err("57014".to_owned()));
     assert_eq!(b.read_result(), Ok(vec!["b".to_owned()]));
     assert_eq!(a.query("select 'a2'"), Ok(vec!["a2".to_owned()]));
+}
+
+/// pgmux with one server connection, reached through `link`.
+fn one_connection_through(link: &Link) -> Pgmux {
+    let pg = shared_primary();
+    let cfg = pgmux_config(
+        pg,
+        "auth_method = \"trust\"\nserver_pipelining = true",
+        "pool_size = 1",
+    )
+    .replace(
+        &pg.addr(APP_DB),
+        &format!("127.0.0.1:{}/{APP_DB}", link.port),
+    );
+    start_pgmux(&with_workers(&cfg, 1))
+}
+
+#[test]
+fn a_cancel_that_lands_after_its_statement_ended_does_not_stop_the_one_behind_it() {
+    // Postgres has finished a's statement and started b's, sent behind it, while a's
+    // reply is still on its way to pgmux: a cancel from a, which pgmux still counts as
+    // running, reaches b's statement on the server. b never asked for it: pgmux runs
+    // it again, and its change is made once. Through both protocols: the extended
+    // one's first replies (ParseComplete, BindComplete, NoData) come before the error.
+    let pg = shared_primary();
+    let link = Link::to(pg.port);
+    let px = one_connection_through(&link);
+    for (id, extended) in [(7001, false), (7002, true)] {
+        pg.sql(APP_DB, &format!("delete from t where id = {id}"));
+        let x = holder(&px);
+        let marker_a = format!("pipelining_late_cancel_a{id}");
+        let mut a = queued(
+            &px,
+            &format!("select 'a' from pg_sleep(2) /* {marker_a} */"),
+        );
+        let marker_b = format!("pipelining_late_cancel_b{id}");
+        let insert = format!("insert into t select {id}, 'b' from pg_sleep(2) /* {marker_b} */");
+        let mut b = RawClient::login_trust(px.port, APP_USER, APP_DB);
+        if extended {
+            b.send_extended(&insert);
+        } else {
+            b.send_query(&insert);
+        }
+        let port = b.local_port();
+        let read = poll_until(PATIENCE, || wire::unread_bytes(px.port, port) == Some(0));
+        assert!(read, "pgmux did not read b's statement");
+        let _x = release(x);
+        wait_until_running(&marker_a);
+        link.hold();
+        wait_until_running(&marker_b);
+        send_raw_cancel(&px, &wire::cancel_request(a.pid, a.secret));
+        let landed = poll_until(PATIENCE, || {
+            std::fs::read_to_string(&pg.log_path).is_ok_and(|log| log.contains(&insert))
+        });
+        assert!(
+            landed,
+            "a's cancel did not stop b's statement on the server"
+        );
+        link.release();
+        assert_eq!(a.read_result(), Ok(vec!["a".to_owned()]));
+        assert_eq!(b.read_result(), Ok(vec![]), "extended: {extended}");
+        assert_eq!(
+            b.query(&format!("select count(*) from t where id = {id}")),
+            Ok(vec!["1".to_owned()])
+        );
+        assert_eq!(a.query("select 'a2'"), Ok(vec!["a2".to_owned()]));
+    }
 }
 
 #[test]

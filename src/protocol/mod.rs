@@ -88,6 +88,9 @@ pub mod be {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const NO_DATA: u8 = b'n';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
 }
 
 /// Transaction status carried by ReadyForQuery.

@@ -75,18 +75,35 @@ pub enum ServerError {
 #[derive(Default)]
 pub struct CancelGate {
     inflight: AtomicU32,
+    /// Cancels begun and ended on this connection since it opened: a statement sent
+    /// behind another client's tells from them whether a cancel not its own may have
+    /// reached it (see `client::session::replay`).
+    begun: AtomicU64,
+    ended: AtomicU64,
     done: Notify,
 }
 
 impl CancelGate {
     pub fn begin(&self) {
+        self.begun.fetch_add(1, Ordering::SeqCst);
         self.inflight.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn end(&self) {
+        self.ended.fetch_add(1, Ordering::SeqCst);
         if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.done.notify_waiters();
         }
+    }
+
+    /// How many cancels have begun on this connection.
+    pub fn begun(&self) -> u64 {
+        self.begun.load(Ordering::SeqCst)
+    }
+
+    /// How many cancels have been delivered (or given up on).
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
     }
 
     pub fn is_clear(&self) -> bool {

@@ -26,6 +26,7 @@
 pub mod cancel;
 pub mod clients;
 pub mod extended;
+pub mod link;
 pub mod pgmux;
 pub mod postgres;
 pub mod process;

@@ -57,6 +57,20 @@ pub fn query_message(sql: &str) -> Vec<u8> {
     tagged(b'Q', &body)
 }
 
+/// `sql` through the extended protocol as one unit, without parameters: Parse of the
+/// unnamed statement, Bind, Describe of the portal, Execute, Sync.
+pub fn extended_messages(sql: &str) -> Vec<u8> {
+    let mut parse = vec![0];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut out = tagged(b'P', &parse);
+    out.extend(tagged(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(tagged(b'D', b"P\0"));
+    out.extend(tagged(b'E', &[0, 0, 0, 0, 0]));
+    out.extend(tagged(b'S', &[]));
+    out
+}
+
 /// A Terminate message.
 pub fn terminate_message() -> Vec<u8> {
     tagged(b'X', &[])
@@ -221,6 +235,13 @@ impl RawClient {
         self.stream
             .write_all(&query_message(sql))
             .expect("send a query");
+    }
+
+    /// Sends `sql` as one extended-protocol unit ([`extended_messages`]).
+    pub fn send_extended(&mut self, sql: &str) {
+        self.stream
+            .write_all(&extended_messages(sql))
+            .expect("send an extended-protocol unit");
     }
 
     /// Reads messages up to and including ReadyForQuery.

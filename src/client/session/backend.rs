@@ -12,6 +12,7 @@ use crate::tls::MaybeTls;
 use crate::uring::HIGH_WATER;
 
 use super::io::write_some_now;
+use super::replay::Verdict;
 use super::{Blocked, Session};
 
 impl Session {
@@ -23,7 +24,12 @@ impl Session {
         self.server = Some(co);
         result?;
         self.flush_now()?;
-        self.release_if_done()
+        self.release_if_done()?;
+        if std::mem::take(&mut self.replayed) {
+            // The unit's messages are back in `crbuf`: handled as if just read.
+            self.client_input_now()?;
+        }
+        Ok(())
     }
 
     /// Forwards the complete replies in `conn.rbuf`. `UNTIL_DONE`: stop after the
@@ -38,6 +44,39 @@ impl Session {
         let mut forward_from = 0;
         let mut rewritten = false;
         while let Ok(Some((tag, len))) = complete_frame(&rbuf[pos..], usize::MAX) {
+            if self.replay.is_some() {
+                match self.replay_verdict(tag, &rbuf[pos + 5..pos + len]) {
+                    Verdict::Pass => {}
+                    Verdict::Hold => {
+                        self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+                        if !self.on_server_message(conn, tag, &rbuf[pos + 5..pos + len]) {
+                            self.hold(&rbuf[pos..pos + len]);
+                        }
+                        pos += len;
+                        forward_from = pos;
+                        rewritten = true;
+                        continue;
+                    }
+                    Verdict::Release => {
+                        self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+                        self.release_held();
+                        forward_from = pos;
+                        rewritten = true;
+                    }
+                    Verdict::Replayed => {
+                        // The unit's ReadyForQuery counts, unseen like the rest.
+                        self.on_server_message(conn, tag, &rbuf[pos + 5..pos + len]);
+                        self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+                        pos += len;
+                        forward_from = pos;
+                        rewritten = true;
+                        if UNTIL_DONE && self.in_flight() == 0 {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             if tag == be::NOTIFICATION_RESPONSE {
                 self.name_notifier(conn, &mut rbuf[pos + 5..pos + len]);
             }

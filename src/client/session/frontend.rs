@@ -50,8 +50,12 @@ impl Session {
             if tag == fe::TERMINATE {
                 break Err(Blocked::Terminate);
             }
+            let sent_before = self.sent_units;
             if let Err(b) = self.on_client_message(tag, &buf[pos..pos + len]) {
                 break Err(b);
+            }
+            if self.replay.is_some() {
+                self.record_for_replay(tag, &buf[pos..pos + len], sent_before);
             }
             pos += len;
         };

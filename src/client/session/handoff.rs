@@ -141,6 +141,7 @@ impl Session {
     pub(super) fn follow_on(&mut self, co: Checkout, baton: Arc<Baton>) {
         self.hold_server(co);
         self.handoff = Some(Box::new(Handoff::Follow(baton)));
+        self.arm_replay();
     }
 
     /// Leading: forwards the replies read through the lease; once the last one is in,

@@ -25,6 +25,7 @@ mod handoff;
 mod io;
 mod outcome;
 mod rename;
+mod replay;
 mod signal;
 
 use std::collections::{HashMap, VecDeque};
@@ -203,6 +204,11 @@ pub struct Session {
     unit_plain: bool,
     /// A server connection shared with another client (`server_pipelining`).
     handoff: Option<Box<handoff::Handoff>>,
+    /// The unit sent behind another client's, kept to run again if that client's
+    /// cancel stops it (see `replay`).
+    replay: Option<Box<replay::Replay>>,
+    /// Such a unit is back at the head of `crbuf`.
+    replayed: bool,
 }
 
 enum Event {
@@ -262,6 +268,8 @@ impl Session {
             timeout_cancel_sent: false,
             unit_plain: false,
             handoff: None,
+            replay: None,
+            replayed: false,
         }
     }
 

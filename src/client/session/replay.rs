@@ -1,0 +1,205 @@
+//! `server_pipelining`: running a statement again when another client's cancel
+//! stopped it.
+//!
+//! A cancel reaches whatever statement its server connection runs when it lands. A
+//! client (the follower) sends its unit behind another client's (the leader) while the
+//! leader's still runs; when the leader's cancel is in flight as Postgres finishes the
+//! leader's unit, it can land on the follower's instead. pgmux cannot tell the leader's
+//! end in time — that is the reply it has not read yet — but it can tell afterwards:
+//! the follower's unit failed with 57014, a cancel that the follower did not ask for
+//! was still on its way to the server when the follower joined, and no byte of the
+//! reply has reached the client. Then the unit had no effect (it ran alone in an
+//! implicit transaction, which the error rolled back), so the reply is dropped and the
+//! client's messages are handled again, as if they had just come.
+//!
+//! Only a unit that can be handled again unchanged is kept: one unit, sent while
+//! following, that leaves the connection idle and unchanged, with no settings
+//! re-applied before it and no named Parse (the statement would then exist twice).
+//! The leading replies of such a unit that say nothing yet (ParseComplete,
+//! BindComplete, the descriptions) are held back until the outcome is known, and
+//! only when a foreign cancel may have reached it: otherwise replies pass as usual.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use super::Session;
+use crate::protocol::{be, fe, msg, SqlState, TxStatus};
+use crate::server::CancelGate;
+
+pub(super) struct Replay {
+    /// The client's messages of the unit, as it sent them.
+    frames: BytesMut,
+    gate: Arc<CancelGate>,
+    /// Cancels already delivered on the connection when the session joined it: the
+    /// server received them before the unit, which they cannot stop.
+    delivered: u64,
+    /// The client's own cancel requests when it joined.
+    requests: u32,
+    stage: Stage,
+    /// Replies held back while the outcome is open.
+    held: BytesMut,
+    /// The client sent more after the unit: the unit can no longer go first.
+    spoiled: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The unit's messages are being sent.
+    Recording,
+    /// The unit is complete; no reply yet.
+    Sent,
+    /// A foreign cancel may have stopped the unit: replies are held.
+    Holding,
+    /// The unit failed with 57014: what is left is its ReadyForQuery.
+    Failed,
+}
+
+/// What the reply relay does with one server message.
+pub(super) enum Verdict {
+    /// As usual.
+    Pass,
+    /// Processed, not forwarded yet.
+    Hold,
+    /// The held replies go out first, then this one as usual.
+    Release,
+    /// The unit's last reply: with the rest of its reply, it is dropped; the unit's
+    /// messages are back at the head of the client's input.
+    Replayed,
+}
+
+impl Session {
+    /// Just began following on a connection: keeps the unit about to be sent, when it
+    /// can be handled again.
+    pub(super) fn arm_replay(&mut self) {
+        self.replay = None;
+        let eligible = self.renames()
+            && self.in_flight() == 0
+            && !self.unsynced
+            && self.tx == TxStatus::Idle
+            && self.hidden_units == 0
+            && self.signals.is_none()
+            && self.pending_sets.is_empty();
+        if !eligible {
+            return;
+        }
+        let Some(co) = self.server.as_mut() else {
+            return;
+        };
+        let gate = co.conn().gate.clone();
+        self.replay = Some(Box::new(Replay {
+            frames: BytesMut::new(),
+            delivered: gate.ended(),
+            gate,
+            requests: self.cancel.slot.requests(),
+            stage: Stage::Recording,
+            held: BytesMut::new(),
+            spoiled: false,
+        }));
+    }
+
+    /// A client message was handled while a unit is kept; `sent_before`: the units
+    /// sent before it.
+    pub(super) fn record_for_replay(&mut self, tag: u8, frame: &[u8], sent_before: u64) {
+        let sent = self.sent_units > sent_before;
+        let Some(r) = self.replay.as_deref_mut() else {
+            return;
+        };
+        match r.stage {
+            Stage::Recording => {
+                let named_parse = tag == fe::PARSE && frame.get(5).is_some_and(|&b| b != 0);
+                let local_query = tag == fe::QUERY && !sent;
+                let kept = matches!(
+                    tag,
+                    fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::SYNC
+                );
+                if !kept || named_parse || local_query {
+                    self.replay = None;
+                    return;
+                }
+                r.frames.extend_from_slice(frame);
+                if sent {
+                    r.stage = Stage::Sent;
+                }
+            }
+            Stage::Sent => self.replay = None,
+            Stage::Holding | Stage::Failed => r.spoiled = true,
+        }
+    }
+
+    /// Rules on one server message while a unit is kept.
+    pub(super) fn replay_verdict(&mut self, tag: u8, body: &[u8]) -> Verdict {
+        let in_flight = self.in_flight();
+        let plain = self.unit_plain && self.hidden_units == 0 && !self.copy_in;
+        let own_cancels = self.cancel.slot.requests();
+        let Some(r) = self.replay.as_deref_mut() else {
+            return Verdict::Pass;
+        };
+        if r.stage == Stage::Sent {
+            // The first reply: the leader has passed the connection on, so every
+            // cancel that could reach this unit has been delivered by now.
+            let foreign = r.gate.begun() > r.delivered;
+            if !foreign || !plain || in_flight != 1 {
+                self.replay = None;
+                return Verdict::Pass;
+            }
+            r.stage = Stage::Holding;
+        }
+        let verdict = match (r.stage, tag) {
+            (Stage::Recording | Stage::Sent, _) => {
+                self.replay = None;
+                return Verdict::Pass;
+            }
+            (
+                Stage::Holding,
+                be::PARSE_COMPLETE
+                | be::BIND_COMPLETE
+                | be::ROW_DESCRIPTION
+                | be::NO_DATA
+                | be::PARAMETER_DESCRIPTION,
+            ) => Verdict::Hold,
+            (Stage::Holding, be::ERROR_RESPONSE)
+                if msg::ErrorFields::parse(body).code
+                    == Some(SqlState::QUERY_CANCELED.0.as_bytes())
+                    && own_cancels == r.requests
+                    && !r.spoiled =>
+            {
+                r.stage = Stage::Failed;
+                Verdict::Hold
+            }
+            (Stage::Failed, be::READY_FOR_QUERY) if !r.spoiled => Verdict::Replayed,
+            _ => Verdict::Release,
+        };
+        match verdict {
+            Verdict::Replayed => {
+                let r = self.replay.take().expect("matched");
+                tracing::debug!(
+                    database = %self.database,
+                    "a statement stopped by another client's cancel runs again"
+                );
+                let mut input = r.frames;
+                input.extend_from_slice(&self.crbuf);
+                self.crbuf = input;
+                self.head_is_plain = false;
+                self.replayed = true;
+            }
+            // The caller sends the held replies out first (`release_held`).
+            Verdict::Release | Verdict::Hold | Verdict::Pass => {}
+        }
+        verdict
+    }
+
+    /// Ends the hold: the held replies go out, before the message that ended it.
+    pub(super) fn release_held(&mut self) {
+        if let Some(r) = self.replay.take() {
+            self.cwbuf.put_slice(&r.held);
+        }
+    }
+
+    /// Keeps a server message back until the unit's outcome is known.
+    pub(super) fn hold(&mut self, frame: &[u8]) {
+        if let Some(r) = self.replay.as_deref_mut() {
+            r.held.extend_from_slice(frame);
+        }
+    }
+}
