@@ -342,3 +342,83 @@ fn a_client_behind_a_transaction_runs_after_its_end_and_outside_it() {
     assert_eq!(b.read_result(), Ok(vec!["t".to_owned()]));
     assert_eq!(a.query("select 'a'"), Ok(vec!["a".to_owned()]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_of_some_clients_never_stop_the_statements_of_the_others() {
+    // Clients that cancel every statement as soon as it is sent share two busy
+    // connections with clients that never cancel. Each cancel lands on whatever runs
+    // on its server connection when it arrives: often the canceller's own statement,
+    // sometimes one sent behind it.
+    let cfg = pgmux_config(
+        shared_primary(),
+        "server_pipelining = true",
+        "pool_size = 2",
+    );
+    let px = start_pgmux(&cfg);
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let mut tasks = Vec::new();
+    for id in 0..10 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            for i in 0..200 {
+                let expected = format!("{id}:{i}");
+                // Both protocols; the extended one with a named statement each time.
+                let text = if i % 2 == 0 {
+                    let rows = client
+                        .simple_query(&format!("select '{expected}' from pg_sleep(0.002)"))
+                        .await
+                        .unwrap_or_else(|e| panic!("client {id} never cancels, yet: {e}"));
+                    rows.iter().find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                        _ => None,
+                    })
+                } else {
+                    let row = client
+                        .query_one("select $1::text from pg_sleep(0.002)", &[&expected])
+                        .await
+                        .unwrap_or_else(|e| panic!("client {id} never cancels, yet: {e}"));
+                    row.get(0)
+                };
+                assert_eq!(text, Some(expected), "client {id}");
+            }
+            0
+        }));
+    }
+    for id in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            let token = client.cancel_token();
+            let mut cancelled = 0;
+            for _ in 0..100 {
+                let (result, sent) = tokio::join!(
+                    client.simple_query("select 1 from pg_sleep(0.004)"),
+                    token.cancel_query(tokio_postgres::NoTls)
+                );
+                sent.expect("send a cancel");
+                match result {
+                    Ok(_) => {}
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+                    {
+                        cancelled += 1;
+                    }
+                    Err(e) => panic!("cancelling client {id}: {e}"),
+                }
+            }
+            cancelled
+        }));
+    }
+    let mut cancelled = 0;
+    for t in tasks {
+        cancelled += tokio::time::timeout(PATIENCE * 4, t)
+            .await
+            .expect("the clients finish")
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    }
+    assert!(
+        cancelled > 0,
+        "no cancel stopped a statement: the test tested nothing"
+    );
+}

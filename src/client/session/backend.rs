@@ -25,7 +25,7 @@ impl Session {
         result?;
         self.flush_now()?;
         self.release_if_done()?;
-        if std::mem::take(&mut self.replayed) {
+        if self.take_replayed() {
             // The unit's messages are back in `crbuf`: handled as if just read.
             self.client_input_now()?;
         }

@@ -528,9 +528,9 @@ impl Session {
         let cfg = self.shared.config();
         let proxy = &cfg.proxy;
         self.limits.max_message_size = message_limit(proxy.max_message_size);
-        self.limits.query_wait_timeout = proxy.query_wait_timeout;
-        self.limits.query_timeout = proxy.query_timeout;
-        self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout;
+        self.limits.query_wait_timeout = proxy.query_wait_timeout.into();
+        self.limits.query_timeout = proxy.query_timeout.into();
+        self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout.into();
         self.limits.pipeline = proxy.server_pipelining;
     }
 
@@ -638,7 +638,7 @@ impl Session {
         let err = loop {
             let checkout = self
                 .pool
-                .checkout_or_follow(self.limits.query_wait_timeout, may_follow);
+                .checkout_or_follow(self.limits.query_wait_timeout.get(), may_follow);
             let waited = tokio::select! {
                 r = checkout => Some(r),
                 _ = queued.cancelled() => None,

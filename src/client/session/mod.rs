@@ -136,12 +136,34 @@ pub struct Limits {
     /// A message's length field is 32 bits: a larger limit means none. Narrower than
     /// the config's, to keep every client's task small.
     pub max_message_size: u32,
-    pub query_wait_timeout: Duration,
-    pub query_timeout: Duration,
-    pub idle_transaction_timeout: Duration,
+    pub query_wait_timeout: Millis,
+    pub query_timeout: Millis,
+    pub idle_transaction_timeout: Millis,
     pub pool_mode: PoolMode,
     /// `server_pipelining`.
     pub pipeline: bool,
+}
+
+/// A timeout as a session keeps it: whole milliseconds, rounded up (0: none). A
+/// quarter of a `Duration`'s size, and every idle client keeps three.
+#[derive(Clone, Copy, Debug)]
+pub struct Millis(u32);
+
+impl Millis {
+    pub fn get(self) -> Duration {
+        Duration::from_millis(self.0.into())
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl From<Duration> for Millis {
+    fn from(d: Duration) -> Millis {
+        let ms = d.as_nanos().div_ceil(1_000_000);
+        Millis(u32::try_from(ms).unwrap_or(u32::MAX))
+    }
 }
 
 pub struct Session {
@@ -207,8 +229,6 @@ pub struct Session {
     /// The unit sent behind another client's, kept to run again if that client's
     /// cancel stops it (see `replay`).
     replay: Option<Box<replay::Replay>>,
-    /// Such a unit is back at the head of `crbuf`.
-    replayed: bool,
 }
 
 enum Event {
@@ -269,7 +289,6 @@ impl Session {
             unit_plain: false,
             handoff: None,
             replay: None,
-            replayed: false,
         }
     }
 
@@ -433,7 +452,7 @@ impl Session {
                             SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
                             format!(
                                 "terminating connection: idle in transaction for longer than idle_transaction_timeout ({:?})",
-                                self.limits.idle_transaction_timeout
+                                self.limits.idle_transaction_timeout.get()
                             ),
                         ).with_hint("commit or roll back transactions promptly, or raise idle_transaction_timeout"))
                         .await;
@@ -577,13 +596,13 @@ impl Session {
 
     fn timer_deadline(&self) -> Option<tokio::time::Instant> {
         if self.in_flight() > 0 {
-            let qt = self.limits.query_timeout;
+            let qt = self.limits.query_timeout.get();
             if qt.is_zero() || self.timeout_cancel_sent || self.copy_in {
                 return None;
             }
             self.unit_started.map(|s| (s + qt).into())
         } else if self.tx != TxStatus::Idle && !self.limits.idle_transaction_timeout.is_zero() {
-            Some((Instant::now() + self.limits.idle_transaction_timeout).into())
+            Some((Instant::now() + self.limits.idle_transaction_timeout.get()).into())
         } else {
             None
         }

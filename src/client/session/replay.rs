@@ -14,7 +14,7 @@
 //!
 //! Only a unit that can be handled again unchanged is kept: one unit, sent while
 //! following, that leaves the connection idle and unchanged, with no settings
-//! re-applied before it and no named Parse (the statement would then exist twice).
+//! re-applied before it.
 //! The leading replies of such a unit that say nothing yet (ParseComplete,
 //! BindComplete, the descriptions) are held back until the outcome is known, and
 //! only when a foreign cancel may have reached it: otherwise replies pass as usual.
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::Session;
-use crate::protocol::{be, fe, msg, SqlState, TxStatus};
+use crate::protocol::{be, complete_frame, fe, msg, SqlState, TxStatus};
 use crate::server::CancelGate;
 
 pub(super) struct Replay {
@@ -53,6 +53,8 @@ enum Stage {
     Holding,
     /// The unit failed with 57014: what is left is its ReadyForQuery.
     Failed,
+    /// The unit's messages are back at the head of the client's input.
+    Replayed,
 }
 
 /// What the reply relay does with one server message.
@@ -107,13 +109,12 @@ impl Session {
         };
         match r.stage {
             Stage::Recording => {
-                let named_parse = tag == fe::PARSE && frame.get(5).is_some_and(|&b| b != 0);
                 let local_query = tag == fe::QUERY && !sent;
                 let kept = matches!(
                     tag,
                     fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::SYNC
                 );
-                if !kept || named_parse || local_query {
+                if !kept || local_query {
                     self.replay = None;
                     return;
                 }
@@ -122,7 +123,8 @@ impl Session {
                     r.stage = Stage::Sent;
                 }
             }
-            Stage::Sent => self.replay = None,
+            // Done with: the unit handled again is a new one.
+            Stage::Sent | Stage::Replayed => self.replay = None,
             Stage::Holding | Stage::Failed => r.spoiled = true,
         }
     }
@@ -146,7 +148,7 @@ impl Session {
             r.stage = Stage::Holding;
         }
         let verdict = match (r.stage, tag) {
-            (Stage::Recording | Stage::Sent, _) => {
+            (Stage::Recording | Stage::Sent | Stage::Replayed, _) => {
                 self.replay = None;
                 return Verdict::Pass;
             }
@@ -172,21 +174,52 @@ impl Session {
         };
         match verdict {
             Verdict::Replayed => {
-                let r = self.replay.take().expect("matched");
+                r.stage = Stage::Replayed;
+                let frames = std::mem::take(&mut r.frames);
                 tracing::debug!(
                     database = %self.database,
                     "a statement stopped by another client's cancel runs again"
                 );
-                let mut input = r.frames;
+                self.forget_parsed(&frames);
+                let mut input = frames;
                 input.extend_from_slice(&self.crbuf);
                 self.crbuf = input;
                 self.head_is_plain = false;
-                self.replayed = true;
             }
             // The caller sends the held replies out first (`release_held`).
             Verdict::Release | Verdict::Hold | Verdict::Pass => {}
         }
         verdict
+    }
+
+    /// True once, after a unit was put back at the head of the client's input.
+    pub(super) fn take_replayed(&mut self) -> bool {
+        let done = self
+            .replay
+            .as_deref()
+            .is_some_and(|r| r.stage == Stage::Replayed);
+        if done {
+            self.replay = None;
+        }
+        done
+    }
+
+    /// Before the unit is handled again: a statement it named and the server
+    /// prepared before the cancel is forgotten, so that its Parse makes it anew rather
+    /// than finding its name taken. (A name taken before the unit makes the unit not
+    /// plain, so none is kept.)
+    fn forget_parsed(&mut self, frames: &[u8]) {
+        let mut pos = 0;
+        while let Ok(Some((tag, len))) = complete_frame(&frames[pos..], usize::MAX) {
+            if tag == fe::PARSE {
+                if let Some(p) = msg::Parse::decode(&frames[pos + 5..pos + len]) {
+                    if !p.name.is_empty() {
+                        self.stmts.remove(p.name);
+                    }
+                }
+            }
+            pos += len;
+        }
     }
 
     /// Ends the hold: the held replies go out, before the message that ended it.
