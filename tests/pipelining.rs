@@ -20,16 +20,22 @@ use support::*;
 /// How long a test waits for something pgmux does in the background.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// pgmux with one server connection, handing it on while busy. One worker, so that
-/// clients queue strictly in arrival order.
+/// pgmux with one server connection, handing it on while busy, whatever statement
+/// runs on it (the tests make long statements to see what happens meanwhile). One
+/// worker, so that clients queue strictly in arrival order.
 fn one_connection(proxy_keys: &str) -> Pgmux {
     let cfg = pgmux_config(
         shared_primary(),
-        &format!("auth_method = \"trust\"\nserver_pipelining = true\n{proxy_keys}"),
+        &format!("{ANY_STATEMENT}\n{proxy_keys}"),
         "pool_size = 1",
     );
     start_pgmux(&with_workers(&cfg, 1))
 }
+
+/// `[proxy]` keys: trust, and pipelining behind statements of any duration.
+const ANY_STATEMENT: &str = "auth_method = \"trust\"
+server_pipelining = true
+server_pipelining_threshold = \"0s\"";
 
 /// A client in a transaction on the only server connection, so the next ones queue.
 fn holder(px: &Pgmux) -> RawClient {
@@ -109,12 +115,7 @@ fn a_cancel_of_a_client_with_another_behind_it_leaves_that_one_alone() {
 /// pgmux with one server connection, reached through `link`.
 fn one_connection_through(link: &Link) -> Pgmux {
     let pg = shared_primary();
-    let cfg = pgmux_config(
-        pg,
-        "auth_method = \"trust\"\nserver_pipelining = true",
-        "pool_size = 1",
-    )
-    .replace(
+    let cfg = pgmux_config(pg, ANY_STATEMENT, "pool_size = 1").replace(
         &pg.addr(APP_DB),
         &format!("127.0.0.1:{}/{APP_DB}", link.port),
     );
@@ -351,7 +352,7 @@ async fn cancels_of_some_clients_never_stop_the_statements_of_the_others() {
     // sometimes one sent behind it.
     let cfg = pgmux_config(
         shared_primary(),
-        "server_pipelining = true",
+        "server_pipelining = true\nserver_pipelining_threshold = \"0s\"",
         "pool_size = 2",
     );
     let px = start_pgmux(&cfg);
@@ -420,5 +421,60 @@ async fn cancels_of_some_clients_never_stop_the_statements_of_the_others() {
     assert!(
         cancelled > 0,
         "no cancel stopped a statement: the test tested nothing"
+    );
+}
+
+#[test]
+fn only_a_statement_known_to_be_short_has_another_sent_behind_it() {
+    // "Short" is under a second here, so that no machine makes `select 1` long or
+    // `pg_sleep(1.5)` short.
+    let metrics_port = support::process::free_port();
+    let cfg = pgmux_config(
+        shared_primary(),
+        &format!(
+            "auth_method = \"trust\"\nserver_pipelining = true\n\
+             server_pipelining_threshold = \"1s\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\""
+        ),
+        "pool_size = 1",
+    )
+    .replacen("metrics_listen = \"\"\n", "", 1);
+    let px = start_pgmux(&with_workers(&cfg, 1));
+    let mut c = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    let long = "select 'a' from pg_sleep(1.5) /* pipelining_known_long */";
+    let short = "select 'a' /* pipelining_known_short */";
+    // The client holding the connection ends its transaction with a statement new to
+    // pgmux each time, which it does not hand on: a's is the only hand-over counted.
+    let release_anew = |mut x: RawClient, round: &str| {
+        let commit = format!("commit /* pipelining_round_{round} */");
+        assert_eq!(x.query(&commit), Ok(vec![]));
+    };
+    for (sql, handed, round) in [(long, false, "long"), (short, true, "short")] {
+        // Run once, so that pgmux knows how long it takes.
+        assert_eq!(c.query(sql), Ok(vec!["a".to_owned()]));
+        let before = pipelined_total(metrics_port);
+        let x = holder(&px);
+        let mut a = queued(&px, sql);
+        let mut b = queued(&px, "select 'b'");
+        release_anew(x, round);
+        assert_eq!(a.read_result(), Ok(vec!["a".to_owned()]));
+        assert_eq!(b.read_result(), Ok(vec!["b".to_owned()]));
+        assert_eq!(
+            pipelined_total(metrics_port) > before,
+            handed,
+            "{sql}: handed on while it ran"
+        );
+    }
+    // A statement seen for the first time is not known to be short.
+    let before = pipelined_total(metrics_port);
+    let x = holder(&px);
+    let mut a = queued(&px, "select 'a' /* pipelining_never_seen */");
+    let mut b = queued(&px, "select 'b'");
+    release_anew(x, "new");
+    assert_eq!(a.read_result(), Ok(vec!["a".to_owned()]));
+    assert_eq!(b.read_result(), Ok(vec!["b".to_owned()]));
+    assert_eq!(
+        pipelined_total(metrics_port),
+        before,
+        "a new statement was handed on"
     );
 }

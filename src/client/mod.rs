@@ -294,6 +294,7 @@ async fn login(
         idle_transaction_timeout: cfg.proxy.idle_transaction_timeout.into(),
         pool_mode: db.pool_mode,
         pipeline: cfg.proxy.server_pipelining,
+        pipeline_threshold_us: session::micros(cfg.proxy.server_pipelining_threshold),
     };
     let session = Session::new(
         shared.clone(),

@@ -91,6 +91,7 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 * 1024 * 1024;
 const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 200;
+const DEFAULT_SERVER_PIPELINING_THRESHOLD: Duration = Duration::from_millis(2);
 const DEFAULT_POOL_SIZE: usize = 20;
 const DEFAULT_MAX_REPLICA_LAG: ReplicaLag = ReplicaLag::Bytes(10 * 1024 * 1024);
 
@@ -273,7 +274,11 @@ fn build_proxy(raw: RawProxy, path: &KeyPath, problems: &mut Problems) -> ProxyC
             .max_prepared_statements
             .unwrap_or(DEFAULT_MAX_PREPARED_STATEMENTS),
         unix_socket_dir: raw.unix_socket_dir.filter(|d| !d.as_os_str().is_empty()),
-        server_pipelining: raw.server_pipelining.unwrap_or(false),
+        server_pipelining: raw.server_pipelining.unwrap_or(true),
+        server_pipelining_threshold: or(
+            raw.server_pipelining_threshold,
+            DEFAULT_SERVER_PIPELINING_THRESHOLD,
+        ),
     };
     check_proxy(&proxy, path, problems);
     proxy

@@ -148,6 +148,9 @@ pub struct ProxyConfig {
     /// client's statement that leaves the connection idle and unchanged, in preference
     /// to an idle connection (see `pool::follow`).
     pub server_pipelining: bool,
+    /// Only a statement that averaged less than this lately is queued behind (see
+    /// `pool::estimate`); zero: any statement.
+    pub server_pipelining_threshold: Duration,
 }
 
 impl ProxyConfig {

@@ -74,6 +74,7 @@ pub enum PoolError {
     },
 }
 
+pub mod estimate;
 pub mod follow;
 mod gate;
 
@@ -110,6 +111,8 @@ pub struct Pool {
     reported: Mutex<Option<Reported>>,
     /// Shared by the pools of one database, whose servers prepare the same statements.
     pub parses: Arc<ParseClock>,
+    /// How long this pool's statements took lately (`server_pipelining`).
+    pub durations: estimate::Durations,
 }
 
 impl Pool {
@@ -133,6 +136,7 @@ impl Pool {
             offers: Mutex::new(Vec::new()),
             offered: AtomicUsize::new(0),
             reported: Mutex::new(None),
+            durations: estimate::Durations::default(),
         })
     }
 

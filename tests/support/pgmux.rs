@@ -96,16 +96,18 @@ replicas = [{replicas}]
     )
 }
 
-/// `server_pipelining = true` when `PGMUX_TEST_PIPELINE` is set
-/// (`scripts/test.sh` runs the suites of clients' protocols once more so), unless the
-/// test sets the key itself.
+/// `server_pipelining`, on by default, as `PGMUX_TEST_PIPELINE` says, unless the test
+/// sets it itself: `off`, or `any` to send statements behind statements of any
+/// duration, not only those known to be short (`scripts/test.sh` runs the suites of
+/// clients' protocols once more so, to hand connections on as often as it can).
 fn test_pipeline(extra_proxy: &str) -> &'static str {
-    if std::env::var_os("PGMUX_TEST_PIPELINE").is_some()
-        && !extra_proxy.contains("server_pipelining")
-    {
-        "server_pipelining = true\n"
-    } else {
-        ""
+    if extra_proxy.contains("server_pipelining") {
+        return "";
+    }
+    match std::env::var("PGMUX_TEST_PIPELINE").as_deref() {
+        Ok("off") => "server_pipelining = false\n",
+        Ok("any") => "server_pipelining_threshold = \"0s\"\n",
+        _ => "",
     }
 }
 

@@ -250,6 +250,12 @@ impl Session {
                 if self.tx == TxStatus::Idle || chained {
                     self.end_of_transaction(conn);
                 }
+                if self.unit_key != 0 && self.in_flight() == 0 {
+                    if let Some(start) = self.unit_started {
+                        self.pool.durations.record(self.unit_key, start.elapsed());
+                    }
+                    self.unit_key = 0;
+                }
                 if self.in_flight() > 0 {
                     self.unit_started = (!self.limits.query_timeout.is_zero()).then(Instant::now);
                     self.timeout_cancel_sent = false;

@@ -88,6 +88,7 @@ impl Session {
             // A unit begins: whether it leaves the connection idle and unchanged is
             // worked out message by message below.
             self.unit_plain = self.tx == TxStatus::Idle;
+            self.unit_key = 0;
         }
         let body = &frame[5..];
         match tag {
@@ -115,6 +116,9 @@ impl Session {
                     self.unit_plain = fx.is_empty() && sql::ends_block(text);
                 } else {
                     self.unit_plain &= fx.is_empty() && sql::leaves_idle(text);
+                }
+                if starts_unit && self.unit_plain && self.limits.pipeline {
+                    self.unit_key = sql::fingerprint(text);
                 }
                 let signal = fx.signal;
                 let one_deallocate = !fx.deallocate.is_empty() && single_statement(text);
@@ -176,6 +180,9 @@ impl Session {
                 };
                 let plain = plain && runs.is_none();
                 self.unit_plain &= plain;
+                if self.unit_plain && self.limits.pipeline && self.in_flight() == 0 {
+                    self.unit_key = sql::fingerprint(p.query);
+                }
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
                     let mut stmt = Statement::new(&rest, self.pool.parses.tick());
                     stmt.runs = runs.clone();
@@ -235,6 +242,9 @@ impl Session {
                     self.unit_plain &= self.unnamed.as_ref().is_some_and(|u| u.valid && u.plain);
                 } else {
                     self.unit_plain &= stmt.as_ref().is_some_and(|s| s.plain);
+                    if let Some(s) = stmt.as_ref().filter(|_| self.in_flight() == 0) {
+                        self.unit_key = s.id as u64 | 1;
+                    }
                 }
                 match stmt {
                     Some(stmt) => {
@@ -379,8 +389,10 @@ impl Session {
 
     pub(super) fn unit_sent(&mut self, kind: u8) {
         if self.in_flight() == 0 {
-            // The clock is read only when a query_timeout needs it.
-            self.unit_started = (!self.limits.query_timeout.is_zero()).then(Instant::now);
+            // The clock is read only when a query_timeout or a duration estimate
+            // needs it.
+            self.unit_started =
+                (!self.limits.query_timeout.is_zero() || self.unit_key != 0).then(Instant::now);
             self.timeout_cancel_sent = false;
         }
         self.sent_units += 1;
@@ -532,6 +544,7 @@ impl Session {
         self.limits.query_timeout = proxy.query_timeout.into();
         self.limits.idle_transaction_timeout = proxy.idle_transaction_timeout.into();
         self.limits.pipeline = proxy.server_pipelining;
+        self.limits.pipeline_threshold_us = super::micros(proxy.server_pipelining_threshold);
     }
 
     /// Makes sure a server connection is held, without waiting: `Blocked::Checkout`

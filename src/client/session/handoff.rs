@@ -103,6 +103,11 @@ impl Session {
             // A statement the server prepares only when its reply comes must be
             // recorded on the connection itself.
             || self.fixups.iter().any(|f| f.parsed.is_some())
+            // Nobody should queue behind a statement that may run long.
+            || !self
+                .pool
+                .durations
+                .short(self.unit_key, self.limits.pipeline_threshold_us)
         {
             return;
         }

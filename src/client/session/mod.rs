@@ -142,6 +142,8 @@ pub struct Limits {
     pub pool_mode: PoolMode,
     /// `server_pipelining`.
     pub pipeline: bool,
+    /// `server_pipelining_threshold` in microseconds.
+    pub pipeline_threshold_us: u32,
 }
 
 /// A timeout as a session keeps it: whole milliseconds, rounded up (0: none). A
@@ -157,6 +159,11 @@ impl Millis {
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
+}
+
+/// A duration in whole microseconds, at most `u32::MAX` (over an hour).
+pub(crate) fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
 impl From<Duration> for Millis {
@@ -224,6 +231,9 @@ pub struct Session {
     /// The units sent since the last unit that began with nothing in flight leave the
     /// server connection idle and unchanged (`server_pipelining`).
     unit_plain: bool,
+    /// The key of the duration estimate of the unit in flight (`pool::estimate`), for
+    /// a plain unit sent with nothing else in flight; 0 for none.
+    unit_key: u64,
     /// A server connection shared with another client (`server_pipelining`).
     handoff: Option<Box<handoff::Handoff>>,
     /// The unit sent behind another client's, kept to run again if that client's
@@ -287,6 +297,7 @@ impl Session {
             unit_started: None,
             timeout_cancel_sent: false,
             unit_plain: false,
+            unit_key: 0,
             handoff: None,
             replay: None,
         }

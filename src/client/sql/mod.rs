@@ -145,6 +145,48 @@ pub fn leaves_idle(sql: &[u8]) -> bool {
     .any(|kw| first.is(kw))
 }
 
+/// A hash of a statement's text without its constants (numbers and quoted strings),
+/// so that runs of one statement with other values share it: the key of its duration
+/// estimate (`pool::estimate`), not an identity — distinct statements may share one.
+/// Never 0.
+pub fn fingerprint(sql: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    // A digit inside a name (`t1`, `$1`) is part of it.
+    let mut in_name = false;
+    while let Some(&b) = sql.get(i) {
+        let mark = match b {
+            b'\'' => {
+                // To the closing quote; a doubled one is a quote inside.
+                i += 1;
+                loop {
+                    match memchr::memchr(b'\'', &sql[i.min(sql.len())..]) {
+                        Some(e) if sql.get(i + e + 1) == Some(&b'\'') => i += e + 2,
+                        Some(e) => break i += e + 1,
+                        None => break i = sql.len(),
+                    }
+                }
+                in_name = false;
+                b'\''
+            }
+            b'0'..=b'9' if !in_name => {
+                while sql.get(i).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
+                    i += 1;
+                }
+                b'0'
+            }
+            _ => {
+                i += 1;
+                in_name = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$');
+                b
+            }
+        };
+        h = (h ^ u64::from(mark)).wrapping_mul(PRIME);
+    }
+    h | 1
+}
+
 /// Whether a text whose [`analyze`] found no session effects is one statement that
 /// ends a transaction block (`COMMIT`, `END`, `ROLLBACK`, `ABORT`; not `AND CHAIN`,
 /// not `COMMIT PREPARED`): sent inside a block, it leaves the connection idle.
@@ -382,6 +424,26 @@ fn has_into_temp(stmt: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fingerprint_leaves_out_constants_but_not_names() {
+        let f = |s: &str| super::fingerprint(s.as_bytes());
+        let a = f("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;");
+        assert_eq!(a, f("SELECT abalance FROM pgbench_accounts WHERE aid = 7;"));
+        assert_eq!(
+            f("select * from t where v = 'x' and n = 1.5"),
+            f("select * from t where v = 'it''s long' and n = 20")
+        );
+        assert_ne!(a, f("SELECT bbalance FROM pgbench_branches WHERE bid = 1;"));
+        assert_ne!(f("select * from t1"), f("select * from t2"));
+        assert_ne!(f("select $1"), f("select $2"));
+        assert_ne!(f(""), 0);
+        for odd in ["'", "''", "'''", "a'b''", "1.2.3", "$", "''''x"] {
+            assert_ne!(f(odd), 0, "{odd}");
+        }
+        // An unterminated string ends the text.
+        assert_eq!(f("select 'abc"), f("select 'x"));
+    }
+
     use super::*;
 
     #[test]

@@ -161,6 +161,7 @@ pub(super) struct RawProxy {
     pub(super) max_prepared_statements: Option<usize>,
     pub(super) unix_socket_dir: Option<PathBuf>,
     pub(super) server_pipelining: Option<bool>,
+    pub(super) server_pipelining_threshold: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
