@@ -6,14 +6,17 @@
 #   QUICK=1 bash benches/load.sh         # self-check: 2 s runs, 1,000 idle clients
 #   WORKERS="1 2" bash benches/load.sh   # one pgmux column per worker count
 #   WORKERS="1 1e" bash benches/load.sh  # io_uring (default) against epoll (PGMUX_IO=epoll)
-#   WORKERS="1 1p" bash benches/load.sh  # without and with server_pipelining
+#   WORKERS="1n 1" bash benches/load.sh  # without and with server_pipelining
+#   PGMUX_BASELINE=/path/to/pgmux WORKERS="1 1b" bash benches/load.sh  # this build against another
 #
 # Environment (defaults in brackets):
 #   DURATION      seconds per pgbench run                        [10; QUICK: 2]
 #   ROUNDS        rounds of every workload × target; medians     [1]
 #   WORKERS       pgmux [proxy].workers; a list runs one pgmux each  [0 = one per core]
-#                 (an "e" suffix runs that one on epoll: PGMUX_IO=epoll; a "p"
-#                 suffix with server_pipelining = true)
+#                 (an "e" suffix runs that one on epoll: PGMUX_IO=epoll; an "n"
+#                 suffix with server_pipelining = false, "p" with it on, the
+#                 default; a "b" suffix runs the binary PGMUX_BASELINE instead of
+#                 this build, to compare two builds in one run)
 #   IDLE_CLIENTS  idle logged-in clients for the memory figure   [10000; QUICK: 1000]
 #   SCALE         pgbench -i scale                               [10]
 #   POOL_SIZE     server connections per pool (both proxies)     [20]
@@ -249,10 +252,13 @@ stop_proxy() { # PID: stops it and forgets it (its number may be reused later)
 # ---- pgmux (one per entry of WORKERS)
 declare -A PGMUX_PORT PGMUX_PID
 pgmux_name() { if [ "$N_PGMUX" = 1 ]; then echo pgmux; else echo "pgmux-w$1"; fi; }
-start_pgmux() { # WORKERS, with optional suffixes "e" (epoll) and "p" (server_pipelining)
-    local w=${1//[ep]/} io=io_uring pipelining=false name port mport dir
+start_pgmux() { # WORKERS, with optional suffixes "e" (epoll), "n" or "p" (server_pipelining off, on) and "b" (PGMUX_BASELINE)
+    local w=${1//[epnb]/} io=io_uring pipelining=true bin=$PGMUX_BIN name port mport dir
     [[ $1 == *e* ]] && io=epoll
-    [[ $1 == *p* ]] && pipelining=true
+    [[ $1 == *n* ]] && pipelining=false
+    if [[ $1 == *b* ]]; then
+        bin=${PGMUX_BASELINE:?"a \"b\" suffix needs PGMUX_BASELINE, the path of another pgmux binary"}
+    fi
     name=$(pgmux_name "$1")
     dir=$TMP/$name
     mkdir -p "$dir"
@@ -280,7 +286,7 @@ pool_size = $POOL_SIZE
 primary = "$UPSTREAM_HOST:$PG_PORT/$BENCH_DB"
 replicas = []
 EOF
-    PGMUX_IO=$io "$PGMUX_BIN" --config "$dir/pgmux.toml" >>"$dir/pgmux.log" 2>&1 &
+    PGMUX_IO=$io "$bin" --config "$dir/pgmux.toml" >>"$dir/pgmux.log" 2>&1 &
     PGMUX_PID[$name]=$!
     PGMUX_PORT[$name]=$port
     PIDS+=("$!")

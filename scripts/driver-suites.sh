@@ -8,9 +8,11 @@
 #
 #   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 sqlalchemy
 #
-# Environment: MODE=session|transaction|pipelining|tls|direct (default transaction;
-# tls: transaction mode with clients on TLS, pg8000 excepted, which stays on plain
-# text);
+# Environment: MODE=session|transaction|unpipelined|pipelining|tls|direct (default
+# transaction, with server_pipelining as by default; unpipelined: transaction mode
+# without it; pipelining: transaction mode sending statements behind statements of
+# any duration, server_pipelining_threshold = "0s"; tls: transaction mode with clients
+# on TLS, pg8000 excepted, which stays on plain text);
 # PGMUX_BIN=path uses that binary instead of `cargo build --release`;
 # PGMUX_PG_BIN=dir uses Postgres tools from dir (default /usr/lib/postgresql/15/bin).
 #
@@ -38,7 +40,7 @@ ASYNCPG=0.30.0 PSYCOPG2=2.9.10 PG8000=1.31.6 SQLALCHEMY=2.0.36 PSYCOPG=3.2.3
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'driver-suites.sh: %s\n' "$*" >&2; exit 1; }
-case "$MODE" in session | transaction | pipelining | tls | direct) ;; *) die "MODE=$MODE?" ;; esac
+case "$MODE" in session | transaction | unpipelined | pipelining | tls | direct) ;; *) die "MODE=$MODE?" ;; esac
 
 bash scripts/install-deps.sh
 
@@ -92,7 +94,8 @@ if [ "$MODE" != direct ]; then
         echo "listen = \"127.0.0.1:$port\""
         echo 'metrics_listen = ""'
         [ "$MODE" = session ] && echo 'pool_mode = "session"' || echo 'pool_mode = "transaction"'
-        [ "$MODE" = pipelining ] && echo 'server_pipelining = true'
+        [ "$MODE" = pipelining ] && echo 'server_pipelining_threshold = "0s"'
+        [ "$MODE" = unpipelined ] && echo 'server_pipelining = false'
         echo 'admin_users = ["postgres"]'
         if [ "$MODE" = tls ]; then
             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \

@@ -242,7 +242,10 @@ impl Session {
                     self.unit_plain &= self.unnamed.as_ref().is_some_and(|u| u.valid && u.plain);
                 } else {
                     self.unit_plain &= stmt.as_ref().is_some_and(|s| s.plain);
-                    if let Some(s) = stmt.as_ref().filter(|_| self.in_flight() == 0) {
+                    if let Some(s) = stmt
+                        .as_ref()
+                        .filter(|_| self.limits.pipeline && self.in_flight() == 0)
+                    {
                         self.unit_key = s.id as u64 | 1;
                     }
                 }
