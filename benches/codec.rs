@@ -6,7 +6,8 @@
 //! The inputs are what pgbench sends and receives:
 //! - a select-only reply (RowDescription + DataRow + CommandComplete + ReadyForQuery),
 //!   framed message by message as the relay does;
-//! - the statements `client::sql::analyze` sees on every simple Query;
+//! - the statements `client::sql::analyze` sees on every simple Query, and the
+//!   fingerprint a pipelining pool keys its duration estimate by;
 //! - the Parse body a `-M prepared` client sends, named by `prepared::Statement::new`;
 //! - the settings check made each time a client gets a server connection;
 //! - an ErrorResponse pgmux writes itself.
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgmux::client::sql::analyze;
+use pgmux::client::sql::{analyze, fingerprint};
 use pgmux::protocol::build::{self, PgError};
 use pgmux::protocol::{complete_frame, peek_header, SqlState};
 use pgmux::server::prepared::Statement;
@@ -93,6 +94,10 @@ fn sql(c: &mut Criterion) {
         b.iter(|| analyze(black_box(SELECT_ONLY)))
     });
     g.bench_function("analyze_set", |b| b.iter(|| analyze(black_box(SET))));
+    // The duration estimate's key, taken on every unit a pipelining pool sends.
+    g.bench_function("fingerprint_select", |b| {
+        b.iter(|| fingerprint(black_box(SELECT_ONLY)))
+    });
     g.bench_function("analyze_tpcb_5_statements", |b| {
         b.iter(|| analyze(black_box(TPCB)))
     });

@@ -40,6 +40,11 @@ impl Session {
     fn handle_client_frames(&mut self) -> Result<(), Blocked> {
         let max = self.limits.max_message_size as usize;
         let mut buf = std::mem::take(&mut self.crbuf);
+        if self.swbuf.is_empty() {
+            // Most of what a client sends goes on to the server as it came: one
+            // allocation for the batch, not one per message the buffer outgrows.
+            self.swbuf.reserve(buf.len());
+        }
         let mut pos = 0;
         let result = loop {
             let (tag, len) = match complete_frame(&buf[pos..], max) {

@@ -27,6 +27,9 @@ use super::Session;
 use crate::protocol::{be, complete_frame, fe, msg, SqlState, TxStatus};
 use crate::server::CancelGate;
 
+/// What a kept unit's first message reserves (pgbench's extended select: 120 bytes).
+const REPLAY_ROOM: usize = 256;
+
 pub(super) struct Replay {
     /// The client's messages of the unit, as it sent them.
     frames: BytesMut,
@@ -117,6 +120,11 @@ impl Session {
                 if !kept || local_query {
                     self.replay = None;
                     return;
+                }
+                if r.frames.capacity() == 0 {
+                    // The unit's messages usually come together: room for all of
+                    // them at once.
+                    r.frames.reserve(frame.len().max(REPLAY_ROOM));
                 }
                 r.frames.extend_from_slice(frame);
                 if sent {

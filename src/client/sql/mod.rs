@@ -149,42 +149,102 @@ pub fn leaves_idle(sql: &[u8]) -> bool {
 /// so that runs of one statement with other values share it: the key of its duration
 /// estimate (`pool::estimate`), not an identity — distinct statements may share one.
 /// Never 0.
+///
+/// Runs on every unit a pipelining pool sends: the text between constants is hashed
+/// eight bytes at a time (52 ns for pgbench's select, `benches/codec.rs`, against 92
+/// for a byte-wise FNV).
 pub fn fingerprint(sql: &[u8]) -> u64 {
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = RunHash(0x243f_6a88_85a3_08d3);
+    let mut run = 0;
     let mut i = 0;
-    // A digit inside a name (`t1`, `$1`) is part of it.
-    let mut in_name = false;
-    while let Some(&b) = sql.get(i) {
-        let mark = match b {
-            b'\'' => {
-                // To the closing quote; a doubled one is a quote inside.
-                i += 1;
-                loop {
-                    match memchr::memchr(b'\'', &sql[i.min(sql.len())..]) {
-                        Some(e) if sql.get(i + e + 1) == Some(&b'\'') => i += e + 2,
-                        Some(e) => break i += e + 1,
-                        None => break i = sql.len(),
-                    }
+    // Only digits and quotes can start a constant: the scan for them keeps no state,
+    // so that the branch it takes per byte is almost never taken.
+    while let Some(off) = sql[i..]
+        .iter()
+        .position(|&b| BYTE_CLASS[usize::from(b)] & (DIGIT | QUOTE) != 0)
+    {
+        i += off;
+        let class = BYTE_CLASS[usize::from(sql[i])];
+        // A digit inside a name (`t1`, `$1`) is part of it. A digit before it would
+        // have been skipped with its number unless it was in the name too.
+        if class == DIGIT && i > 0 && BYTE_CLASS[usize::from(sql[i - 1])] & (NAME | DIGIT) != 0 {
+            i += 1;
+            continue;
+        }
+        h.run(&sql[run..i]);
+        if class == QUOTE {
+            // To the closing quote; a doubled one is a quote inside.
+            i += 1;
+            loop {
+                match memchr::memchr(b'\'', &sql[i.min(sql.len())..]) {
+                    Some(e) if sql.get(i + e + 1) == Some(&b'\'') => i += e + 2,
+                    Some(e) => break i += e + 1,
+                    None => break i = sql.len(),
                 }
-                in_name = false;
-                b'\''
             }
-            b'0'..=b'9' if !in_name => {
-                while sql.get(i).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
-                    i += 1;
-                }
-                b'0'
-            }
-            _ => {
+            h.mark(b'\'');
+        } else {
+            while sql.get(i).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
                 i += 1;
-                in_name = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$');
-                b
             }
-        };
-        h = (h ^ u64::from(mark)).wrapping_mul(PRIME);
+            h.mark(b'0');
+        }
+        run = i.min(sql.len());
     }
-    h | 1
+    h.run(&sql[run..]);
+    h.0 | 1
+}
+
+const OTHER: u8 = 0;
+const NAME: u8 = 1;
+const DIGIT: u8 = 2;
+const QUOTE: u8 = 4;
+
+/// What each byte is to [`fingerprint`].
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_digit() {
+            DIGIT
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b'$' {
+            NAME
+        } else if c == b'\'' {
+            QUOTE
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    t
+};
+
+/// [`fingerprint`]'s hash: FxHash's step over eight-byte words.
+struct RunHash(u64);
+
+impl RunHash {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(Self::K);
+    }
+
+    fn run(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().expect("eight bytes")));
+        }
+        let rest = chunks.remainder();
+        let mut tail = [0u8; 8];
+        tail[..rest.len()].copy_from_slice(rest);
+        // The length keeps "ab" + "c" apart from "a" + "bc" across a constant.
+        self.word(u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56));
+    }
+
+    fn mark(&mut self, kind: u8) {
+        self.word(u64::from(kind));
+    }
 }
 
 /// Whether a text whose [`analyze`] found no session effects is one statement that
@@ -442,6 +502,18 @@ mod tests {
         }
         // An unterminated string ends the text.
         assert_eq!(f("select 'abc"), f("select 'x"));
+        // Digits in names, after names with digits, and next to other constants.
+        assert_eq!(f("select col2, 3 from t10"), f("select col2, 47 from t10"));
+        assert_ne!(f("select col2 from t10"), f("select col3 from t10"));
+        assert_ne!(f("select $12"), f("select $13"));
+        assert_eq!(f("select 'a''b',1.5,x9"), f("select 'c',2,x9"));
+        assert_ne!(f("select 'a',x9"), f("select 'a',x8"));
+        assert_eq!(f("where a=1and b=2"), f("where a=3and b=4"));
+        // A long text that differs past its first eight-byte words.
+        assert_ne!(
+            f("SELECT abalance FROM pgbench_accounts WHERE aid = 1"),
+            f("SELECT abalance FROM pgbench_accountz WHERE aid = 1")
+        );
     }
 
     use super::*;
