@@ -20,6 +20,9 @@ use super::io::{write_all, write_now, write_to_server};
 use super::{Blocked, End, Fixup, Session};
 use crate::uring::HIGH_WATER;
 
+/// Client input up to this size reserves the server's output buffer in one go.
+const BATCH_ROOM: usize = 8 * 1024;
+
 impl Session {
     /// Handles what the client sent, as far as it can without waiting: the usual
     /// transaction (a free server connection, socket buffers with room) completes
@@ -40,9 +43,10 @@ impl Session {
     fn handle_client_frames(&mut self) -> Result<(), Blocked> {
         let max = self.limits.max_message_size as usize;
         let mut buf = std::mem::take(&mut self.crbuf);
-        if self.swbuf.is_empty() {
+        if self.swbuf.is_empty() && buf.len() <= BATCH_ROOM {
             // Most of what a client sends goes on to the server as it came: one
-            // allocation for the batch, not one per message the buffer outgrows.
+            // allocation for the batch, not one per message the buffer outgrows. (Not
+            // for more: the input may be the start of one large message.)
             self.swbuf.reserve(buf.len());
         }
         let mut pos = 0;
