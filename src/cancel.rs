@@ -38,6 +38,10 @@ pub struct CancelSlot {
     /// kept for when they are, as the server's key would now reach the other client's
     /// statement.
     following: AtomicBool,
+    /// The session has a unit in flight on its server connection. In session mode the
+    /// connection stays attached between statements, and a signal that reached it
+    /// then could stop the client's next statement instead.
+    running: AtomicBool,
     cancelled: AtomicBool,
     /// Cancels asked for this client, ever (see `client::session::replay`).
     requests: AtomicU32,
@@ -79,6 +83,12 @@ impl CancelSlot {
         self.attach(target);
         self.following.store(false, Ordering::SeqCst);
         self.cancelled.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether the session has a unit in flight; set as its first unit goes out and
+    /// cleared at the ReadyForQuery that answers its last.
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Release);
     }
 
     /// Forgets the target; returns its gate, which the caller must see clear before
@@ -192,6 +202,7 @@ impl CancelRegistry {
                 target: Mutex::new(None),
                 queued: AtomicBool::new(false),
                 following: AtomicBool::new(false),
+                running: AtomicBool::new(false),
                 cancelled: AtomicBool::new(false),
                 requests: AtomicU32::new(0),
                 ended: AtomicBool::new(false),
@@ -250,6 +261,13 @@ impl CancelRegistry {
         if terminate {
             // The session cancels a statement it has running as it ends.
             slot.end();
+            return;
+        }
+        // Decided now, before the caller sees its result: Postgres has signalled the
+        // backend by then, and a signal to an idle backend changes nothing. Sent
+        // later, the cancel could reach the statement the client sends next.
+        if slot.target.lock().is_some() && !slot.running.load(Ordering::Acquire) {
+            tracing::debug!(pid, "signal for a client without a running statement");
             return;
         }
         tokio::spawn(async move { Self::cancel_slot(pid, &slot, timeout).await });

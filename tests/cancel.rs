@@ -180,13 +180,15 @@ async fn pg_cancel_backend_with_a_clients_process_id_cancels_its_statement() {
         );
 
         // Simple protocol, the id as a literal: true, and no warning that no such
-        // backend exists. The victim is idle now: nothing to cancel, nothing breaks.
+        // backend exists. The victim is idle now: nothing to cancel, nothing breaks,
+        // not even the statement it sends next (one that lasts long enough for a
+        // cancel still on its way to reach it).
         let victim_pid = victim.pid;
         let (replies, victim_after) = tokio::task::spawn_blocking(move || {
             let mut c = RawClient::login_trust(port, APP_USER, APP_DB);
             c.send_query(&format!("select pg_cancel_backend({victim_pid})"));
             let replies = c.read_until_ready();
-            (replies, victim.query("select 7"))
+            (replies, victim.query("select 7 from pg_sleep(0.5)"))
         })
         .await
         .unwrap();

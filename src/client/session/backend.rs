@@ -250,6 +250,9 @@ impl Session {
                 if self.tx == TxStatus::Idle || chained {
                     self.end_of_transaction(conn);
                 }
+                if self.in_flight() == 0 {
+                    self.cancel.slot.set_running(false);
+                }
                 if self.unit_key != 0 && self.in_flight() == 0 {
                     if let Some(start) = self.unit_started {
                         self.pool.durations.record(self.unit_key, start.elapsed());

@@ -401,6 +401,7 @@ impl Session {
 
     pub(super) fn unit_sent(&mut self, kind: u8) {
         if self.in_flight() == 0 {
+            self.cancel.slot.set_running(true);
             // The clock is read only when a query_timeout or a duration estimate
             // needs it.
             self.unit_started =
