@@ -209,6 +209,32 @@ async fn trust_client_auth_asks_no_password_but_still_knows_its_users() {
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
 }
 
+#[tokio::test]
+async fn a_users_own_auth_method_overrides_the_proxys() {
+    let pg = shared_primary();
+    let config = pgmux_config(pg, "", "").replacen(
+        &format!("name = \"{MD5_USER}\"\n"),
+        &format!("name = \"{MD5_USER}\"\nauth_method = \"trust\"\n"),
+        1,
+    );
+    let px = start_pgmux(&config);
+
+    assert_eq!(
+        first_auth_request(&px, MD5_USER).0,
+        0,
+        "trusted: no password"
+    );
+    assert_eq!(first_auth_request(&px, APP_USER).0, 10, "the rest: SCRAM");
+    assert_eq!(
+        current_user_through(&px.url(MD5_USER, "anything", APP_DB)).await,
+        MD5_USER
+    );
+    let err = try_connect(&px.url(APP_USER, "not-the-password", APP_DB))
+        .await
+        .expect_err("a wrong password must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
 /// Passwords are SASLprep'ed as Postgres and libpq do: a configured password
 /// with characters NFKC changes logs in whichever form the client types, and a
 /// wrong one is still refused.

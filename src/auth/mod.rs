@@ -109,6 +109,7 @@ mod tests {
             password,
             server_user: "app".into(),
             server_password: None,
+            auth_method: crate::config::AuthMethod::ScramSha256,
         }
     }
 

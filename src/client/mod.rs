@@ -210,9 +210,13 @@ async fn login(
     let user = shared.user(&user_name);
 
     let mut buf = BytesMut::new();
+    // An unknown user gets the default method's exchange, and fails it.
+    let method = user
+        .as_deref()
+        .map_or(cfg.proxy.auth_method, |u| u.config.auth_method);
     let mut out = authenticate(
         shared,
-        cfg.proxy.auth_method,
+        method,
         &mut stream,
         &mut buf,
         &user_name,

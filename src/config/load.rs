@@ -456,6 +456,7 @@ fn build_user(
         ok = false;
     }
     let password = classify_password(raw.password);
+    let auth_method = raw.auth_method.unwrap_or(proxy.auth_method);
     match &password {
         Password::Plain(p) if p.is_empty() => {
             problems.add(
@@ -471,12 +472,19 @@ fn build_user(
                 ok = false;
             }
         }
-        Password::Md5Hash(_) if proxy.auth_method == AuthMethod::ScramSha256 => {
+        Password::Md5Hash(_) if auth_method == AuthMethod::ScramSha256 => {
+            let whose = if raw.auth_method.is_some() {
+                "this user's auth_method"
+            } else {
+                "proxy.auth_method"
+            };
             problems.add(
                 &path.key("password"),
-                "is an md5 hash, which cannot check a SCRAM-SHA-256 login \
-                 (proxy.auth_method = \"scram-sha-256\"); write the plain password or a \
-                 SCRAM-SHA-256 verifier, or set auth_method = \"md5\"",
+                format!(
+                    "is an md5 hash, which cannot check a SCRAM-SHA-256 login \
+                     ({whose} = \"scram-sha-256\"); write the plain password or a \
+                     SCRAM-SHA-256 verifier, or set auth_method = \"md5\""
+                ),
             );
             ok = false;
         }
@@ -499,6 +507,7 @@ fn build_user(
         password,
         server_user,
         server_password,
+        auth_method,
     })
 }
 

@@ -202,6 +202,8 @@ pub struct UserConfig {
     pub server_user: String,
     /// Defaults to `password` when that is plain text; `None` otherwise.
     pub server_password: Option<String>,
+    /// How this user logs in; already resolved against `[proxy].auth_method`.
+    pub auth_method: AuthMethod,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -186,6 +186,7 @@ pub(super) struct RawUser {
     pub(super) password: String,
     pub(super) server_user: Option<String>,
     pub(super) server_password: Option<String>,
+    pub(super) auth_method: Option<AuthMethod>,
 }
 
 #[derive(Debug, Deserialize)]

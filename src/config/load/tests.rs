@@ -798,3 +798,55 @@ fn load_reads_the_file_and_remembers_its_path() {
     assert_eq!(err.0.len(), 1);
     assert!(err.0[0].message.starts_with("cannot read config file"));
 }
+
+#[test]
+fn a_user_may_log_in_by_a_method_of_its_own() {
+    let md5 = format!("md5{}", "0123456789abcdef".repeat(2));
+    let config = load(&format!(
+        r#"
+[[users]]
+name = "default"
+password = "pw"
+
+[[users]]
+name = "local"
+password = "pw"
+auth_method = "trust"
+
+[[users]]
+name = "legacy"
+password = "{md5}"
+server_password = "upstream-pw"
+auth_method = "md5"
+
+[databases.app]
+[[databases.app.shards]]
+primary = "127.0.0.1:5432/app"
+"#
+    ));
+    assert_eq!(config.proxy.auth_method, AuthMethod::ScramSha256);
+    let method = |name: &str| config.user(name).unwrap().auth_method;
+    assert_eq!(method("default"), AuthMethod::ScramSha256);
+    assert_eq!(method("local"), AuthMethod::Trust);
+    assert_eq!(method("legacy"), AuthMethod::Md5);
+
+    // An md5 hash cannot check a SCRAM login, whichever setting asks for one.
+    let errors = refused(&format!(
+        r#"
+[proxy]
+auth_method = "md5"
+
+[[users]]
+name = "hashed"
+password = "{md5}"
+auth_method = "scram-sha-256"
+
+[[users]]
+name = "typo"
+password = "pw"
+auth_method = "scram"
+"#
+    ));
+    assert_error(&errors, "users[0].password", "this user's auth_method");
+    assert_error(&errors, "users[1].auth_method", "scram");
+}
