@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs drivers' own test suites through pgmux: asyncpg, psycopg2 and pg8000 (their
-# sdists from PyPI carry their tests), and SQLAlchemy's PostgreSQL dialect tests over
-# psycopg 3 and asyncpg. A throwaway Postgres and pgmux live in one temp dir, removed
+# sdists from PyPI carry their tests), SQLAlchemy's PostgreSQL dialect tests over
+# psycopg 3 and asyncpg, and tokio-postgres' and postgres' (the Rust crates from
+# crates.io carry theirs; they expect the server on 127.0.0.1:5433, where a second
+# pgmux listens, with `postgres` trusted and three users that log in by password). A throwaway Postgres and pgmux live in one temp dir, removed
 # on exit. Not part of scripts/test.sh: the suites take minutes, and some of their
 # tests need things a pooler cannot give (below). Compare a run through pgmux with
 # one straight to Postgres (MODE=direct) to tell the two apart.
 #
-#   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 sqlalchemy
+#   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 sqlalchemy rust
 #
 # Environment: MODE=session|transaction|unpipelined|pipelining|tls|direct (default
 # transaction, with server_pipelining as by default; unpipelined: transaction mode
@@ -27,6 +29,7 @@
 #   test_close_prepared_statement counts the server's pg_prepared_statements and
 #   test_broken_pipe_* terminate a server backend by its pid.
 # - SQLAlchemy test_array_str_collation: the en_US collation is not installed.
+# - rust: skipped with MODE=direct (the crates' tests want their own pg_hba rules).
 # - MODE=tls: asyncpg's TestConnectionGC tests (an unclosed TLS transport outlives the
 #   collection they expect).
 set -euo pipefail
@@ -35,8 +38,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE="${MODE:-transaction}"
 PG_BIN="${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}"
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 sqlalchemy)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 sqlalchemy rust)
 ASYNCPG=0.30.0 PSYCOPG2=2.9.10 PG8000=1.31.6 SQLALCHEMY=2.0.36 PSYCOPG=3.2.3
+TOKIO_POSTGRES=0.7.12 POSTGRES=0.19.9
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'driver-suites.sh: %s\n' "$*" >&2; exit 1; }
@@ -46,10 +50,11 @@ bash scripts/install-deps.sh
 
 tmp=""
 pgmux_pid=""
+rust_pid=""
 cleanup() {
     trap - EXIT INT TERM
     set +e
-    [ -n "$pgmux_pid" ] && kill -TERM "$pgmux_pid" 2>/dev/null && wait "$pgmux_pid" 2>/dev/null
+    for pid in $pgmux_pid $rust_pid; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
     if [ -n "$tmp" ]; then
         [ -f "$tmp/pg/data/postmaster.pid" ] &&
             as_postgres "$PG_BIN/pg_ctl" -D "$tmp/pg/data" stop -m immediate -w -t 30 >/dev/null 2>&1
@@ -80,6 +85,8 @@ psql_pg -d postgres -c "alter user postgres password 'pw'"
 DATABASES=(postgres psycopg2_test test testdb asyncpg_intro_test)
 for db in "${DATABASES[@]:1:2}"; do psql_pg -d postgres -c "create database $db"; done
 psql_pg -d test -c "create schema test_schema; create schema test_schema_2; create extension hstore"
+psql_pg -d postgres -c "create extension hstore; create extension citext; create extension ltree"
+for u in pass_user md5_user scram_user; do psql_pg -d postgres -c "create user $u password 'password'"; done
 
 port="$pg_port"
 if [ "$MODE" != direct ]; then
@@ -89,9 +96,9 @@ if [ "$MODE" != direct ]; then
         bin=target/release/pgmux
     fi
     port="$(free_port)"
-    {
+    pgmux_config() { # PORT USERS_TOML: the mode's config, listening on PORT
         echo '[proxy]'
-        echo "listen = \"127.0.0.1:$port\""
+        echo "listen = \"127.0.0.1:$1\""
         echo 'metrics_listen = ""'
         [ "$MODE" = session ] && echo 'pool_mode = "session"' || echo 'pool_mode = "transaction"'
         [ "$MODE" = pipelining ] && echo 'server_pipelining_threshold = "0s"'
@@ -102,19 +109,32 @@ if [ "$MODE" != direct ]; then
                 -keyout "$tmp/tls.key" -out "$tmp/tls.crt" 2>/dev/null
             printf '\n[tls]\nmode = "prefer"\ncert = "%s"\nkey = "%s"\n' "$tmp/tls.crt" "$tmp/tls.key"
         fi
-        printf '\n[[users]]\nname = "postgres"\npassword = "pw"\n'
+        printf '%s\n' "$2"
         for db in "${DATABASES[@]}"; do
             printf '\n[databases.%s]\npool_size = 20\n[[databases.%s.shards]]\nprimary = "127.0.0.1:%s/%s"\n' \
                 "$db" "$db" "$pg_port" "$db"
         done
-    } >"$tmp/pgmux.toml"
-    "$bin" --config "$tmp/pgmux.toml" >"$tmp/pgmux.log" 2>&1 &
-    pgmux_pid=$!
-    for _ in $(seq 300); do
-        PGPASSWORD=pw psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'select 1' >/dev/null 2>&1 && break
-        kill -0 "$pgmux_pid" 2>/dev/null || { cat "$tmp/pgmux.log" >&2; die "pgmux exited"; }
-        sleep 0.1
-    done
+    }
+    start_pgmux() { # NAME PORT: waits until it serves; its pid in $started
+        "$bin" --config "$tmp/$1.toml" >"$tmp/$1.log" 2>&1 &
+        started=$!
+        for _ in $(seq 300); do
+            PGPASSWORD=pw psql -X -q -h 127.0.0.1 -p "$2" -U postgres -d postgres -c 'select 1' >/dev/null 2>&1 && return
+            kill -0 "$started" 2>/dev/null || { cat "$tmp/$1.log" >&2; die "pgmux exited"; }
+            sleep 0.1
+        done
+        die "pgmux on port $2 did not serve within 30 s"
+    }
+    pgmux_config "$port" "$(printf '\n[[users]]\nname = "postgres"\npassword = "pw"\n')" >"$tmp/pgmux.toml"
+    start_pgmux pgmux "$port"
+    pgmux_pid=$started
+    if [[ " ${SUITES[*]} " == *" rust "* ]]; then
+        users='[[users]]\nname = "postgres"\npassword = "pw"\nauth_method = "trust"\n'
+        for u in pass_user md5_user scram_user; do users+="[[users]]\nname = \"$u\"\npassword = \"password\"\n"; done
+        pgmux_config 5433 "$(printf "$users")" >"$tmp/rust.toml"
+        start_pgmux rust 5433
+        rust_pid=$started
+    fi
 fi
 
 say "the drivers and their sdists"
@@ -165,6 +185,18 @@ for suite in "${SUITES[@]}"; do
                 [ "$driver" = asyncpg ] && [ -n "$query" ] && query="?ssl=require"
                 run "sqlalchemy-$driver" "$tmp/sqlalchemy-$SQLALCHEMY" test/dialect/postgresql \
                     --dburi "postgresql+$driver://postgres:pw@127.0.0.1:$port/test$query"
+            done
+            ;;
+        rust)
+            [ "$MODE" = direct ] && { results+=("rust: skipped (MODE=direct)"); continue; }
+            say "tokio-postgres and postgres"
+            for c in "tokio-postgres-$TOKIO_POSTGRES" "postgres-$POSTGRES"; do
+                curl -fsSL "https://static.crates.io/crates/${c%-*}/$c.crate" | tar xz -C "$tmp"
+                (cd "$tmp/$c" && CARGO_TARGET_DIR="$tmp/rust-target" timeout 1800 \
+                    cargo test --quiet >"$tmp/$c.log" 2>&1) || true
+                grep -E '^    [A-Za-z0-9_:]+$' "$tmp/$c.log" | sed 's/^ */FAILED /' >&2 || true
+                results+=("$c: $(awk '/^test result/ { p += $4; f += $6; i += $8 }
+                    END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$tmp/$c.log")")
             done
             ;;
         *) die "unknown suite $suite" ;;
