@@ -35,6 +35,12 @@ pub fn current() -> usize {
     INDEX.with(|i| i.get())
 }
 
+/// Makes this thread count as worker `index`, for tests of per-worker choices.
+#[cfg(test)]
+pub fn pretend(index: usize) {
+    INDEX.with(|i| i.set(index));
+}
+
 /// `[proxy].workers`, with 0 meaning one per core.
 pub fn count(configured: usize) -> usize {
     if configured > 0 {

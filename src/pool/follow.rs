@@ -29,6 +29,8 @@ use super::Checkout;
 
 pub struct Baton {
     st: Mutex<State>,
+    /// The worker (thread) of the leader that offered the connection.
+    pub worker: usize,
     /// When the leader's unit went out.
     pub since: Instant,
 }
@@ -88,6 +90,7 @@ impl Baton {
                 conn: Some(conn),
                 ..State::default()
             }),
+            worker: crate::workers::current(),
             since: Instant::now(),
         })
     }

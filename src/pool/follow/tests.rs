@@ -191,3 +191,19 @@ async fn a_published_connection_nobody_took_comes_back_to_its_leader() {
     );
     assert!(pool.take_offer().is_none());
 }
+
+#[tokio::test]
+async fn a_client_takes_only_what_its_own_worker_published() {
+    let (pool, co, _peer) = checked_out();
+    let baton = pool.publish(co);
+    let other = pool.clone();
+    let taken = std::thread::spawn(move || {
+        crate::workers::pretend(1);
+        other.take_offer().is_some()
+    })
+    .join()
+    .unwrap();
+    assert!(!taken, "an offer of worker 0 is not for worker 1");
+    let taken = pool.take_offer().expect("worker 0 takes its own");
+    assert!(Arc::ptr_eq(&taken, &baton));
+}
