@@ -3,14 +3,14 @@
 //!
 //! A client (the leader) whose last unit runs on a connection and will leave it idle
 //! and unchanged offers that connection: to the client first in line for one, or,
-//! when none waits, to whichever client next needs one ([`super::Pool::publish`]) —
-//! in preference to an idle connection. That client (the follower) takes it at once
-//! and sends its own messages behind the leader's, so Postgres finds them waiting when
-//! it finishes the leader's unit instead of going to sleep and being woken for them;
-//! the follower offers the connection in turn. The leader keeps reading its replies
-//! through a second handle on the socket until its ReadyForQuery, then passes the bytes
-//! after it — the follower's first replies — on: only then does the follower read the
-//! connection.
+//! when none waits, to whichever client of its own worker next needs one
+//! ([`super::Pool::publish`]) — in preference to an idle connection. That client (the
+//! follower) takes it at once and sends its own messages behind the leader's, so
+//! Postgres finds them waiting when it finishes the leader's unit instead of going to
+//! sleep and being woken for them; the follower offers the connection in turn. The
+//! leader keeps reading its replies through a second handle on the socket until its
+//! ReadyForQuery, then passes the bytes after it — the follower's first replies — on:
+//! only then does the follower read the connection.
 //!
 //! Every way either side can end is covered: a follower that never joins leaves the
 //! connection to the leader to release; one that leaves after sending has made it

@@ -213,9 +213,9 @@ impl Pool {
     }
 
     /// Offers `conn`, busy with a unit that leaves it idle and unchanged, to whichever
-    /// client next needs a connection (see [`Pool::take_offer`]): on a machine whose
-    /// cores the server shares, a backend that goes from one unit to the next without
-    /// sleeping costs far less than waking an idle one.
+    /// client of this worker next needs a connection (see [`Pool::take_offer`]): on a
+    /// machine whose cores the server shares, a backend that goes from one unit to the
+    /// next without sleeping costs far less than waking an idle one.
     pub fn publish(&self, conn: Checkout) -> Arc<Baton> {
         let baton = Baton::new(conn);
         self.offers.lock().push(baton.clone());
