@@ -29,6 +29,11 @@
 #   test_close_prepared_statement counts the server's pg_prepared_statements and
 #   test_broken_pipe_* terminate a server backend by its pid.
 # - SQLAlchemy test_array_str_collation: the en_US collation is not installed.
+# - asyncpg test_executemany_server_failure_during_writes, now and then: it expects
+#   the client to see the server's error before it has written all 4 MB of rows, a
+#   race that a busy host loses more often through a proxy (with two busy loops on
+#   the cores: 7-9 failures in 30 through pgmux, 1 in 40 through PgBouncer in
+#   session mode, none direct).
 # - rust: skipped with MODE=direct (the crates' tests want their own pg_hba rules).
 # - MODE=tls: asyncpg's TestConnectionGC tests (an unclosed TLS transport outlives the
 #   collection they expect).
@@ -85,7 +90,6 @@ psql_pg -d postgres -c "alter user postgres password 'pw'"
 DATABASES=(postgres psycopg2_test test testdb asyncpg_intro_test)
 for db in "${DATABASES[@]:1:2}"; do psql_pg -d postgres -c "create database $db"; done
 psql_pg -d test -c "create schema test_schema; create schema test_schema_2; create extension hstore"
-psql_pg -d postgres -c "create extension hstore; create extension citext; create extension ltree"
 for u in pass_user md5_user scram_user; do psql_pg -d postgres -c "create user $u password 'password'"; done
 
 port="$pg_port"
@@ -190,6 +194,9 @@ for suite in "${SUITES[@]}"; do
         rust)
             [ "$MODE" = direct ] && { results+=("rust: skipped (MODE=direct)"); continue; }
             say "tokio-postgres and postgres"
+            # Here rather than at the start: asyncpg's tests drop hstore when done.
+            psql_pg -d postgres -c "create extension if not exists hstore" \
+                -c "create extension if not exists citext" -c "create extension if not exists ltree"
             for c in "tokio-postgres-$TOKIO_POSTGRES" "postgres-$POSTGRES"; do
                 curl -fsSL "https://static.crates.io/crates/${c%-*}/$c.crate" | tar xz -C "$tmp"
                 (cd "$tmp/$c" && CARGO_TARGET_DIR="$tmp/rust-target" timeout 1800 \
