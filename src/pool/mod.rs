@@ -244,7 +244,7 @@ impl Pool {
     /// connection on, and a follower on another thread costs a wake-up of that thread
     /// (an `eventfd` write, often a context switch). With two workers about a quarter
     /// of the hand-overs crossed threads when any offer could be taken; keeping them
-    /// on their own worker measured 8–15% less CPU per transaction and no less
+    /// on their own worker cut the CPU per select by up to a fifth, with no less
     /// throughput (BENCHMARKS.md, finding 22). A client whose worker has no offer
     /// takes an idle connection, or queues, as without pipelining.
     pub fn take_offer(&self) -> Option<Arc<Baton>> {
