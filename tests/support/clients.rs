@@ -51,6 +51,23 @@ pub async fn connect_with_task(
     Ok((client, tokio::spawn(connection)))
 }
 
+/// The server's message of a database error (tokio-postgres' Display says only
+/// "db error").
+pub fn db_message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map_or_else(|| err.to_string(), |e| e.message().to_owned())
+}
+
+/// `current_user` as a session logged in through `url` sees it.
+pub async fn current_user_through(url: &str) -> String {
+    connect(url)
+        .await
+        .query_one("select current_user::text", &[])
+        .await
+        .expect("select current_user")
+        .get(0)
+}
+
 /// Runs psql (`-X`: no psqlrc) with `args` and extra environment `env` (e.g.
 /// `[("PGPASSWORD", "app-secret")]`); libpq variables of the test environment are
 /// ignored. Panics when psql runs longer than 60 s.

@@ -1,0 +1,360 @@
+//! Who may log in: client authentication (SCRAM-SHA-256, md5, trust, and a user's
+//! own method), the login errors of CONTRACT.md sections 3 and 4, GSSENCRequest, and
+//! pgmux's own login upstream with SCRAM and md5.
+
+mod support;
+
+use support::wire::{self, read_byte, read_message};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use std::io::Write;
+
+// ------------------------------------------------------------------ helpers
+
+/// The code of the first Authentication request pgmux sends after a startup
+/// message for `user` (0 ok, 5 md5, 10 SASL) and that message's body.
+fn first_auth_request(px: &Pgmux, user: &str) -> (i32, Vec<u8>) {
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::startup_message(&[
+        ("user", user),
+        ("database", APP_DB),
+    ]))
+    .expect("send the startup message");
+    let m = read_message(&mut tcp).expect("read the authentication request");
+    let code = m
+        .auth_code()
+        .unwrap_or_else(|| panic!("expected an Authentication message, got {m:?}"));
+    (code, m.body)
+}
+
+// ------------------------------------------------------------------ client auth
+
+#[tokio::test]
+async fn scram_sha_256_is_the_default_client_auth_and_logs_in() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+
+    let (code, body) = first_auth_request(&px, APP_USER);
+    assert_eq!(code, 10, "pgmux must ask for SASL");
+    assert!(
+        body.windows(13).any(|w| w == b"SCRAM-SHA-256"),
+        "the SASL mechanisms must offer SCRAM-SHA-256: {body:?}"
+    );
+
+    let client = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+    let row = client
+        .query_one("select current_user::text, inet_server_port()", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), APP_USER);
+    assert_eq!(row.get::<_, i32>(1), i32::from(pg.port));
+}
+
+#[tokio::test]
+async fn md5_client_auth_logs_in_with_the_right_password_only() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "auth_method = \"md5\"", ""));
+
+    let (code, body) = first_auth_request(&px, APP_USER);
+    assert_eq!(code, 5, "pgmux must ask for an md5 password");
+    assert_eq!(body.len(), 8, "the md5 request carries a 4-byte salt");
+
+    assert_eq!(
+        current_user_through(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await,
+        APP_USER
+    );
+    assert_eq!(
+        current_user_through(&px.url(MD5_USER, MD5_PASSWORD, APP_DB)).await,
+        MD5_USER
+    );
+    let err = try_connect(&px.url(APP_USER, "not-the-password", APP_DB))
+        .await
+        .expect_err("a wrong md5 password must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
+#[tokio::test]
+async fn md5_client_auth_does_not_reveal_which_users_exist() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "auth_method = \"md5\"", ""));
+    // An unknown user is asked for the same md5 answer as a known one, and
+    // refused only after giving it.
+    let (code, _) = first_auth_request(&px, "nobody_md5");
+    assert_eq!(code, 5, "an unknown user must get the same md5 request");
+    let err = try_connect(&px.url("nobody_md5", "whatever", APP_DB))
+        .await
+        .expect_err("an unknown user must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    assert!(px.accepts_tcp(), "pgmux stays up");
+}
+
+#[tokio::test]
+async fn trust_client_auth_asks_no_password_but_still_knows_its_users() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "auth_method = \"trust\"", ""));
+
+    let (code, _) = first_auth_request(&px, APP_USER);
+    assert_eq!(code, 0, "trust answers AuthenticationOk at once");
+    // Whatever password the client has, it is never asked for.
+    assert_eq!(
+        current_user_through(&px.url(APP_USER, "anything", APP_DB)).await,
+        APP_USER
+    );
+
+    let err = try_connect(&px.url("nobody_trusted", "anything", APP_DB))
+        .await
+        .expect_err("a user pgmux does not know must not log in, even with trust");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
+#[tokio::test]
+async fn a_users_own_auth_method_overrides_the_proxys() {
+    let pg = shared_primary();
+    let config = pgmux_config(pg, "", "").replacen(
+        &format!("name = \"{MD5_USER}\"\n"),
+        &format!("name = \"{MD5_USER}\"\nauth_method = \"trust\"\n"),
+        1,
+    );
+    let px = start_pgmux(&config);
+
+    assert_eq!(
+        first_auth_request(&px, MD5_USER).0,
+        0,
+        "trusted: no password"
+    );
+    assert_eq!(first_auth_request(&px, APP_USER).0, 10, "the rest: SCRAM");
+    assert_eq!(
+        current_user_through(&px.url(MD5_USER, "anything", APP_DB)).await,
+        MD5_USER
+    );
+    let err = try_connect(&px.url(APP_USER, "not-the-password", APP_DB))
+        .await
+        .expect_err("a wrong password must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
+/// Passwords are SASLprep'ed as Postgres and libpq do: a configured password
+/// with characters NFKC changes logs in whichever form the client types, and a
+/// wrong one is still refused.
+#[tokio::test]
+async fn a_non_ascii_password_is_saslprepped_like_postgres_does() {
+    let pg = shared_primary();
+    let config = format!(
+        "{}\n[[users]]\nname = \"nfkc\"\npassword = \"cha\u{ff6f}s\"\nserver_user = \"{APP_USER}\"\nserver_password = \"{APP_PASSWORD}\"\n",
+        pgmux_config(pg, "", "")
+    );
+    let px = start_pgmux(&config);
+    for typed in ["cha\u{ff6f}s", "cha\u{30c3}s"] {
+        let url = px.url("nfkc", &urlencode(typed), APP_DB);
+        assert_eq!(current_user_through(&url).await, APP_USER, "{typed}");
+    }
+    let err = try_connect(&px.url("nfkc", "chas", APP_DB))
+        .await
+        .expect_err("a wrong password is refused");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
+/// Percent-encodes every byte that is not ASCII alphanumeric, for a URL.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_with_28p01() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let err = try_connect(&px.url(APP_USER, "not-the-password", APP_DB))
+        .await
+        .expect_err("a wrong password must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    assert!(
+        db_message(&err).contains(APP_USER),
+        "the message names the user: {err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_user_is_refused_with_28p01() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    // The exchange looks like any other SCRAM login, so user names cannot be probed.
+    let (code, _) = first_auth_request(&px, "nobody_at_all");
+    assert_eq!(code, 10);
+    let err = try_connect(&px.url("nobody_at_all", "whatever", APP_DB))
+        .await
+        .expect_err("an unknown user must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_database_is_refused_with_3d000() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let err = try_connect(&px.url(APP_USER, APP_PASSWORD, "no_such_db"))
+        .await
+        .expect_err("a database pgmux does not serve must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{err}");
+    assert!(
+        db_message(&err).contains("no_such_db"),
+        "the message names the database: {err}"
+    );
+}
+
+/// A replication connection (a walsender, with its own command language) cannot be
+/// pooled: it is refused with 0A000 before any password is asked for, instead of
+/// becoming an ordinary session that fails on IDENTIFY_SYSTEM. `replication=false`
+/// is an ordinary session.
+#[test]
+fn a_replication_connection_is_refused_with_0a000() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    for value in ["database", "true", "on", "1"] {
+        let mut tcp = wire::tcp(px.port);
+        tcp.write_all(&wire::startup_message(&[
+            ("user", APP_USER),
+            ("database", APP_DB),
+            ("replication", value),
+        ]))
+        .unwrap();
+        let m = read_message(&mut tcp).unwrap();
+        assert_eq!(
+            m.error(),
+            ("FATAL".to_string(), "0A000".to_string()),
+            "replication={value}: {m:?}"
+        );
+        assert!(
+            m.field(b'M').unwrap().contains("replication"),
+            "{:?}",
+            m.field(b'M')
+        );
+    }
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("replication", "false"),
+    ]))
+    .unwrap();
+    let m = read_message(&mut tcp).unwrap();
+    assert_eq!(m.auth_code(), Some(10), "an ordinary login goes on: {m:?}");
+}
+
+#[tokio::test]
+async fn a_gssenc_request_is_answered_n_and_the_login_proceeds_on_the_same_socket() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
+        .await
+        .unwrap();
+    tcp.write_all(&wire::gssenc_request()).await.unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'N');
+
+    // The same socket then carries an ordinary login (SSLRequest, answered N
+    // without [tls], then SCRAM) and queries.
+    let mut config: tokio_postgres::Config = px
+        .url(APP_USER, APP_PASSWORD, APP_DB)
+        .parse()
+        .expect("a valid URL");
+    config.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+    let (client, connection) = config.connect_raw(tcp, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client.query_one("select 6 * 7", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+}
+
+#[test]
+fn a_gssenc_request_then_an_ssl_request_are_both_refused_and_startup_goes_on() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::gssenc_request()).unwrap();
+    assert_eq!(read_byte(&mut tcp).unwrap(), b'N');
+    tcp.write_all(&wire::ssl_request()).unwrap();
+    assert_eq!(
+        read_byte(&mut tcp).unwrap(),
+        b'N',
+        "no [tls]: no TLS either"
+    );
+    tcp.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+    ]))
+    .unwrap();
+    let m = read_message(&mut tcp).unwrap();
+    assert_eq!(m.auth_code(), Some(10), "a SCRAM login starts: {m:?}");
+}
+
+// ------------------------------------------------------------------ pgmux's own login upstream
+
+#[tokio::test]
+async fn pgmux_logs_in_upstream_with_scram_for_app_and_md5_for_md5user() {
+    let pg = shared_primary();
+    // pg_hba.conf gives md5user the md5 method and everyone else scram-sha-256;
+    // the stored verifiers say which exchange each login must have been.
+    let app_verifier = pg.sql(
+        "postgres",
+        &format!("select rolpassword from pg_authid where rolname = '{APP_USER}'"),
+    );
+    assert!(app_verifier.starts_with("SCRAM-SHA-256$"), "{app_verifier}");
+    let md5_verifier = pg.sql(
+        "postgres",
+        &format!("select rolpassword from pg_authid where rolname = '{MD5_USER}'"),
+    );
+    assert!(md5_verifier.starts_with("md5"), "{md5_verifier}");
+
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    assert_eq!(
+        current_user_through(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await,
+        APP_USER
+    );
+    let md5 = connect(&px.url(MD5_USER, MD5_PASSWORD, APP_DB)).await;
+    let row = md5
+        .query_one("select current_user::text, count(*) from t", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), MD5_USER);
+}
+
+#[tokio::test]
+async fn a_user_configured_with_a_scram_verifier_logs_in_upstream_with_the_clients_proof() {
+    let pg = shared_primary();
+    let role = "auth_verifier_user";
+    let password = "verifier-secret";
+    pg.sql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+    );
+    let verifier = pg.sql(
+        "postgres",
+        &format!("select rolpassword from pg_authid where rolname = '{role}'"),
+    );
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+
+    // No plain password anywhere in the config: pgmux can log in upstream only
+    // with the keys the client's own SCRAM proof reveals.
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &format!("\n[[users]]\nname = \"{role}\"\npassword = \"{verifier}\"\n"),
+        "",
+    ));
+    assert_eq!(
+        current_user_through(&px.url(role, password, APP_DB)).await,
+        role
+    );
+    let err = try_connect(&px.url(role, "not-the-password", APP_DB))
+        .await
+        .expect_err("a wrong password must not log in");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+}
