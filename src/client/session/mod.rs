@@ -20,6 +20,7 @@
 //! [`Fixup`] queues, since Postgres answers strictly in order.
 
 mod backend;
+mod checkout;
 mod frontend;
 mod handoff;
 mod io;
