@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs drivers' own test suites through pgmux: asyncpg, psycopg2 and pg8000 (their
-# sdists from PyPI carry their tests), SQLAlchemy's PostgreSQL dialect tests over
+# Runs drivers' own test suites through pgmux: asyncpg, psycopg2, pg8000 and PyGreSQL
+# (their sdists from PyPI carry their tests), SQLAlchemy's PostgreSQL dialect tests over
 # psycopg 3 and asyncpg, and tokio-postgres' and postgres' (the Rust crates from
 # crates.io carry theirs; they expect the server on 127.0.0.1:5433, where a second
 # pgmux listens, with `postgres` trusted and three users that log in by password). A throwaway Postgres and pgmux live in one temp dir, removed
@@ -8,7 +8,7 @@
 # tests need things a pooler cannot give (below). Compare a run through pgmux with
 # one straight to Postgres (MODE=direct) to tell the two apart.
 #
-#   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 sqlalchemy rust
+#   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 pygresql sqlalchemy rust
 #
 # Environment: MODE=session|transaction|unpipelined|pipelining|tls|direct (default
 # transaction, with server_pipelining as by default; unpipelined: transaction mode
@@ -36,15 +36,15 @@
 #   session mode, none direct).
 # - rust: skipped with MODE=direct (the crates' tests want their own pg_hba rules).
 # - MODE=tls: asyncpg's TestConnectionGC tests (an unclosed TLS transport outlives the
-#   collection they expect).
+#   collection they expect); PyGreSQL's 4 test_attribute_ssl_* (they expect no TLS).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 MODE="${MODE:-transaction}"
 PG_BIN="${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}"
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 sqlalchemy rust)
-ASYNCPG=0.30.0 PSYCOPG2=2.9.10 PG8000=1.31.6 SQLALCHEMY=2.0.36 PSYCOPG=3.2.3
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 pygresql sqlalchemy rust)
+ASYNCPG=0.30.0 PSYCOPG2=2.9.10 PG8000=1.31.6 PYGRESQL=6.2.3 SQLALCHEMY=2.0.36 PSYCOPG=3.2.3
 TOKIO_POSTGRES=0.7.12 POSTGRES=0.19.9
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -145,11 +145,12 @@ say "the drivers and their sdists"
 python3 -m venv "$tmp/venv"
 # shellcheck disable=SC1091
 . "$tmp/venv/bin/activate"
-pip install -q "asyncpg==$ASYNCPG" "psycopg2-binary==$PSYCOPG2" "pg8000==$PG8000" \
+pip install -q "asyncpg==$ASYNCPG" "psycopg2-binary==$PSYCOPG2" "pg8000==$PG8000" "pygresql==$PYGRESQL" \
     "sqlalchemy==$SQLALCHEMY" "psycopg[binary]==$PSYCOPG" greenlet pytest pytest-timeout \
     pytest-benchmark distro pytz uvloop
 (cd "$tmp" && pip download -q --no-binary :all: --no-deps \
-    "asyncpg==$ASYNCPG" "psycopg2==$PSYCOPG2" "pg8000==$PG8000" "sqlalchemy==$SQLALCHEMY" &&
+    "asyncpg==$ASYNCPG" "psycopg2==$PSYCOPG2" "pg8000==$PG8000" "pygresql==$PYGRESQL" \
+    "sqlalchemy==$SQLALCHEMY" &&
     for f in *.tar.gz; do tar xzf "$f"; done)
 
 results=()
@@ -182,6 +183,12 @@ for suite in "${SUITES[@]}"; do
         pg8000)
             PGSSLMODE=disable PGHOST=127.0.0.1 PGPORT="$port" run pg8000 "$tmp/pg8000-$PG8000" test \
                 --timeout 120 --benchmark-disable
+            ;;
+        pygresql)
+            # Its tests alone, so that they import the installed build.
+            mkdir -p "$tmp/pygresql-run" && cp -r "$tmp/pygresql-$PYGRESQL/tests" "$tmp/pygresql-run/"
+            PYGRESQL_DB=test PYGRESQL_HOST=127.0.0.1 PYGRESQL_PORT="$port" PYGRESQL_USER=postgres \
+                run pygresql "$tmp/pygresql-run" tests --timeout 120
             ;;
         sqlalchemy)
             for driver in psycopg asyncpg; do
