@@ -29,6 +29,10 @@ thread_local! {
 /// How long a stopping worker waits for the sends its ring still holds.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// The period of each event loop's standing timer (see [`keep_a_timer_due`]): shorter
+/// than any timeout worth setting, long enough to cost nothing.
+const STANDING_TIMER: Duration = Duration::from_secs(1);
+
 /// The worker this thread runs (0 on the main thread and on threads that are none).
 #[inline]
 pub fn current() -> usize {
@@ -53,10 +57,26 @@ pub fn count(configured: usize) -> usize {
 /// the operations a pass of the event loop queued go to the kernel together, when
 /// the thread has nothing left to run.
 pub fn runtime() -> io::Result<Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(crate::uring::submit_local)
-        .build()
+        .build()?;
+    rt.spawn(keep_a_timer_due());
+    Ok(rt)
+}
+
+/// Keeps a timer due within [`STANDING_TIMER`] on the event loop. Tokio's timer wakes
+/// its thread's reactor (an `eventfd` write, and a wasted pass of the loop) whenever a
+/// timer is set to expire before every timer that was pending when the thread last
+/// went to sleep. With none pending, that was every client that began to wait for a
+/// server connection and armed its `query_wait_timeout`: most of the wake-ups left
+/// with 256 clients on 20 connections (BENCHMARKS.md, finding 23).
+async fn keep_a_timer_due() {
+    let mut tick = tokio::time::interval(STANDING_TIMER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 struct Remote {
