@@ -8,6 +8,8 @@
 //!   framed message by message as the relay does;
 //! - the statements `client::sql::analyze` sees on every simple Query, and the
 //!   fingerprint a pipelining pool keys its duration estimate by;
+//! - the text of the unnamed Parse a `-M extended` client sends for every statement,
+//!   read anew and as remembered (`client::sql::analyze_parse`);
 //! - the Parse body a `-M prepared` client sends, named by `prepared::Statement::new`;
 //! - the settings check made each time a client gets a server connection;
 //! - an ErrorResponse pgmux writes itself.
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgmux::client::sql::{analyze, fingerprint};
+use pgmux::client::sql::{analyze, analyze_parse, fingerprint, leaves_idle};
 use pgmux::protocol::build::{self, PgError};
 use pgmux::protocol::{complete_frame, peek_header, SqlState};
 use pgmux::server::prepared::Statement;
@@ -27,6 +29,7 @@ const MAX_MESSAGE: usize = 64 << 20;
 
 const SELECT_ONLY: &[u8] = b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;";
 const SET: &[u8] = b"SET statement_timeout = '5s';";
+const SELECT_PARSE: &[u8] = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
 /// pgbench's TPC-B-like transaction body: five statements in one text.
 const TPCB: &[u8] = b"UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 12345;\n\
 SELECT abalance FROM pgbench_accounts WHERE aid = 12345;\n\
@@ -100,6 +103,16 @@ fn sql(c: &mut Criterion) {
     });
     g.bench_function("analyze_tpcb_5_statements", |b| {
         b.iter(|| analyze(black_box(TPCB)))
+    });
+    // What a Parse's text costs when read anew, and when it was seen before.
+    g.bench_function("parse_text_read", |b| {
+        b.iter(|| {
+            let text = black_box(SELECT_PARSE);
+            (analyze(text), leaves_idle(text), fingerprint(text))
+        })
+    });
+    g.bench_function("parse_text_remembered", |b| {
+        b.iter(|| analyze_parse(black_box(SELECT_PARSE)))
     });
     g.finish();
 }

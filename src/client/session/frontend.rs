@@ -172,8 +172,11 @@ impl Session {
                         return Ok(());
                     }
                 }
-                let fx = sql::analyze(p.query);
-                let plain = fx.is_empty() && sql::leaves_idle(p.query);
+                let (fx, read) = match sql::analyze_parse(p.query) {
+                    Ok(read) => (sql::Effects::default(), Some(read)),
+                    Err(fx) => (fx, None),
+                };
+                let plain = read.is_some_and(|r| r.leaves_idle);
                 self.note_signal_statement(p.name, fx.signal);
                 // The statement as the server gets it: the client's, or one naming the
                 // server's statement in place of the client's.
@@ -188,7 +191,7 @@ impl Session {
                 let plain = plain && runs.is_none();
                 self.unit_plain &= plain;
                 if self.unit_plain && self.limits.pipeline && self.in_flight() == 0 {
-                    self.unit_key = sql::fingerprint(p.query);
+                    self.unit_key = read.map_or_else(|| sql::fingerprint(p.query), |r| r.key);
                 }
                 let named = (!p.name.is_empty() && self.renames()).then(|| {
                     let mut stmt = Statement::new(&rest, self.pool.parses.tick());

@@ -12,12 +12,14 @@
 //! DELETE) costs one first-word check and two or three case-insensitive substring
 //! scans.
 
+mod cache;
 mod execute;
 mod fingerprint;
 mod lex;
 mod set_config;
 mod signal;
 
+pub use cache::{analyze_parse, Plain};
 pub use execute::execute_target;
 pub use fingerprint::fingerprint;
 pub use lex::contains_ci;
