@@ -32,8 +32,11 @@
 # - asyncpg test_executemany_server_failure_during_writes, now and then: it expects
 #   the client to see the server's error before it has written all 4 MB of rows, a
 #   race that a busy host loses more often through a proxy (with two busy loops on
-#   the cores: 7-9 failures in 30 through pgmux, 1 in 40 through PgBouncer in
-#   session mode, none direct).
+#   the cores: 7-17 failures in 30 through pgmux, 1 in 30-40 through PgBouncer,
+#   0-2 direct). Traced with perf: in the failing runs, Postgres got a core only
+#   after the client had written all 4 MB into the kernel's socket buffers (the
+#   client kept its core, or shared it with pgmux alone); pgmux forwarded the first
+#   rows at once, and passes the error on as soon as it is read.
 # - rust: skipped with MODE=direct (the crates' tests want their own pg_hba rules).
 # - MODE=tls: asyncpg's TestConnectionGC tests (an unclosed TLS transport outlives the
 #   collection they expect); PyGreSQL's 4 test_attribute_ssl_* (they expect no TLS).

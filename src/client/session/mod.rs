@@ -28,6 +28,7 @@ mod outcome;
 mod rename;
 mod replay;
 mod signal;
+mod statements;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
