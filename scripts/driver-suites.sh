@@ -90,8 +90,9 @@ as_postgres "$PG_BIN/pg_ctl" -D "$tmp/pg/data" -l "$tmp/pg/log" -w -t 60 start \
     -o "-p $pg_port -k $tmp/pg -c listen_addresses=127.0.0.1 -c max_connections=300 -c max_prepared_transactions=10 -c fsync=off" >/dev/null
 psql_pg() { psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
 psql_pg -d postgres -c "alter user postgres password 'pw'"
-DATABASES=(postgres psycopg2_test test testdb asyncpg_intro_test)
-for db in "${DATABASES[@]:1:2}"; do psql_pg -d postgres -c "create database $db"; done
+# PyGreSQL's tests leave views behind, which SQLAlchemy's reflection tests would see.
+DATABASES=(postgres psycopg2_test test pygresql_test testdb asyncpg_intro_test)
+for db in "${DATABASES[@]:1:3}"; do psql_pg -d postgres -c "create database $db"; done
 psql_pg -d test -c "create schema test_schema; create schema test_schema_2; create extension hstore"
 for u in pass_user md5_user scram_user; do psql_pg -d postgres -c "create user $u password 'password'"; done
 
@@ -190,7 +191,7 @@ for suite in "${SUITES[@]}"; do
         pygresql)
             # Its tests alone, so that they import the installed build.
             mkdir -p "$tmp/pygresql-run" && cp -r "$tmp/pygresql-$PYGRESQL/tests" "$tmp/pygresql-run/"
-            PYGRESQL_DB=test PYGRESQL_HOST=127.0.0.1 PYGRESQL_PORT="$port" PYGRESQL_USER=postgres \
+            PYGRESQL_DB=pygresql_test PYGRESQL_HOST=127.0.0.1 PYGRESQL_PORT="$port" PYGRESQL_USER=postgres \
                 run pygresql "$tmp/pygresql-run" tests --timeout 120
             ;;
         sqlalchemy)
