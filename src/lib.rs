@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod stash;
 pub mod tls;
 pub mod uring;
 pub mod workers;

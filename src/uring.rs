@@ -345,6 +345,7 @@ impl Ring {
                         if res > 0 {
                             match cqueue::buffer_select(cqe.flags()) {
                                 Some(bid) => {
+                                    crate::stash::fill(&mut st.inbox);
                                     st.inbox.extend_from_slice(d.bufs.get(bid, res as usize));
                                     d.bufs.recycle(bid);
                                 }
@@ -384,8 +385,8 @@ impl Ring {
                                     st.send_armed = false;
                                     st.send_pushed = false;
                                     if std::mem::take(&mut st.trim_after_send) {
-                                        st.sending = BytesMut::new();
-                                        st.queued = BytesMut::new();
+                                        crate::stash::give(&mut st.sending);
+                                        crate::stash::give(&mut st.queued);
                                     }
                                 } else {
                                     let st = &mut *st;
@@ -624,6 +625,7 @@ impl UringStream {
     pub fn send_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         self.send_with(|st| {
             if st.send_pushed {
+                crate::stash::fill(&mut st.queued);
                 st.queued.extend_from_slice(buf);
             } else if st.sending.is_empty() {
                 std::mem::swap(&mut st.sending, buf);
@@ -631,17 +633,20 @@ impl UringStream {
                 st.sending.extend_from_slice(buf);
             }
             buf.clear();
+            crate::stash::fill(buf);
         })
     }
 
     /// Like [`UringStream::send_buf`], for bytes the caller keeps.
     pub fn send_slice(&self, data: &[u8]) -> io::Result<usize> {
         self.send_with(|st| {
-            if st.send_pushed {
-                st.queued.extend_from_slice(data);
+            let out = if st.send_pushed {
+                &mut st.queued
             } else {
-                st.sending.extend_from_slice(data);
-            }
+                &mut st.sending
+            };
+            crate::stash::fill(out);
+            out.extend_from_slice(data);
         })
     }
 
@@ -698,18 +703,18 @@ impl UringStream {
         Poll::Pending
     }
 
-    /// Drops buffers kept for reuse (now, or once the send in flight is done): an
-    /// idle client holds none.
+    /// Lets go of the socket's buffers (now, or once the send in flight is done), to
+    /// the thread's [`crate::stash`]: an idle client holds none.
     pub fn trim(&self) {
         let mut st = self.sock.state.lock();
         if st.inbox.is_empty() {
-            st.inbox = BytesMut::new();
+            crate::stash::give(&mut st.inbox);
         }
         if st.send_armed {
             st.trim_after_send = true;
         } else {
-            st.sending = BytesMut::new();
-            st.queued = BytesMut::new();
+            crate::stash::give(&mut st.sending);
+            crate::stash::give(&mut st.queued);
         }
     }
 }

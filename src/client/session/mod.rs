@@ -345,9 +345,9 @@ impl Session {
                 }
                 // Idle between transactions: hold no buffers, here or in the socket.
                 if self.crbuf.is_empty() && !self.trimmed {
-                    self.crbuf = BytesMut::new();
-                    self.cwbuf = BytesMut::new();
-                    self.swbuf = BytesMut::new();
+                    crate::stash::give(&mut self.crbuf);
+                    crate::stash::give(&mut self.cwbuf);
+                    crate::stash::give(&mut self.swbuf);
                     if let MaybeTls::Uring(s) = &self.client {
                         s.trim();
                     }
@@ -521,8 +521,11 @@ impl Session {
     // and the usual transaction boxes nothing. The box is built in its own statement
     // so the unboxed future's storage does not outlive it in the task.
     async fn client_input(&mut self) -> Result<(), End> {
-        // The client is active: its next idle period drops the buffers again.
-        self.trimmed = false;
+        // The client is active: its next idle period lets go of the buffers again.
+        if std::mem::take(&mut self.trimmed) {
+            crate::stash::fill(&mut self.cwbuf);
+            crate::stash::fill(&mut self.swbuf);
+        }
         match self.client_input_now() {
             Ok(()) => Ok(()),
             Err(blocked) => {

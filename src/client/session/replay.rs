@@ -27,9 +27,6 @@ use super::Session;
 use crate::protocol::{be, complete_frame, fe, msg, SqlState, TxStatus};
 use crate::server::CancelGate;
 
-/// What a kept unit's first message reserves (pgbench's extended select: 120 bytes).
-const REPLAY_ROOM: usize = 256;
-
 pub(super) struct Replay {
     /// The client's messages of the unit, as it sent them.
     frames: BytesMut,
@@ -58,6 +55,13 @@ enum Stage {
     Failed,
     /// The unit's messages are back at the head of the client's input.
     Replayed,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        crate::stash::give(&mut self.frames);
+        crate::stash::give(&mut self.held);
+    }
 }
 
 /// What the reply relay does with one server message.
@@ -121,11 +125,9 @@ impl Session {
                     self.replay = None;
                     return;
                 }
-                if r.frames.capacity() == 0 {
-                    // The unit's messages usually come together: room for all of
-                    // them at once.
-                    r.frames.reserve(frame.len().max(REPLAY_ROOM));
-                }
+                // The unit's messages usually come together: room for all of them
+                // at once.
+                crate::stash::fill(&mut r.frames);
                 r.frames.extend_from_slice(frame);
                 if sent {
                     r.stage = Stage::Sent;
