@@ -50,6 +50,9 @@ pub struct Statement {
     pub runs: Option<std::sync::Arc<Statement>>,
     /// Its text leaves the connection idle and unchanged (`client::sql::leaves_idle`).
     pub plain: bool,
+    /// What each run of it does to the client's session (settings it changes,
+    /// statements it drops).
+    pub on_run: Option<Box<crate::client::sql::Effects>>,
     /// The [`ParseClock`] tick of the client's Parse.
     pub epoch: u64,
 }
@@ -71,6 +74,7 @@ impl Statement {
             parse_rest: Bytes::copy_from_slice(parse_rest),
             runs: None,
             plain: false,
+            on_run: None,
             epoch,
         }
     }
@@ -154,6 +158,28 @@ impl PreparedSet {
         self.entries.clear();
     }
 
+    /// Takes out every entry (`None`) or the one of `id`, to put back with
+    /// [`PreparedSet::put_back`] if the server turns out to keep them after all.
+    pub fn take(&mut self, id: Option<StatementId>) -> PreparedSet {
+        let entries = match id {
+            None => std::mem::take(&mut self.entries),
+            Some(id) => self.entries.remove_entry(&id).into_iter().collect(),
+        };
+        PreparedSet {
+            capacity: self.capacity,
+            tick: self.tick,
+            entries,
+        }
+    }
+
+    /// Puts back what [`PreparedSet::take`] took, except statements recorded again
+    /// since.
+    pub fn put_back(&mut self, taken: PreparedSet) {
+        for (id, entry) in taken.entries {
+            self.entries.entry(id).or_insert(entry);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -204,5 +230,27 @@ mod tests {
         assert!(set.touch(&after));
         assert!(set.touch(&before), "a newer copy serves an older Parse");
         assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn what_was_taken_goes_back_unless_recorded_again() {
+        let mut set = PreparedSet::new(4);
+        let s: Vec<Statement> = (0..3)
+            .map(|i| Statement::new(format!("q{i}\0\0\0").as_bytes(), 0))
+            .collect();
+        set.insert(&s[0], 0);
+        set.insert(&s[1], 0);
+        let one = set.take(Some(s[0].id));
+        assert!(!set.touch(&s[0]) && set.touch(&s[1]));
+        set.put_back(one);
+        assert!(set.touch(&s[0]));
+        let all = set.take(None);
+        assert!(set.is_empty());
+        set.insert(&s[2], 0);
+        set.insert(&s[1], 5);
+        set.put_back(all);
+        assert_eq!(set.len(), 3);
+        let newer = Statement::new(b"q1\0\0\0", 5);
+        assert!(set.touch(&newer), "the entry recorded since is kept");
     }
 }

@@ -40,6 +40,22 @@ impl Settings {
         self.map.get(name).map(|s| &**s)
     }
 
+    /// The value `name` has, when it was set from a value (a startup parameter, a
+    /// reported value) rather than by the client's own statement.
+    pub fn value(&self, name: &str) -> Option<String> {
+        let stmt = self.get(name)?;
+        let literal = match name {
+            "role" => stmt.strip_prefix("SET ROLE ")?,
+            "session_authorization" => stmt.strip_prefix("SET SESSION AUTHORIZATION ")?,
+            _ => {
+                let args = stmt.strip_prefix("SELECT pg_catalog.set_config(")?;
+                let (_, rest) = unquote_literal(args)?;
+                rest.strip_prefix(", ")?
+            }
+        };
+        unquote_literal(literal).map(|(value, _)| value)
+    }
+
     pub fn same_as(&self, other: &Settings) -> bool {
         Arc::ptr_eq(&self.map, &other.map) || self.map == other.map
     }
@@ -230,6 +246,33 @@ pub fn quote_literal(value: &str) -> String {
     out
 }
 
+/// Reads back a literal [`quote_literal`] made: its value and what follows it.
+fn unquote_literal(s: &str) -> Option<(String, &str)> {
+    let (escaped, s) = match s.strip_prefix('E') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let mut chars = s.strip_prefix('\'')?.char_indices();
+    let mut out = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\'' => match chars.clone().next() {
+                Some((_, '\'')) => {
+                    chars.next();
+                    out.push('\'');
+                }
+                _ => return Some((out, &s[i + 2..])),
+            },
+            '\\' if escaped => {
+                chars.next();
+                out.push('\\');
+            }
+            c => out.push(c),
+        }
+    }
+    None
+}
+
 /// Postgres' name for a `client_encoding` value, as it reports the setting back:
 /// `'utf-8'`, `unicode` and `UTF8` are all `UTF8`. Like Postgres, it ignores case and
 /// everything but letters and digits. `None` for a name Postgres does not know.
@@ -334,6 +377,20 @@ pub fn canonical_client_encoding(value: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_set_from_a_value_reads_back() {
+        for value in ["x", "", "it's", "a\\b", "'\\'", "über, ünter"] {
+            for name in ["application_name", "role", "session_authorization"] {
+                let s = Settings::from_pairs([(name, value)]);
+                assert_eq!(s.value(name).as_deref(), Some(value), "{name} = {value:?}");
+            }
+        }
+        let mut s = Settings::default();
+        s.set("timezone", "SET TIME ZONE 'UTC'");
+        assert_eq!(s.value("timezone"), None, "the client's own statement");
+        assert_eq!(s.value("datestyle"), None);
+    }
 
     #[test]
     fn equal_settings_need_no_sql() {

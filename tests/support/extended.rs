@@ -11,6 +11,8 @@ use super::{APP_DB, APP_PASSWORD, APP_USER};
 
 pub struct Wire {
     stream: TcpStream,
+    /// The ParameterStatus values of the login, in the order they came.
+    pub login_params: Vec<(String, String)>,
 }
 
 /// What came back for one Sync or simple Query.
@@ -26,13 +28,15 @@ pub struct Reply {
     pub columns: Vec<String>,
 }
 
-fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+/// Appends message `tag` with `body` to `out`.
+pub fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.push(tag);
     out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
     out.extend_from_slice(body);
 }
 
-fn cstr(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` and its terminating zero to `out`.
+pub fn cstr(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
     out.push(0);
 }
@@ -44,7 +48,10 @@ impl Wire {
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        let mut wire = Wire { stream };
+        let mut wire = Wire {
+            stream,
+            login_params: Vec::new(),
+        };
         let mut body = 196608i32.to_be_bytes().to_vec();
         for s in ["user", APP_USER, "database", APP_DB] {
             cstr(&mut body, s);
@@ -95,17 +102,25 @@ impl Wire {
                     }
                 }
                 b'E' => panic!("login failed: {:?}", error_fields(&body)),
+                b'S' => {
+                    let mut parts = body.split(|&b| b == 0);
+                    let name = String::from_utf8_lossy(parts.next().unwrap_or(b"")).into_owned();
+                    let value = String::from_utf8_lossy(parts.next().unwrap_or(b"")).into_owned();
+                    wire.login_params.push((name, value));
+                }
                 b'Z' => return wire,
                 _ => {}
             }
         }
     }
 
-    fn send(&mut self, bytes: &[u8]) {
+    /// Writes `bytes` as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to pgmux");
     }
 
-    fn read_message(&mut self) -> (u8, Vec<u8>) {
+    /// The next message: its tag and body.
+    pub fn read_message(&mut self) -> (u8, Vec<u8>) {
         let mut head = [0u8; 5];
         self.stream.read_exact(&mut head).expect("read from pgmux");
         let len = i32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
@@ -246,7 +261,8 @@ impl Wire {
     }
 }
 
-fn error_fields(body: &[u8]) -> (String, String) {
+/// SQLSTATE and message of an ErrorResponse or NoticeResponse body.
+pub fn error_fields(body: &[u8]) -> (String, String) {
     let (mut code, mut text) = (String::new(), String::new());
     for field in body.split(|&b| b == 0) {
         match field.first() {

@@ -104,6 +104,12 @@ impl Session {
                     }
                 }
             }
+            if tag == be::READY_FOR_QUERY && !swallow && self.retell_due() {
+                self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+                self.retell(false);
+                forward_from = pos;
+                rewritten = true;
+            }
             pos += len;
             if UNTIL_DONE && tag == be::READY_FOR_QUERY && self.in_flight() == 0 {
                 break;
@@ -216,29 +222,22 @@ impl Session {
                 // Never more answers than units sent, whatever a server does.
                 self.recv_units = (self.recv_units + 1).min(self.sent_units);
                 self.unit_kinds.pop_front();
+                if self.drops.is_some() {
+                    self.statements_kept(conn, self.recv_units);
+                }
                 if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
                     self.tx = s;
                 }
-                while self
+                if self.tx == TxStatus::Idle && self.in_flight() == 0 {
+                    // Portals end with their transaction.
+                    self.runs_on_execute = None;
+                }
+                if self
                     .fixups
                     .front()
                     .is_some_and(|f| f.unit < self.recv_units)
                 {
-                    let f = self.fixups.pop_front().expect("checked");
-                    if f.unnamed && !self.fixups.iter().any(|l| l.unnamed) {
-                        if let Some(u) = &mut self.unnamed {
-                            u.valid = false;
-                        }
-                    }
-                    if let Some(id) = f.parsed {
-                        // Skipped after an error: the server never prepared it.
-                        conn.prepared.remove(id);
-                        if let Some(name) = f.client_name {
-                            if self.stmts.get(&name).is_some_and(|s| s.id == id) {
-                                self.stmts.remove(&name);
-                            }
-                        }
-                    }
+                    self.unanswered(conn);
                 }
                 if self.copy_in && self.unit_kinds.is_empty() {
                     self.copy_in = false;
@@ -270,7 +269,7 @@ impl Session {
                     conn.closing = true;
                 }
                 if !self.pending_sets.is_empty() {
-                    self.outcome.error = true;
+                    self.outcome.saw_error();
                 }
                 if self.copy_in && self.unit_kinds.is_empty() {
                     // An extended-protocol COPY FROM STDIN failed: the server has left
@@ -294,11 +293,18 @@ impl Session {
                     let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
                     self.settings.set_reported(&k, &v);
                     conn.settings.set_reported(&k, &v);
+                    self.note_told(&k, &v);
                 }
             }
-            be::COMMAND_COMPLETE if !self.pending_sets.is_empty() => {
-                self.outcome
-                    .saw_tag(msg::command_tag(body).unwrap_or_default());
+            be::COMMAND_COMPLETE => {
+                let tag = msg::command_tag(body).unwrap_or_default();
+                if self.drops.is_some() && (tag.starts_with(b"DEALLOCATE") || tag == b"DISCARD ALL")
+                {
+                    self.statements_dropped();
+                }
+                if !self.pending_sets.is_empty() {
+                    self.outcome.saw_tag(tag);
+                }
             }
             be::COPY_IN_RESPONSE => {
                 self.copy_in = true;

@@ -3,17 +3,18 @@
 
 use std::time::Instant;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 
 use super::sql::{self, Deallocate, PinReason, SetOp};
 use crate::config::PoolMode;
 use crate::protocol::build::{self, PgError};
 use crate::protocol::{complete_frame, fe, msg, FrameError, SqlState, TxStatus};
-use crate::server::prepared::Statement;
+use crate::server::prepared::{PreparedSet, Statement};
+use crate::server::ServerConn;
 
 use super::handoff::{write_following, Handoff};
 use super::io::{write_all, write_now, write_to_server};
-use super::{Blocked, End, Fixup, Session};
+use super::{Blocked, End, Fixup, Session, StmtDrop};
 use crate::uring::HIGH_WATER;
 
 /// Client input up to this size reserves the server's output buffer in one go.
@@ -149,6 +150,9 @@ impl Session {
             fe::DESCRIBE | fe::CLOSE => self.on_describe_or_close(tag, frame, body)?,
             fe::EXECUTE => {
                 self.ensure_server()?;
+                if self.runs_on_execute.is_some() {
+                    self.on_execute(msg::cstr(body).map_or(&b""[..], |(p, _)| p));
+                }
                 if self.signals.is_some() {
                     let portal = msg::cstr(body).map_or(&b""[..], |(p, _)| p);
                     self.note_signal_execute(portal);
@@ -237,6 +241,7 @@ impl Session {
             parsed,
             client_name: None,
             unnamed: false,
+            closed: None,
         });
     }
 
@@ -290,21 +295,23 @@ impl Session {
             .extend(fx.sets.into_iter().map(|op| (unit, op)));
         for d in fx.deallocate {
             match d {
-                Deallocate::All => {
-                    self.stmts.clear();
-                    if let Some(s) = self.server.as_mut() {
-                        // The server drops every prepared statement of the connection,
-                        // also those other clients share.
-                        s.conn().prepared.clear();
-                    }
-                }
+                Deallocate::All => self.drop_statements(unit, None, None),
                 Deallocate::Name(n) => {
-                    self.stmts.remove(n.as_bytes());
+                    // A statement of SQL's PREPARE; or the client's protocol-level
+                    // statement, but then the server does not know it by that name.
+                    if let Some(kv) = self.stmts.remove_entry(n.as_bytes()) {
+                        self.drops.get_or_insert_with(Box::default).push((
+                            unit,
+                            StmtDrop {
+                                stmts: [kv].into_iter().collect(),
+                                copies: PreparedSet::new(1),
+                            },
+                        ));
+                    }
                 }
             }
         }
         if fx.discard_all {
-            self.stmts.clear();
             // DISCARD ALL is also SET SESSION AUTHORIZATION DEFAULT, which RESET ALL
             // leaves alone.
             self.pending_sets.push((unit, SetOp::ResetAll));
@@ -312,10 +319,58 @@ impl Session {
                 let name = name.to_string();
                 self.pending_sets.push((unit, SetOp::Reset { name }));
             }
-            if let Some(s) = self.server.as_mut() {
-                // DISCARD ALL drops every prepared statement of the connection.
-                s.conn().prepared.clear();
+            self.drop_statements(unit, None, None);
+        }
+    }
+
+    /// Drops the client's statement `name` (`None`: all of them) and the held
+    /// connection's copy `id` (`None`: all copies) as unit `unit` is sent, to put
+    /// back if the unit fails before the drop completes.
+    pub(super) fn drop_statements(&mut self, unit: u64, name: Option<Bytes>, id: Option<u128>) {
+        let stmts = match name {
+            None => std::mem::take(&mut self.stmts),
+            Some(name) => self.stmts.remove_entry(&name).into_iter().collect(),
+        };
+        // The server drops a connection's copies, also those other clients share.
+        let copies = match self.server.as_mut() {
+            Some(s) => s.conn().prepared.take(id),
+            None => PreparedSet::new(1),
+        };
+        self.drops
+            .get_or_insert_with(Box::default)
+            .push((unit, StmtDrop { stmts, copies }));
+    }
+
+    /// A `DEALLOCATE` or `DISCARD ALL` of the unit being answered completed: what it
+    /// dropped stays dropped.
+    pub(super) fn statements_dropped(&mut self) {
+        let unit = self.recv_units + 1;
+        let Some(drops) = self.drops.as_deref_mut() else {
+            return;
+        };
+        if drops.first().is_some_and(|(u, _)| *u == unit) {
+            drops.remove(0);
+        }
+        if drops.is_empty() {
+            self.drops = None;
+        }
+    }
+
+    /// The units up to `answered` are over: drops that did not complete come back,
+    /// unless the name was given to another statement since.
+    pub(super) fn statements_kept(&mut self, conn: &mut ServerConn, answered: u64) {
+        let Some(mut drops) = self.drops.take() else {
+            return;
+        };
+        while drops.first().is_some_and(|(u, _)| *u <= answered) {
+            let (_, kept) = drops.remove(0);
+            for (name, stmt) in kept.stmts {
+                self.stmts.entry(name).or_insert(stmt);
             }
+            conn.prepared.put_back(kept.copies);
+        }
+        if !drops.is_empty() {
+            self.drops = Some(drops);
         }
     }
 
@@ -359,6 +414,9 @@ impl Session {
             return false;
         };
         build::command_complete(&mut self.cwbuf, tag);
+        if fx.discard_all {
+            self.retell(true);
+        }
         build::ready_for_query(&mut self.cwbuf, self.tx);
         true
     }

@@ -29,6 +29,7 @@ mod rename;
 mod replay;
 mod signal;
 mod statements;
+mod told;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -45,7 +46,7 @@ use crate::pool::{Checkout, Pool};
 use crate::protocol::build::PgError;
 use crate::protocol::{complete_frame, SqlState, TxStatus};
 use crate::proxy::Shared;
-use crate::server::prepared::Statement;
+use crate::server::prepared::{PreparedSet, Statement};
 use crate::server::{CancelGate, Settings};
 use crate::tls::MaybeTls;
 
@@ -113,6 +114,27 @@ struct Fixup {
     /// The client's own unnamed Parse: without a ParseComplete, the client has no
     /// unnamed statement, as in Postgres (which drops the old one before parsing).
     unnamed: bool,
+    /// The client's Close of a statement: without a CloseComplete (skipped after an
+    /// error), the client still has it, as in Postgres.
+    closed: Option<Closed>,
+}
+
+/// Portals and what running each does to the session.
+type ExecuteRuns = Vec<(Bytes, Box<sql::Effects>)>;
+
+type Statements = HashMap<Bytes, Arc<Statement>, BuildHasherDefault<DefaultHasher>>;
+
+/// What a `DEALLOCATE` or `DISCARD ALL` dropped: the client's statements, and the
+/// connection's copies the server drops with them.
+struct StmtDrop {
+    stmts: Statements,
+    copies: PreparedSet,
+}
+
+#[derive(Debug, Clone)]
+enum Closed {
+    Named(Bytes, Arc<Statement>),
+    Unnamed,
 }
 
 /// The client's unnamed statement. Postgres keeps it until the next unnamed Parse or
@@ -124,6 +146,8 @@ struct Unnamed {
     rest: Vec<u8>,
     /// The statement a SQL `EXECUTE` in `rest` runs, to prepare first.
     runs: Option<Arc<Statement>>,
+    /// What each run of it does to the session (see `Statement::on_run`).
+    on_run: Option<Box<sql::Effects>>,
     /// The client has an unnamed statement: `rest`.
     valid: bool,
     /// Its text leaves the connection idle and unchanged (`sql::leaves_idle`).
@@ -196,6 +220,13 @@ pub struct Session {
     /// it belongs to: a change counts only once the transaction that unit ends in has
     /// committed, not at the end of an earlier transaction still in the pipeline.
     pending_sets: Vec<(u64, SetOp)>,
+    /// Prepared statements a `DEALLOCATE` or `DISCARD ALL` sent to the server dropped,
+    /// with the unit it belongs to, until its CommandComplete comes. One that fails
+    /// (in a failed transaction, say) drops nothing on the server: they come back.
+    /// (Rare: boxed, and gone when empty; a bare Vec would add 16 bytes to every idle
+    /// client's task.)
+    #[allow(clippy::box_collection)]
+    drops: Option<Box<Vec<(u64, StmtDrop)>>>,
     /// A transaction that changed settings failed: what the server holds is unknown.
     settings_uncertain: bool,
     /// How the transaction carrying `pending_sets` is ending, from its replies.
@@ -203,7 +234,7 @@ pub struct Session {
     /// Keyed with SipHash under fixed keys: a client chooses its names, and a client
     /// that makes them collide slows only itself; a per-map random key would add 16
     /// bytes to every client's task.
-    stmts: HashMap<Bytes, Arc<Statement>, BuildHasherDefault<DefaultHasher>>,
+    stmts: Statements,
 
     sent_units: u64,
     recv_units: u64,
@@ -241,6 +272,11 @@ pub struct Session {
     /// The unit sent behind another client's, kept to run again if that client's
     /// cancel stops it (see `replay`).
     replay: Option<Box<replay::Replay>>,
+    /// Reported parameters the client heard of after login (rare: boxed).
+    told: Option<Box<told::Told>>,
+    /// Portals bound to a statement that changes the session when it runs (rare:
+    /// boxed), with what it does: applied at each Execute.
+    runs_on_execute: Option<Box<ExecuteRuns>>,
 }
 
 enum Event {
@@ -279,6 +315,7 @@ impl Session {
             settings: startup.clone(),
             startup,
             pending_sets: Vec::new(),
+            drops: None,
             settings_uncertain: false,
             outcome: Outcome::default(),
             stmts: HashMap::default(),
@@ -302,6 +339,8 @@ impl Session {
             unit_key: 0,
             handoff: None,
             replay: None,
+            told: None,
+            runs_on_execute: None,
         }
     }
 

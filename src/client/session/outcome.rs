@@ -38,6 +38,16 @@ impl Outcome {
         }
         self.last = next;
     }
+
+    /// An error: after a COMMIT in the same reply stream, it failed what came after
+    /// the COMMIT (or made the server skip it), which the tags cannot tell apart from
+    /// what the COMMIT kept.
+    pub(super) fn saw_error(&mut self) {
+        self.error = true;
+        if self.last == LastTag::Commit {
+            self.ambiguous = true;
+        }
+    }
 }
 
 /// Drops the changes a `ROLLBACK TO` undid; `None` when a savepoint is unknown.
@@ -116,6 +126,7 @@ impl Session {
                 SetOp::Set { name, statement } => {
                     self.settings.set(&name, &statement);
                     conn.settings.set(&name, &statement);
+                    self.set_told(&name);
                 }
                 SetOp::Reset { name } => {
                     match self.startup.get(&name) {
@@ -126,10 +137,12 @@ impl Session {
                         None => self.settings.reset(&name),
                     }
                     conn.settings.reset(&name);
+                    self.reset_told(Some(&name));
                 }
                 SetOp::ResetAll => {
                     self.settings = self.settings.after_reset_all(&self.startup);
                     conn.settings = conn.settings.after_reset_all(&Settings::default());
+                    self.reset_told(None);
                 }
                 SetOp::Savepoint(_)
                 | SetOp::Release(_)
@@ -186,5 +199,17 @@ mod tests {
         assert!(!o.ambiguous);
         o.saw_tag(b"SELECT 1");
         assert!(o.ambiguous);
+    }
+
+    #[test]
+    fn an_error_after_a_commit_is_ambiguous_and_before_it_is_not() {
+        let mut o = Outcome::default();
+        o.saw_error();
+        o.saw_tag(b"ROLLBACK");
+        assert!(o.error && !o.ambiguous);
+        let mut o = Outcome::default();
+        o.saw_tag(b"COMMIT");
+        o.saw_error();
+        assert!(o.error && o.ambiguous);
     }
 }

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::sql::{self, Deallocate};
+
 use super::Session;
 use crate::server::prepared::Statement;
 
@@ -23,8 +26,8 @@ impl Session {
             return None;
         }
         if deallocate {
-            if let Some(stmt) = self.deallocate_target(fx) {
-                return Some((self.server_deallocate(&stmt), None));
+            if let Some((name, stmt)) = self.deallocate_target(fx) {
+                return Some((self.server_deallocate(name, &stmt), None));
             }
         }
         let (range, name) = sql::execute_target(query)?;
@@ -39,12 +42,15 @@ impl Session {
 
     /// The client's protocol-level statement a `DEALLOCATE name` names (the only
     /// effect of the statement), in transaction mode.
-    fn deallocate_target(&self, fx: &sql::Effects) -> Option<Arc<Statement>> {
+    fn deallocate_target(&self, fx: &sql::Effects) -> Option<(Bytes, Arc<Statement>)> {
         if !self.renames() || fx.pin.is_some() || fx.discard_all || !fx.sets.is_empty() {
             return None;
         }
         match fx.deallocate.as_slice() {
-            [Deallocate::Name(n)] => self.stmts.get(n.as_bytes()).cloned(),
+            [Deallocate::Name(n)] => self
+                .stmts
+                .get_key_value(n.as_bytes())
+                .map(|(k, v)| (k.clone(), v.clone())),
             _ => None,
         }
     }
@@ -52,12 +58,12 @@ impl Session {
     /// What a `DEALLOCATE` of the client's statement becomes on the held server: the
     /// same statement naming the server's name, after preparing it there if this
     /// connection lacks it, so the client gets Postgres' own reply, in order, inside
-    /// or outside a transaction. The connection no longer counts the statement; other
-    /// clients' uses of it prepare it again on demand.
-    fn server_deallocate(&mut self, stmt: &Statement) -> Vec<u8> {
+    /// or outside a transaction. Once it succeeds, the connection no longer counts the
+    /// statement; other clients' uses of it prepare it again on demand.
+    fn server_deallocate(&mut self, name: Bytes, stmt: &Statement) -> Vec<u8> {
         self.ensure_prepared(stmt);
-        let conn = self.server.as_mut().expect("ensured").conn();
-        conn.prepared.remove(stmt.id);
+        // Called before the Query's unit is counted as sent: it is the next one.
+        self.drop_statements(self.sent_units + 1, Some(name), Some(stmt.id));
         [&b"DEALLOCATE "[..], &stmt.server_name].concat()
     }
 }

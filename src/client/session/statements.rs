@@ -11,7 +11,8 @@ use super::sql;
 use crate::protocol::{build, fe, msg};
 use crate::server::prepared::Statement;
 
-use super::{Blocked, Session};
+use super::{Blocked, Closed, Fixup, Session};
+use crate::server::ServerConn;
 
 impl Session {
     /// Parse: a named statement is kept under a name of pgmux's own on the server.
@@ -22,16 +23,13 @@ impl Session {
         self.ensure_server()?;
         if self.renames() && !p.name.is_empty() {
             if let Some(existing) = self.stmts.get(p.name).cloned() {
-                // Postgres refuses to redefine a name still in use (42P05):
-                // parsing the statement the name stands for again under its
-                // server name makes the server refuse it in its place, so the
-                // error comes in order and fails a transaction as it should.
+                // Postgres refuses to redefine a name still in use (42P05), after
+                // reading the new text (a syntax error comes first): parsing the
+                // new text under the server name of the statement the name stands
+                // for makes the server refuse it in its place, so the error comes
+                // in order and fails a transaction as it should.
                 self.ensure_prepared(&existing);
-                build::parse_with_rest(
-                    &mut self.swbuf,
-                    &existing.server_name,
-                    &existing.parse_rest,
-                );
+                build::parse_with_rest(&mut self.swbuf, &existing.server_name, p.rest);
                 self.expect(b'1', false, None);
                 if let Some(f) = self.fixups.back_mut() {
                     f.client_name = Some(Bytes::copy_from_slice(p.name));
@@ -41,7 +39,7 @@ impl Session {
                 return Ok(());
             }
         }
-        let (fx, read) = match sql::analyze_parse(p.query) {
+        let (mut fx, read) = match sql::analyze_parse(p.query) {
             Ok(read) => (sql::Effects::default(), Some(read)),
             Err(fx) => (fx, None),
         };
@@ -62,12 +60,22 @@ impl Session {
         if self.unit_plain && self.limits.pipeline && self.in_flight() == 0 {
             self.unit_key = read.map_or_else(|| sql::fingerprint(p.query), |r| r.key);
         }
-        let named = (!p.name.is_empty() && self.renames()).then(|| {
+        // In transaction mode, what running the statement does is applied at each
+        // Bind, on whatever connection the run gets.
+        let on_run = if self.renames() {
+            fx.take_run_effects()
+        } else {
+            None
+        };
+        let (named, on_run) = if !p.name.is_empty() && self.renames() {
             let mut stmt = Statement::new(&rest, self.pool.parses.tick());
             stmt.runs = runs.clone();
             stmt.plain = plain;
-            (Bytes::copy_from_slice(p.name), Arc::new(stmt))
-        });
+            stmt.on_run = on_run;
+            (Some((Bytes::copy_from_slice(p.name), Arc::new(stmt))), None)
+        } else {
+            (None, on_run)
+        };
         self.apply_effects(fx);
         match named {
             None => {
@@ -84,6 +92,7 @@ impl Session {
                     u.rest.clear();
                     u.rest.extend_from_slice(&rest);
                     u.runs = runs;
+                    u.on_run = on_run;
                     u.valid = true;
                     u.held = true;
                     u.plain = plain;
@@ -131,7 +140,7 @@ impl Session {
                 self.unit_key = s.id as u64 | 1;
             }
         }
-        match stmt {
+        let on_run = match stmt {
             Some(stmt) => {
                 self.ensure_prepared(&stmt);
                 let (portal, rest) = (b.portal, b.rest);
@@ -140,9 +149,18 @@ impl Session {
                     build::put_cstr(o, &stmt.server_name);
                     o.put_slice(rest);
                 });
+                stmt.on_run.clone()
             }
-            None => self.swbuf.put_slice(frame),
-        }
+            None => {
+                self.swbuf.put_slice(frame);
+                let unnamed = b.statement.is_empty().then_some(self.unnamed.as_deref());
+                unnamed
+                    .flatten()
+                    .filter(|u| u.valid)
+                    .and_then(|u| u.on_run.clone())
+            }
+        };
+        self.bound(b.portal, on_run);
         self.unsynced = true;
         Ok(())
     }
@@ -181,6 +199,7 @@ impl Session {
             .then(|| self.stmts.get(t.name).cloned())
             .flatten();
         self.ensure_server()?;
+        let closes_unnamed = t.kind == b'S' && t.name.is_empty() && tag == fe::CLOSE;
         if t.kind == b'S' && t.name.is_empty() {
             if tag == fe::DESCRIBE {
                 self.own_unnamed();
@@ -199,17 +218,104 @@ impl Session {
             (fe::CLOSE, Some(_)) => {
                 // The statement stays prepared on the server for reuse; the
                 // client gets its CloseComplete from closing a name nobody uses.
-                self.stmts.remove(t.name);
+                let stmt = self.stmts.remove(t.name);
                 build::close_statement(&mut self.swbuf, b"pgmux_none");
                 self.expect(b'3', false, None);
+                if let (Some(f), Some(stmt)) = (self.fixups.back_mut(), stmt) {
+                    f.closed = Some(Closed::Named(Bytes::copy_from_slice(t.name), stmt));
+                }
             }
             (fe::CLOSE, None) => {
                 self.swbuf.put_slice(frame);
                 self.expect(b'3', false, None);
+                if let Some(f) = self.fixups.back_mut().filter(|_| closes_unnamed) {
+                    f.closed = Some(Closed::Unnamed);
+                }
             }
             _ => self.swbuf.put_slice(frame),
         }
         self.unsynced = true;
         Ok(())
+    }
+
+    /// The requests of units now answered that got no reply: the server skipped them
+    /// after an error (or they failed). What pgmux did as it sent them is undone, the
+    /// last first, as Postgres never did it.
+    pub(super) fn unanswered(&mut self, conn: &mut ServerConn) {
+        let mut skipped: Vec<Fixup> = Vec::new();
+        while self
+            .fixups
+            .front()
+            .is_some_and(|f| f.unit < self.recv_units)
+        {
+            skipped.extend(self.fixups.pop_front());
+        }
+        let mut later_unnamed = self
+            .fixups
+            .iter()
+            .any(|l| l.unnamed || matches!(l.closed, Some(Closed::Unnamed)));
+        while let Some(f) = skipped.pop() {
+            if let Some(id) = f.parsed {
+                // The server never prepared it. Nor does a drop sent after it and not
+                // yet answered put it back.
+                conn.prepared.remove(id);
+                let pending = self.drops.iter_mut().flat_map(|d| d.iter_mut());
+                let pending = pending.map(|(_, d)| &mut d.stmts);
+                for stmts in std::iter::once(&mut self.stmts).chain(pending) {
+                    if let Some(name) = &f.client_name {
+                        if stmts.get(name).is_some_and(|s| s.id == id) {
+                            stmts.remove(name);
+                        }
+                    }
+                }
+                for (_, d) in self.drops.iter_mut().flat_map(|d| d.iter_mut()) {
+                    d.copies.remove(id);
+                }
+            }
+            match &f.closed {
+                Some(Closed::Named(name, stmt)) => {
+                    self.stmts
+                        .entry(name.clone())
+                        .or_insert_with(|| stmt.clone());
+                }
+                Some(Closed::Unnamed) if !later_unnamed => {
+                    if let Some(u) = self.unnamed.as_deref_mut() {
+                        u.valid = true;
+                    }
+                }
+                _ => {}
+            }
+            if f.unnamed && !later_unnamed {
+                if let Some(u) = &mut self.unnamed {
+                    u.valid = false;
+                }
+            }
+            later_unnamed |= f.unnamed || matches!(f.closed, Some(Closed::Unnamed));
+        }
+    }
+
+    /// Bind made `portal` run a statement that does `on_run` (or nothing) to the
+    /// session: applied at each Execute of it, as that is when it happens.
+    fn bound(&mut self, portal: &[u8], on_run: Option<Box<sql::Effects>>) {
+        if let Some(runs) = self.runs_on_execute.as_deref_mut() {
+            runs.retain(|(p, _)| p != portal);
+        }
+        if let Some(fx) = on_run {
+            self.runs_on_execute
+                .get_or_insert_with(Box::default)
+                .push((Bytes::copy_from_slice(portal), fx));
+        }
+    }
+
+    /// Execute of `portal`: what running its statement does to the session.
+    pub(super) fn on_execute(&mut self, portal: &[u8]) {
+        let fx = self
+            .runs_on_execute
+            .as_deref()
+            .and_then(|runs| runs.iter().find(|(p, _)| p == portal))
+            .map(|(_, fx)| (**fx).clone());
+        if let Some(fx) = fx {
+            self.apply_effects(fx);
+        }
     }
 }

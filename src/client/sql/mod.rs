@@ -98,6 +98,21 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// Splits off what running the statement does to the session (its settings, the
+    /// prepared statements it drops): a prepared statement does that each time it
+    /// runs, not when it is parsed.
+    pub fn take_run_effects(&mut self) -> Option<Box<Effects>> {
+        if self.sets.is_empty() && self.deallocate.is_empty() && !self.discard_all {
+            return None;
+        }
+        Some(Box::new(Effects {
+            sets: std::mem::take(&mut self.sets),
+            deallocate: std::mem::take(&mut self.deallocate),
+            discard_all: std::mem::take(&mut self.discard_all),
+            ..Effects::default()
+        }))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pin.is_none()
             && self.sets.is_empty()
