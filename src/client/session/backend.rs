@@ -222,7 +222,7 @@ impl Session {
                 // Never more answers than units sent, whatever a server does.
                 self.recv_units = (self.recv_units + 1).min(self.sent_units);
                 self.unit_kinds.pop_front();
-                if self.drops.is_some() {
+                if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty()) {
                     self.statements_kept(conn, self.recv_units);
                 }
                 if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
@@ -230,7 +230,9 @@ impl Session {
                 }
                 if self.tx == TxStatus::Idle && self.in_flight() == 0 {
                     // Portals end with their transaction.
-                    self.runs_on_execute = None;
+                    if let Some(r) = self.rare.as_deref_mut() {
+                        r.runs.clear();
+                    }
                 }
                 if self
                     .fixups
@@ -298,7 +300,8 @@ impl Session {
             }
             be::COMMAND_COMPLETE => {
                 let tag = msg::command_tag(body).unwrap_or_default();
-                if self.drops.is_some() && (tag.starts_with(b"DEALLOCATE") || tag == b"DISCARD ALL")
+                if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty())
+                    && (tag.starts_with(b"DEALLOCATE") || tag == b"DISCARD ALL")
                 {
                     self.statements_dropped();
                 }

@@ -14,7 +14,7 @@ use crate::server::ServerConn;
 
 use super::handoff::{write_following, Handoff};
 use super::io::{write_all, write_now, write_to_server};
-use super::{Blocked, End, Fixup, Session, StmtDrop};
+use super::{Blocked, End, Fixup, Rare, Session, StmtDrop};
 use crate::uring::HIGH_WATER;
 
 /// Client input up to this size reserves the server's output buffer in one go.
@@ -150,7 +150,7 @@ impl Session {
             fe::DESCRIBE | fe::CLOSE => self.on_describe_or_close(tag, frame, body)?,
             fe::EXECUTE => {
                 self.ensure_server()?;
-                if self.runs_on_execute.is_some() {
+                if self.rare.as_ref().is_some_and(|r| !r.runs.is_empty()) {
                     self.on_execute(msg::cstr(body).map_or(&b""[..], |(p, _)| p));
                 }
                 if self.signals.is_some() {
@@ -300,7 +300,7 @@ impl Session {
                     // A statement of SQL's PREPARE; or the client's protocol-level
                     // statement, but then the server does not know it by that name.
                     if let Some(kv) = self.stmts.remove_entry(n.as_bytes()) {
-                        self.drops.get_or_insert_with(Box::default).push((
+                        self.rare().drops.push((
                             unit,
                             StmtDrop {
                                 stmts: [kv].into_iter().collect(),
@@ -323,6 +323,10 @@ impl Session {
         }
     }
 
+    pub(super) fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// Drops the client's statement `name` (`None`: all of them) and the held
     /// connection's copy `id` (`None`: all copies) as unit `unit` is sent, to put
     /// back if the unit fails before the drop completes.
@@ -336,32 +340,28 @@ impl Session {
             Some(s) => s.conn().prepared.take(id),
             None => PreparedSet::new(1),
         };
-        self.drops
-            .get_or_insert_with(Box::default)
-            .push((unit, StmtDrop { stmts, copies }));
+        self.rare().drops.push((unit, StmtDrop { stmts, copies }));
     }
 
     /// A `DEALLOCATE` or `DISCARD ALL` of the unit being answered completed: what it
     /// dropped stays dropped.
     pub(super) fn statements_dropped(&mut self) {
         let unit = self.recv_units + 1;
-        let Some(drops) = self.drops.as_deref_mut() else {
+        let Some(r) = self.rare.as_deref_mut() else {
             return;
         };
-        if drops.first().is_some_and(|(u, _)| *u == unit) {
-            drops.remove(0);
-        }
-        if drops.is_empty() {
-            self.drops = None;
+        if r.drops.first().is_some_and(|(u, _)| *u == unit) {
+            r.drops.remove(0);
         }
     }
 
     /// The units up to `answered` are over: drops that did not complete come back,
     /// unless the name was given to another statement since.
     pub(super) fn statements_kept(&mut self, conn: &mut ServerConn, answered: u64) {
-        let Some(mut drops) = self.drops.take() else {
+        let Some(r) = self.rare.as_deref_mut() else {
             return;
         };
+        let mut drops = std::mem::take(&mut r.drops);
         while drops.first().is_some_and(|(u, _)| *u <= answered) {
             let (_, kept) = drops.remove(0);
             for (name, stmt) in kept.stmts {
@@ -369,9 +369,7 @@ impl Session {
             }
             conn.prepared.put_back(kept.copies);
         }
-        if !drops.is_empty() {
-            self.drops = Some(drops);
-        }
+        self.rare().drops = drops;
     }
 
     /// `DEALLOCATE` of the client's own protocol-level statements and `DISCARD ALL`

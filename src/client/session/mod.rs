@@ -124,6 +124,19 @@ type ExecuteRuns = Vec<(Bytes, Box<sql::Effects>)>;
 
 type Statements = HashMap<Bytes, Arc<Statement>, BuildHasherDefault<DefaultHasher>>;
 
+#[derive(Default)]
+struct Rare {
+    /// Prepared statements a `DEALLOCATE` or `DISCARD ALL` sent to the server dropped,
+    /// with the unit it belongs to, until its CommandComplete comes. One that fails
+    /// (in a failed transaction, say) drops nothing on the server: they come back.
+    drops: Vec<(u64, StmtDrop)>,
+    /// Portals bound to a statement that changes the session when it runs, with what
+    /// it does: applied at each Execute.
+    runs: ExecuteRuns,
+    /// Reported parameters the client heard of after login.
+    told: told::Told,
+}
+
 /// What a `DEALLOCATE` or `DISCARD ALL` dropped: the client's statements, and the
 /// connection's copies the server drops with them.
 struct StmtDrop {
@@ -220,13 +233,9 @@ pub struct Session {
     /// it belongs to: a change counts only once the transaction that unit ends in has
     /// committed, not at the end of an earlier transaction still in the pipeline.
     pending_sets: Vec<(u64, SetOp)>,
-    /// Prepared statements a `DEALLOCATE` or `DISCARD ALL` sent to the server dropped,
-    /// with the unit it belongs to, until its CommandComplete comes. One that fails
-    /// (in a failed transaction, say) drops nothing on the server: they come back.
-    /// (Rare: boxed, and gone when empty; a bare Vec would add 16 bytes to every idle
-    /// client's task.)
-    #[allow(clippy::box_collection)]
-    drops: Option<Box<Vec<(u64, StmtDrop)>>>,
+    /// Bookkeeping few sessions need (boxed: every idle client pays for the task's
+    /// size), made on first use.
+    rare: Option<Box<Rare>>,
     /// A transaction that changed settings failed: what the server holds is unknown.
     settings_uncertain: bool,
     /// How the transaction carrying `pending_sets` is ending, from its replies.
@@ -272,11 +281,6 @@ pub struct Session {
     /// The unit sent behind another client's, kept to run again if that client's
     /// cancel stops it (see `replay`).
     replay: Option<Box<replay::Replay>>,
-    /// Reported parameters the client heard of after login (rare: boxed).
-    told: Option<Box<told::Told>>,
-    /// Portals bound to a statement that changes the session when it runs (rare:
-    /// boxed), with what it does: applied at each Execute.
-    runs_on_execute: Option<Box<ExecuteRuns>>,
 }
 
 enum Event {
@@ -315,7 +319,7 @@ impl Session {
             settings: startup.clone(),
             startup,
             pending_sets: Vec::new(),
-            drops: None,
+            rare: None,
             settings_uncertain: false,
             outcome: Outcome::default(),
             stmts: HashMap::default(),
@@ -339,8 +343,6 @@ impl Session {
             unit_key: 0,
             handoff: None,
             replay: None,
-            told: None,
-            runs_on_execute: None,
         }
     }
 

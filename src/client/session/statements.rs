@@ -61,7 +61,7 @@ impl Session {
             self.unit_key = read.map_or_else(|| sql::fingerprint(p.query), |r| r.key);
         }
         // In transaction mode, what running the statement does is applied at each
-        // Bind, on whatever connection the run gets.
+        // Execute of a portal bound to it, on whatever connection that run gets.
         let on_run = if self.renames() {
             fx.take_run_effects()
         } else {
@@ -259,7 +259,7 @@ impl Session {
                 // The server never prepared it. Nor does a drop sent after it and not
                 // yet answered put it back.
                 conn.prepared.remove(id);
-                let pending = self.drops.iter_mut().flat_map(|d| d.iter_mut());
+                let pending = self.rare.iter_mut().flat_map(|r| r.drops.iter_mut());
                 let pending = pending.map(|(_, d)| &mut d.stmts);
                 for stmts in std::iter::once(&mut self.stmts).chain(pending) {
                     if let Some(name) = &f.client_name {
@@ -268,7 +268,7 @@ impl Session {
                         }
                     }
                 }
-                for (_, d) in self.drops.iter_mut().flat_map(|d| d.iter_mut()) {
+                for (_, d) in self.rare.iter_mut().flat_map(|r| r.drops.iter_mut()) {
                     d.copies.remove(id);
                 }
             }
@@ -297,22 +297,20 @@ impl Session {
     /// Bind made `portal` run a statement that does `on_run` (or nothing) to the
     /// session: applied at each Execute of it, as that is when it happens.
     fn bound(&mut self, portal: &[u8], on_run: Option<Box<sql::Effects>>) {
-        if let Some(runs) = self.runs_on_execute.as_deref_mut() {
-            runs.retain(|(p, _)| p != portal);
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.runs.retain(|(p, _)| p != portal);
         }
         if let Some(fx) = on_run {
-            self.runs_on_execute
-                .get_or_insert_with(Box::default)
-                .push((Bytes::copy_from_slice(portal), fx));
+            self.rare().runs.push((Bytes::copy_from_slice(portal), fx));
         }
     }
 
     /// Execute of `portal`: what running its statement does to the session.
     pub(super) fn on_execute(&mut self, portal: &[u8]) {
         let fx = self
-            .runs_on_execute
+            .rare
             .as_deref()
-            .and_then(|runs| runs.iter().find(|(p, _)| p == portal))
+            .and_then(|r| r.runs.iter().find(|(p, _)| p == portal))
             .map(|(_, fx)| (**fx).clone());
         if let Some(fx) = fx {
             self.apply_effects(fx);

@@ -14,7 +14,7 @@ use super::Session;
 use crate::protocol::build;
 use crate::server::settings::canonical_client_encoding;
 
-/// Reported since login; boxed in the session, made on the first.
+/// Reported since login.
 #[derive(Default)]
 pub(super) struct Told {
     /// Name as the server spells it, and the value the client last got.
@@ -37,7 +37,7 @@ const IDENTITY: &[&str] = &["session_authorization", "is_superuser"];
 impl Session {
     /// The client got a ParameterStatus after login.
     pub(super) fn note_told(&mut self, name: &str, value: &str) {
-        let told = self.told.get_or_insert_with(Box::default);
+        let told = &mut self.rare().told;
         match told.values.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => {
                 v.clear();
@@ -50,7 +50,13 @@ impl Session {
     /// A reset of `name` (all when `None`) committed: at the end of the unit, the
     /// client hears the values it reset to.
     pub(super) fn reset_told(&mut self, name: Option<&str>) {
-        let Some(told) = self.told.as_deref_mut() else {
+        // Nothing was told since login: the client believes the login values.
+        let Some(told) = self
+            .rare
+            .as_deref_mut()
+            .map(|r| &mut r.told)
+            .filter(|t| !t.values.is_empty())
+        else {
             return;
         };
         match (name, &mut told.due) {
@@ -64,7 +70,7 @@ impl Session {
     /// A setting committed after a reset in the same transaction: its value is the
     /// one the server reported, not the login value.
     pub(super) fn set_told(&mut self, name: &str) {
-        match self.told.as_deref_mut().and_then(|t| t.due.as_mut()) {
+        match self.rare.as_deref_mut().and_then(|r| r.told.due.as_mut()) {
             Some(Due::All { except }) => except.push(name.to_string()),
             Some(Due::Names(names)) => names.retain(|n| n != name),
             None => {}
@@ -73,15 +79,16 @@ impl Session {
 
     /// A reset is waiting for the end of its unit ([`Session::retell`]).
     pub(super) fn retell_due(&self) -> bool {
-        self.told.as_ref().is_some_and(|t| t.due.is_some())
+        self.rare.as_ref().is_some_and(|r| r.told.due.is_some())
     }
 
     /// Tells the client the login values of what was reset (`identity`: the session
     /// authorization too, as `DISCARD ALL` resets it).
     pub(super) fn retell(&mut self, identity: bool) {
-        let Some(mut told) = self.told.take() else {
+        let Some(r) = self.rare.as_deref_mut() else {
             return;
         };
+        let mut told = std::mem::take(&mut r.told);
         let due = told.due.take();
         for (name, value) in told.values.iter_mut() {
             let lower = name.to_ascii_lowercase();
@@ -102,7 +109,7 @@ impl Session {
                 }
             }
         }
-        self.told = Some(told);
+        self.rare().told = told;
     }
 
     /// What the client was told of `name` at login: its startup parameter, else the
