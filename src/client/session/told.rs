@@ -19,7 +19,7 @@ use crate::server::settings::canonical_client_encoding;
 pub(super) struct Told {
     /// Name as the server spells it, and the value the client last got.
     values: Vec<(String, String)>,
-    /// A reset committed in the unit now ending: `None` for all.
+    /// A reset committed in the unit now ending, told at its ReadyForQuery.
     due: Option<Due>,
 }
 
