@@ -298,7 +298,8 @@ impl Session {
                     self.note_told(&k, &v);
                 }
             }
-            be::COMMAND_COMPLETE => {
+            // The usual statement has neither: its tag is not read.
+            be::COMMAND_COMPLETE if self.rare.is_some() || !self.pending_sets.is_empty() => {
                 let tag = msg::command_tag(body).unwrap_or_default();
                 if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty())
                     && (tag.starts_with(b"DEALLOCATE") || tag == b"DISCARD ALL")
