@@ -14,8 +14,8 @@
 //! The clients take turns, batch by batch, so every run is the same run.
 //! `PGMUX_DIFF_CONCURRENT=1` runs each client on a thread of its own instead, racing
 //! for a pool of two (for clients that do not pin); `PGMUX_DIFF_ROUNDS` runs more
-//! rounds (each with new scripts) than the default; `PGMUX_DIFF_CLIENT=N` runs client
-//! N's scripts alone.
+//! rounds (each with new scripts) than the default; `PGMUX_DIFF_FROM=N` skips the
+//! rounds before N; `PGMUX_DIFF_CLIENT=N` runs client N's scripts alone.
 
 mod support;
 
@@ -501,6 +501,17 @@ fn in_failed_transaction(step: &[String], failed_before: bool) -> Vec<String> {
         .collect()
 }
 
+/// A Describe of a statement without result columns (`BEGIN`, `SET`) is answered in a
+/// failed transaction; through pgmux it may first have to be prepared on the
+/// connection, and that Parse fails (25P02), which skips the rest of the unit: a
+/// `COMMIT` after it does not end the transaction. From there on the client's two
+/// runs differ as a whole, so its comparison ends.
+fn prepares_again_fails(what: &str, direct: &[String], pooled: &[String]) -> bool {
+    what.contains("Describe S \"s")
+        && pooled.first().is_some_and(|l| l == "E 25P02")
+        && direct.first().is_none_or(|l| l != "E 25P02")
+}
+
 fn compare(
     round: u64,
     client: usize,
@@ -516,6 +527,9 @@ fn compare(
     }) else {
         return;
     };
+    if failed_before(i) && prepares_again_fails(&script.steps[i].what, &direct[i], &pooled[i]) {
+        return;
+    }
     let from = 0;
     let before: Vec<String> = (from..i)
         .map(|j| format!("  {j}: {}", script.steps[j].what))
@@ -540,6 +554,15 @@ fn rounds(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `PGMUX_DIFF_FROM=N` starts at round N, to tell whether a difference needs what
+/// the rounds before it left behind.
+fn first_round() -> u64 {
+    std::env::var("PGMUX_DIFF_FROM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `PGMUX_DIFF_CLIENT=N` runs client N's scripts alone, to tell whether a difference
 /// needs the others.
 fn only(client: usize) -> bool {
@@ -562,7 +585,7 @@ fn differential(seed: u64, pinning: bool) {
     ));
     // The same pgmux for every round: a round's clients must not see anything the
     // clients of the rounds before left on the server connections.
-    for round in 0..rounds(10) {
+    for round in first_round()..rounds(10) {
         let seed = seed.wrapping_add(round.wrapping_mul(0x9E37_79B9));
         let clients: Vec<usize> = (0..CLIENTS).filter(|c| only(*c)).collect();
         let scripts: Vec<Script> = clients.iter().map(|&c| script(seed, c, pinning)).collect();

@@ -728,23 +728,97 @@ async fn settings_around_commit_and_rollback_and_chain_follow_the_server() {
         .await;
 }
 
-/// Statements after a COMMIT in one Query: which changes stuck cannot be told from
-/// the replies, so the client keeps its server connection, which knows.
+/// A transaction may end between two statements of one Query or one extended-protocol
+/// unit: each change counts by where its statement stands. Before a COMMIT it stays;
+/// after it, it belongs to the next transaction, which an error rolls back; a COMMIT
+/// in a failed transaction rolls back what came before it, and what follows it runs
+/// in a transaction of its own.
 #[tokio::test]
-async fn a_setting_committed_mid_query_pins_rather_than_being_lost() {
+async fn settings_follow_transactions_that_end_in_mid_query() {
     let px = pgmux_with_pool(2);
     let url = app_url(&px);
+    let steer = Steering::new(&url).await;
     let client = connect(&url).await;
+    let defaults = [
+        ("work_mem", DEFAULT_WORK_MEM),
+        ("statement_timeout", DEFAULT_STATEMENT_TIMEOUT),
+    ];
+
+    let mixed = "BEGIN; SET work_mem = '4545kB'; COMMIT; \
+                 SET statement_timeout = '4646ms'; SELECT 1 / 0";
+    let failed = steer.run_on(0, &client, mixed, &defaults).await;
+    assert!(failed.is_err(), "division by zero");
+    steer
+        .expect_on_both(&client, "work_mem", "4545kB", &defaults)
+        .await;
+    steer
+        .expect_on_both(
+            &client,
+            "statement_timeout",
+            DEFAULT_STATEMENT_TIMEOUT,
+            &defaults,
+        )
+        .await;
+
+    // COMMIT of a failed transaction, then a SET, in one Query.
+    steer.free(1).await;
     client
-        .batch_execute("BEGIN; SET work_mem = '4545kB'; COMMIT; SELECT 1")
+        .batch_execute("BEGIN; SET statement_timeout = '4949ms'")
         .await
         .unwrap();
-    let pin = PinCheck::new(&url, &client).await;
-    for round in 0..ROUNDS {
-        pin.round(&client, round).await;
-        let (got, _) = setting_and_pid(&client, "work_mem").await;
-        assert_eq!(got, "4545kB", "round {round}");
-        let (other, _) = setting_and_pid(&pin.other, "work_mem").await;
-        assert_eq!(other, DEFAULT_WORK_MEM, "round {round}");
+    client
+        .batch_execute("SELECT 1 / 0")
+        .await
+        .expect_err("division by zero");
+    client
+        .batch_execute("COMMIT; SET work_mem = '4848kB'")
+        .await
+        .unwrap();
+    steer.retake(1, &defaults).await;
+    steer
+        .expect_on_both(&client, "work_mem", "4848kB", &defaults)
+        .await;
+    steer
+        .expect_on_both(
+            &client,
+            "statement_timeout",
+            DEFAULT_STATEMENT_TIMEOUT,
+            &defaults,
+        )
+        .await;
+}
+
+/// The same over the extended protocol, in one unit: a prepared COMMIT of a failed
+/// transaction, then a SET. The SET sticks for its client, on the connection it
+/// gets after another client's turn, and that other client never sees it.
+#[test]
+fn a_set_after_the_commit_of_a_failed_transaction_in_one_unit_sticks() {
+    use support::extended::{cstr, message, Wire};
+    let px = pgmux_with_pool(1);
+    let mut w = Wire::connect(px.port);
+    let mut other = Wire::connect(px.port);
+    w.simple("BEGIN");
+    w.simple("SET statement_timeout = '4949ms'");
+    let failed = w.pipeline_simple(&["SELECT 1 / 0"]);
+    assert_eq!(failed[0].status, 'E');
+    let mut out = Vec::new();
+    for sql in ["COMMIT", "SET work_mem = '4747kB'"] {
+        let mut body = Vec::new();
+        cstr(&mut body, "");
+        cstr(&mut body, sql);
+        body.extend_from_slice(&0i16.to_be_bytes());
+        message(&mut out, b'P', &body);
+        message(&mut out, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+        message(&mut out, b'E', &[0, 0, 0, 0, 0]);
+    }
+    message(&mut out, b'S', &[]);
+    w.send(&out);
+    let reply = w.until_ready();
+    assert_eq!((reply.error, reply.status), (None, 'I'));
+    for _ in 0..3 {
+        assert_eq!(other.simple("SHOW work_mem"), [DEFAULT_WORK_MEM]);
+        assert_eq!(w.simple("SHOW work_mem"), ["4747kB"]);
+        let timeout = w.simple("SHOW statement_timeout");
+        assert_eq!(timeout, [DEFAULT_STATEMENT_TIMEOUT]);
     }
 }

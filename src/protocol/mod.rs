@@ -90,6 +90,8 @@ pub mod be {
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
     pub const ROW_DESCRIPTION: u8 = b'T';
     pub const NO_DATA: u8 = b'n';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
     pub const PARAMETER_DESCRIPTION: u8 = b't';
 }
 

@@ -244,13 +244,8 @@ impl Session {
                 if self.copy_in && self.unit_kinds.is_empty() {
                     self.copy_in = false;
                 }
-                // COMMIT AND CHAIN: committed, and the next transaction has begun.
-                let chained = self.tx == TxStatus::InTransaction
-                    && self.outcome.last == super::outcome::LastTag::Commit
-                    && !self.outcome.ambiguous;
-                if self.tx == TxStatus::Idle || chained {
-                    self.end_of_transaction(conn);
-                }
+                self.changes_at_ready(conn);
+                self.recv_at = 0;
                 if self.in_flight() == 0 {
                     self.cancel.slot.set_running(false);
                 }
@@ -270,9 +265,8 @@ impl Session {
                 if matches!(severity, Some(b"FATAL" | b"PANIC")) {
                     conn.closing = true;
                 }
-                if !self.pending_sets.is_empty() {
-                    self.outcome.saw_error();
-                }
+                self.change_failed();
+                self.recv_at = self.recv_at.saturating_add(1);
                 if self.copy_in && self.unit_kinds.is_empty() {
                     // An extended-protocol COPY FROM STDIN failed: the server has left
                     // COPY mode and now discards messages up to the client's next Sync,
@@ -298,17 +292,26 @@ impl Session {
                     self.note_told(&k, &v);
                 }
             }
-            // The usual statement has neither: its tag is not read.
-            be::COMMAND_COMPLETE if self.rare.is_some() || !self.pending_sets.is_empty() => {
-                let tag = msg::command_tag(body).unwrap_or_default();
-                if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty())
-                    && (tag.starts_with(b"DEALLOCATE") || tag == b"DISCARD ALL")
-                {
-                    self.statements_dropped();
+            be::COMMAND_COMPLETE => {
+                // The usual statement has neither: its tag is not read.
+                if self.rare.is_some() || !self.pending_sets.is_empty() {
+                    let tag = msg::command_tag(body).unwrap_or_default();
+                    if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty())
+                        && (tag.starts_with(b"DEALLOCATE") || tag == b"DISCARD ALL")
+                    {
+                        self.statements_dropped();
+                    }
+                    if !self.pending_sets.is_empty() {
+                        self.change_result(conn, Some(tag));
+                    }
                 }
+                self.recv_at = self.recv_at.saturating_add(1);
+            }
+            be::PORTAL_SUSPENDED | be::EMPTY_QUERY_RESPONSE => {
                 if !self.pending_sets.is_empty() {
-                    self.outcome.saw_tag(tag);
+                    self.change_result(conn, None);
                 }
+                self.recv_at = self.recv_at.saturating_add(1);
             }
             be::COPY_IN_RESPONSE => {
                 self.copy_in = true;

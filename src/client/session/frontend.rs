@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes};
 
-use super::sql::{self, Deallocate, PinReason, SetOp};
+use super::outcome::Change;
+use super::sql::{self, Deallocate, PinReason};
 use crate::config::PoolMode;
 use crate::protocol::build::{self, PgError};
 use crate::protocol::{complete_frame, fe, msg, FrameError, SqlState, TxStatus};
@@ -129,7 +130,7 @@ impl Session {
                 let signal = fx.signal;
                 let one_deallocate = !fx.deallocate.is_empty() && single_statement(text);
                 let server_text = self.server_text(&fx, text, one_deallocate);
-                self.apply_effects(fx);
+                self.apply_effects(fx, 0);
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
                 self.unnamed_ended(true);
@@ -159,6 +160,7 @@ impl Session {
                 }
                 self.swbuf.put_slice(frame);
                 self.unsynced = true;
+                self.sent_at = self.sent_at.saturating_add(1);
             }
             fe::FLUSH => {
                 if self.server.is_some() {
@@ -230,6 +232,7 @@ impl Session {
             self.timeout_cancel_sent = false;
         }
         self.sent_units += 1;
+        self.sent_at = 0;
         self.unit_kinds.push_back(kind);
     }
 
@@ -241,8 +244,19 @@ impl Session {
             parsed,
             client_name: None,
             unnamed: false,
+            held_unnamed: false,
             closed: None,
         });
+    }
+
+    /// Whether a Parse of a unit before the one being sent, matching `which`, is still
+    /// unanswered.
+    fn parse_unanswered(&self, which: impl Fn(&Fixup) -> bool) -> bool {
+        !self.fixups.is_empty()
+            && self
+                .fixups
+                .iter()
+                .any(|f| f.tag == b'1' && f.unit < self.sent_units && which(f))
     }
 
     /// Prepares `stmt` on the held server connection if it is not there yet.
@@ -252,6 +266,11 @@ impl Session {
         }
         let conn = self.server.as_mut().expect("ensured").conn();
         if conn.prepared.touch(stmt) {
+            // Prepared by an earlier unit still unanswered, which may fail before it
+            // gets there: this unit must not depend on it.
+            if self.parse_unanswered(|f| f.parsed == Some(stmt.id) && f.swallow) {
+                self.close_and_parse(stmt, true);
+            }
             return;
         }
         // A copy from before the client's parse is replaced: `close_and_parse` closes
@@ -282,7 +301,8 @@ impl Session {
         }
     }
 
-    pub(super) fn apply_effects(&mut self, fx: sql::Effects) {
+    /// `at`: the place among its unit's results of the message's first statement.
+    pub(super) fn apply_effects(&mut self, fx: sql::Effects, at: u32) {
         if let Some(reason) = fx.pin {
             self.pin(reason);
         }
@@ -292,7 +312,12 @@ impl Session {
         // Called before the message's unit is counted as sent: it is the next one.
         let unit = self.sent_units + 1;
         self.pending_sets
-            .extend(fx.sets.into_iter().map(|op| (unit, op)));
+            .extend(fx.sets.into_iter().map(|(i, op)| Change {
+                unit,
+                at: at.saturating_add(i),
+                ran: false,
+                op,
+            }));
         for d in fx.deallocate {
             match d {
                 Deallocate::All => self.drop_statements(unit, None, None),
@@ -312,13 +337,6 @@ impl Session {
             }
         }
         if fx.discard_all {
-            // DISCARD ALL is also SET SESSION AUTHORIZATION DEFAULT, which RESET ALL
-            // leaves alone.
-            self.pending_sets.push((unit, SetOp::ResetAll));
-            for name in ["session_authorization", "role"] {
-                let name = name.to_string();
-                self.pending_sets.push((unit, SetOp::Reset { name }));
-            }
             self.drop_statements(unit, None, None);
         }
     }
@@ -427,8 +445,11 @@ impl Session {
         if !self.renames() {
             return;
         }
+        // Held through a Parse of an earlier unit still unanswered, which may fail
+        // before it gets there and leave the server's unnamed statement as it was.
+        let unsure = self.parse_unanswered(|f| f.unnamed || f.held_unnamed);
         match self.unnamed.as_deref_mut() {
-            Some(u) if u.held => return,
+            Some(u) if u.held && !unsure => return,
             Some(u) if u.valid => {
                 if let Some(runs) = u.runs.clone() {
                     self.ensure_prepared(&runs);
@@ -437,6 +458,9 @@ impl Session {
                 build::parse_with_rest(&mut self.swbuf, b"", &u.rest);
                 u.held = true;
                 self.expect(b'1', true, None);
+                if let Some(f) = self.fixups.back_mut() {
+                    f.held_unnamed = true;
+                }
                 return;
             }
             Some(u) => u.held = true,

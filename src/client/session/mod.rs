@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::sql::{self, PinReason, SetOp};
+use super::sql::{self, PinReason};
 use crate::cancel::Registration;
 use crate::config::PoolMode;
 use crate::pool::{Checkout, Pool};
@@ -52,7 +52,7 @@ use crate::tls::MaybeTls;
 
 pub(crate) use frontend::message_limit;
 use io::{read_some, sleep_until, write_all};
-use outcome::Outcome;
+use outcome::Change;
 
 /// The server's next bytes; `None` once `following`'s leader is done, before which
 /// the connection's replies are not this client's to read. One future rather than two
@@ -114,6 +114,9 @@ struct Fixup {
     /// The client's own unnamed Parse: without a ParseComplete, the client has no
     /// unnamed statement, as in Postgres (which drops the old one before parsing).
     unnamed: bool,
+    /// pgmux's Parse of the client's unnamed statement onto this connection: without a
+    /// ParseComplete, the server's unnamed statement is not the client's.
+    held_unnamed: bool,
     /// The client's Close of a statement: without a CloseComplete (skipped after an
     /// error), the client still has it, as in Postgres.
     closed: Option<Closed>,
@@ -229,17 +232,17 @@ pub struct Session {
     /// Settings the client asked for at login; RESET returns to these.
     startup: Settings,
     settings: Settings,
-    /// Settings changes sent, each with the unit (count of units sent, itself included)
-    /// it belongs to: a change counts only once the transaction that unit ends in has
+    /// Settings changes sent: each counts only once the transaction it ran in has
     /// committed, not at the end of an earlier transaction still in the pipeline.
-    pending_sets: Vec<(u64, SetOp)>,
+    pending_sets: Vec<Change>,
     /// Bookkeeping few sessions need (boxed: every idle client pays for the task's
     /// size), made on first use.
     rare: Option<Box<Rare>>,
     /// A transaction that changed settings failed: what the server holds is unknown.
     settings_uncertain: bool,
-    /// How the transaction carrying `pending_sets` is ending, from its replies.
-    outcome: Outcome,
+    /// An error since the last transaction end: the implicit transaction around the
+    /// changes since then rolls back.
+    changes_failed: bool,
     /// Keyed with SipHash under fixed keys: a client chooses its names, and a client
     /// that makes them collide slows only itself; a per-map random key would add 16
     /// bytes to every client's task.
@@ -247,6 +250,11 @@ pub struct Session {
 
     sent_units: u64,
     recv_units: u64,
+    /// Executes sent in the unit being sent, and results (CommandComplete,
+    /// ErrorResponse, EmptyQueryResponse, PortalSuspended) read of the unit being
+    /// answered: a settings change is matched to its statement's result by its place.
+    sent_at: u32,
+    recv_at: u32,
     /// 'Q', 'S' or 'F' per unit in flight, to tell a simple COPY from an extended one.
     unit_kinds: VecDeque<u8>,
     unsynced: bool,
@@ -321,10 +329,12 @@ impl Session {
             pending_sets: Vec::new(),
             rare: None,
             settings_uncertain: false,
-            outcome: Outcome::default(),
+            changes_failed: false,
             stmts: HashMap::default(),
             sent_units: 0,
             recv_units: 0,
+            sent_at: 0,
+            recv_at: 0,
             unit_kinds: VecDeque::new(),
             unsynced: false,
             copy_in: false,

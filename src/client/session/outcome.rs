@@ -1,52 +1,27 @@
-//! Whether a transaction's settings changes stuck: the outcome of the transaction
-//! from its replies, and savepoints.
+//! Whether a transaction's settings changes stuck, from the replies: each statement's
+//! result says whether its change ran, and a COMMIT's or ROLLBACK's tag, or the
+//! ReadyForQuery that ends an implicit transaction, says whether the changes before
+//! it stay. Savepoints undo what came after them.
 
 use super::sql::{PinReason, SetOp};
 use crate::server::{ServerConn, Settings};
 
-use super::Session;
+use super::{Session, TxStatus};
 
-/// The last transaction-ending command tag seen before ReadyForQuery.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) enum LastTag {
-    #[default]
-    Other,
-    Commit,
-    Rollback,
+/// A settings change sent to the server: where its reply comes (the unit, itself
+/// included in the count of units sent; and the statement's place among the unit's
+/// results), and whether it ran.
+#[derive(Debug)]
+pub(super) struct Change {
+    pub(super) unit: u64,
+    pub(super) at: u32,
+    pub(super) ran: bool,
+    pub(super) op: SetOp,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Outcome {
-    pub(super) error: bool,
-    pub(super) last: LastTag,
-    /// Statements ran after a COMMIT within one reply stream (a multi-statement
-    /// Query): which changes survived cannot be told from the tags alone.
-    pub(super) ambiguous: bool,
-}
-
-impl Outcome {
-    pub(super) fn saw_tag(&mut self, tag: &[u8]) {
-        let next = match tag {
-            b"COMMIT" => LastTag::Commit,
-            // Also the tag of ROLLBACK TO SAVEPOINT, which does not end the
-            // transaction: only the last tag before ReadyForQuery decides.
-            b"ROLLBACK" => LastTag::Rollback,
-            _ => LastTag::Other,
-        };
-        if self.last == LastTag::Commit {
-            self.ambiguous = true;
-        }
-        self.last = next;
-    }
-
-    /// An error: after a COMMIT in the same reply stream, it failed what came after
-    /// the COMMIT (or made the server skip it), which the tags cannot tell apart from
-    /// what the COMMIT kept.
-    pub(super) fn saw_error(&mut self) {
-        self.error = true;
-        if self.last == LastTag::Commit {
-            self.ambiguous = true;
-        }
+impl Change {
+    fn place(&self) -> (u64, u32) {
+        (self.unit, self.at)
     }
 }
 
@@ -77,22 +52,73 @@ pub(super) fn replay_savepoints(ops: Vec<SetOp>) -> Option<Vec<SetOp>> {
 }
 
 impl Session {
-    /// Applies or discards the settings changes of a transaction that just ended:
+    /// A statement's result (its CommandComplete, or a PortalSuspended) with changes
+    /// pending: the changes of that statement ran, and a transaction that ends with it
+    /// decides the changes before it.
+    pub(super) fn change_result(&mut self, conn: &mut ServerConn, tag: Option<&[u8]>) {
+        let here = (self.recv_units + 1, self.recv_at);
+        let mut savepoint = false;
+        for c in self.pending_sets.iter_mut().filter(|c| c.place() == here) {
+            c.ran = true;
+            savepoint |= matches!(c.op, SetOp::RollbackTo(_));
+        }
+        match tag {
+            // Also the tag of COMMIT AND CHAIN; the next transaction goes on.
+            Some(b"COMMIT") => self.transaction_ended(conn, here, true),
+            // A ROLLBACK TO has the same tag, but ends no transaction.
+            Some(b"ROLLBACK") if !savepoint => self.transaction_ended(conn, here, false),
+            _ => {}
+        }
+    }
+
+    /// An error: the statement it answers made no change, and the transaction it
+    /// failed will keep none.
+    pub(super) fn change_failed(&mut self) {
+        let here = (self.recv_units + 1, self.recv_at);
+        self.pending_sets.retain(|c| c.place() != here);
+        self.changes_failed = true;
+    }
+
+    /// ReadyForQuery (the unit counted as received): what the server skipped after an
+    /// error never ran; back to idle, the implicit transaction around what ran since
+    /// the last COMMIT or ROLLBACK kept it unless it failed.
+    pub(super) fn changes_at_ready(&mut self, conn: &mut ServerConn) {
+        let done = self.recv_units;
+        if !self.pending_sets.is_empty() {
+            self.pending_sets.retain(|c| c.ran || c.unit > done);
+            if self.tx == TxStatus::Idle {
+                let kept = !self.changes_failed;
+                self.transaction_ended(conn, (done, u32::MAX), kept);
+            }
+        }
+        if self.tx == TxStatus::Idle {
+            self.changes_failed = false;
+        }
+    }
+
+    /// Applies or discards the changes up to `upto` of a transaction that just ended:
     /// applied when it committed (minus what a `ROLLBACK TO` undid), discarded when it
-    /// rolled back — the server has reverted them too. Only when the replies cannot
-    /// tell is the connection reset before reuse.
-    pub(super) fn end_of_transaction(&mut self, conn: &mut ServerConn) {
-        let outcome = std::mem::take(&mut self.outcome);
-        // Changes sent in units still in flight belong to a later transaction.
+    /// rolled back, as the server did.
+    fn transaction_ended(&mut self, conn: &mut ServerConn, upto: (u64, u32), committed: bool) {
+        self.changes_failed = false;
+        // Changes sent after it belong to a later transaction.
         let done = self
             .pending_sets
             .iter()
-            .take_while(|(unit, _)| *unit <= self.recv_units)
+            .take_while(|c| c.place() <= upto)
             .count();
         if done == 0 {
             return;
         }
-        let ops: Vec<SetOp> = self.pending_sets.drain(..done).map(|(_, op)| op).collect();
+        let ops: Vec<SetOp> = self
+            .pending_sets
+            .drain(..done)
+            .filter(|c| c.ran)
+            .map(|c| c.op)
+            .collect();
+        if !committed {
+            return;
+        }
         let changes = ops.iter().any(|op| {
             matches!(
                 op,
@@ -102,25 +128,12 @@ impl Session {
         if !changes {
             return;
         }
-        let committed = match outcome.last {
-            LastTag::Commit => true,
-            LastTag::Rollback => false,
-            LastTag::Other => !outcome.error,
-        };
-        let kept = if outcome.ambiguous {
-            None
-        } else {
-            replay_savepoints(ops)
-        };
-        let Some(kept) = kept else {
+        let Some(kept) = replay_savepoints(ops) else {
             // What the server now holds is known only to it: the client stays with
             // that connection rather than lose or invent a setting elsewhere.
             self.pin(PinReason::UntrackedSettings);
             return;
         };
-        if !committed {
-            return;
-        }
         for op in kept {
             match op {
                 SetOp::Set { name, statement } => {
@@ -188,28 +201,5 @@ mod tests {
             replay_savepoints(vec![set("a"), SetOp::RollbackTo("x".into())]),
             None
         );
-    }
-
-    #[test]
-    fn the_last_tag_decides_and_statements_after_a_commit_are_ambiguous() {
-        let mut o = Outcome::default();
-        o.saw_tag(b"ROLLBACK");
-        o.saw_tag(b"COMMIT");
-        assert_eq!(o.last, LastTag::Commit);
-        assert!(!o.ambiguous);
-        o.saw_tag(b"SELECT 1");
-        assert!(o.ambiguous);
-    }
-
-    #[test]
-    fn an_error_after_a_commit_is_ambiguous_and_before_it_is_not() {
-        let mut o = Outcome::default();
-        o.saw_error();
-        o.saw_tag(b"ROLLBACK");
-        assert!(o.error && !o.ambiguous);
-        let mut o = Outcome::default();
-        o.saw_tag(b"COMMIT");
-        o.saw_error();
-        assert!(o.error && o.ambiguous);
     }
 }

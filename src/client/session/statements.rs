@@ -76,7 +76,9 @@ impl Session {
         } else {
             (None, on_run)
         };
-        self.apply_effects(fx);
+        // In session mode what is left of them counts from the Parse on, as if its
+        // next Execute ran it.
+        self.apply_effects(fx, self.sent_at);
         match named {
             None => {
                 match &rest {
@@ -253,7 +255,7 @@ impl Session {
         let mut later_unnamed = self
             .fixups
             .iter()
-            .any(|l| l.unnamed || matches!(l.closed, Some(Closed::Unnamed)));
+            .any(|l| l.unnamed || l.held_unnamed || matches!(l.closed, Some(Closed::Unnamed)));
         while let Some(f) = skipped.pop() {
             if let Some(id) = f.parsed {
                 // The server never prepared it. Nor does a drop sent after it and not
@@ -290,7 +292,15 @@ impl Session {
                     u.valid = false;
                 }
             }
-            later_unnamed |= f.unnamed || matches!(f.closed, Some(Closed::Unnamed));
+            if f.held_unnamed && !later_unnamed {
+                // The server's unnamed statement is what it was: maybe another
+                // client's, never to be run for this one.
+                if let Some(u) = &mut self.unnamed {
+                    u.held = false;
+                }
+            }
+            later_unnamed |=
+                f.unnamed || f.held_unnamed || matches!(f.closed, Some(Closed::Unnamed));
         }
     }
 
@@ -313,7 +323,7 @@ impl Session {
             .and_then(|r| r.runs.iter().find(|(p, _)| p == portal))
             .map(|(_, fx)| (**fx).clone());
         if let Some(fx) = fx {
-            self.apply_effects(fx);
+            self.apply_effects(fx, self.sent_at);
         }
     }
 }

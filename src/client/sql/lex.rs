@@ -92,8 +92,9 @@ impl Word<'_> {
     }
 }
 
-/// Splits SQL text into statements at top-level semicolons, skipping quoted text,
-/// dollar quotes and comments.
+/// Splits SQL text into statements where Postgres does: at semicolons outside quoted
+/// text, dollar quotes, comments and parentheses (a rule's actions), and outside the
+/// `BEGIN ATOMIC … END` body of a function or procedure.
 pub(super) struct Statements<'a> {
     sql: &'a [u8],
     pos: usize,
@@ -102,6 +103,31 @@ pub(super) struct Statements<'a> {
 impl<'a> Statements<'a> {
     pub(super) fn new(sql: &'a [u8]) -> Self {
         Statements { sql, pos: 0 }
+    }
+}
+
+/// How far a statement's first words read `CREATE [OR REPLACE] FUNCTION|PROCEDURE`,
+/// the statements whose bodies may hold semicolons between `BEGIN` and `END`.
+#[derive(Clone, Copy, PartialEq)]
+enum Lead {
+    Start,
+    Create,
+    Or,
+    Replace,
+    Routine,
+    Other,
+}
+
+impl Lead {
+    fn next(self, w: &Word) -> Lead {
+        match self {
+            Lead::Start if w.is("create") => Lead::Create,
+            Lead::Create if w.is("or") => Lead::Or,
+            Lead::Or if w.is("replace") => Lead::Replace,
+            Lead::Create | Lead::Replace if w.is("function") || w.is("procedure") => Lead::Routine,
+            Lead::Routine => Lead::Routine,
+            _ => Lead::Other,
+        }
     }
 }
 
@@ -115,11 +141,44 @@ impl<'a> Iterator for Statements<'a> {
         }
         let start = self.pos;
         let mut i = start;
+        let mut parens = 0usize;
+        let mut lead = Lead::Start;
+        // Open BEGIN blocks of a routine's body; a CASE inside one ends with END too.
+        let mut blocks = 0usize;
         while i < s.len() {
-            match s[i] {
-                b';' => {
+            let c = s[i];
+            match c {
+                b';' if parens == 0 && blocks == 0 => {
                     self.pos = i + 1;
                     return Some(&s[start..i]);
+                }
+                b'(' => {
+                    parens += 1;
+                    i += 1;
+                }
+                b')' => {
+                    parens = parens.saturating_sub(1);
+                    i += 1;
+                }
+                _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                    let end = s[i..]
+                        .iter()
+                        .position(|&b| {
+                            !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80)
+                        })
+                        .map_or(s.len(), |n| i + n);
+                    let w = Word(&s[i..end]);
+                    if lead != Lead::Other {
+                        lead = lead.next(&w);
+                    }
+                    if lead == Lead::Routine && parens == 0 {
+                        if w.is("begin") || (blocks > 0 && w.is("case")) {
+                            blocks += 1;
+                        } else if w.is("end") {
+                            blocks = blocks.saturating_sub(1);
+                        }
+                    }
+                    i = end;
                 }
                 _ => i = skip_token(s, i).max(i + 1),
             }

@@ -23,7 +23,7 @@ pub use cache::{analyze_parse, Plain};
 pub use execute::execute_target;
 pub use fingerprint::fingerprint;
 pub use lex::contains_ci;
-use lex::{trim, Statements, Word, Words};
+use lex::{trim, Statements, Tokens, Word, Words};
 use set_config::set_config_calls;
 use signal::signal_call;
 pub use signal::{Signal, SignalArg, SignalKind};
@@ -87,7 +87,9 @@ pub enum Deallocate {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Effects {
     pub pin: Option<PinReason>,
-    pub sets: Vec<SetOp>,
+    /// Each change with the place of its statement in the text (0 for the first):
+    /// the replies come statement by statement, and a transaction may end between two.
+    pub sets: Vec<(u32, SetOp)>,
     pub deallocate: Vec<Deallocate>,
     pub discard_all: bool,
     /// The statement is `SELECT pg_cancel_backend(…)` or `pg_terminate_backend(…)`.
@@ -134,8 +136,15 @@ pub fn analyze(sql: &[u8]) -> Effects {
             analyze_one(&sql[..i], &mut fx)
         }
         Some(_) => {
-            for stmt in Statements::new(sql) {
+            // Postgres answers each statement but an empty one.
+            let stmts = Statements::new(sql).filter(|s| Tokens::new(s).next().is_some());
+            for (at, stmt) in stmts.enumerate() {
+                let before = fx.sets.len();
                 analyze_one(stmt, &mut fx);
+                let at = u32::try_from(at).unwrap_or(u32::MAX);
+                for op in &mut fx.sets[before..] {
+                    op.0 = at;
+                }
             }
             // Only a call that is the whole text has a reply pgmux can tell apart.
             fx.signal = None;
@@ -272,19 +281,25 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
         analyze_set(stmt, words, fx);
     } else if first.is("reset") {
         match words.next().map(Word) {
-            Some(w) if w.is("all") => fx.sets.push(SetOp::ResetAll),
-            Some(w) if w.is("time") => fx.sets.push(SetOp::Reset {
-                name: "timezone".into(),
-            }),
-            Some(w) if w.is("session") => fx.sets.push(SetOp::Reset {
-                name: "session_authorization".into(),
-            }),
-            Some(w) => fx.sets.push(SetOp::Reset { name: w.lower() }),
+            Some(w) if w.is("all") => fx.sets.push((0, SetOp::ResetAll)),
+            Some(w) if w.is("time") => fx.sets.push((
+                0,
+                SetOp::Reset {
+                    name: "timezone".into(),
+                },
+            )),
+            Some(w) if w.is("session") => fx.sets.push((
+                0,
+                SetOp::Reset {
+                    name: "session_authorization".into(),
+                },
+            )),
+            Some(w) => fx.sets.push((0, SetOp::Reset { name: w.lower() })),
             None => {}
         }
     } else if first.is("savepoint") {
         if let Some(n) = words.next() {
-            fx.sets.push(SetOp::Savepoint(Word(n).name()));
+            fx.sets.push((0, SetOp::Savepoint(Word(n).name())));
         }
     } else if first.is("release") {
         let mut n = words.next();
@@ -292,7 +307,7 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
             n = words.next();
         }
         if let Some(n) = n {
-            fx.sets.push(SetOp::Release(Word(n).name()));
+            fx.sets.push((0, SetOp::Release(Word(n).name())));
         }
     } else if first.is("rollback") || first.is("abort") {
         // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name; a plain ROLLBACK (or
@@ -304,17 +319,24 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
                 i += 1;
             }
             if let Some(n) = rest.get(i) {
-                fx.sets.push(SetOp::RollbackTo(Word(n).name()));
+                fx.sets.push((0, SetOp::RollbackTo(Word(n).name())));
             }
         } else if rest.last().is_some_and(|w| Word(w).is("chain"))
             && !rest.iter().any(|w| Word(w).is("no"))
         {
             // ROLLBACK AND CHAIN: the transaction goes on, without the changes so far.
-            fx.sets.push(SetOp::RollbackAll);
+            fx.sets.push((0, SetOp::RollbackAll));
         }
     } else if first.is("discard") {
         if words.next().is_some_and(|w| Word(w).is("all")) {
             fx.discard_all = true;
+            // DISCARD ALL is also SET SESSION AUTHORIZATION DEFAULT, which RESET ALL
+            // leaves alone.
+            fx.sets.push((0, SetOp::ResetAll));
+            for name in ["session_authorization", "role"] {
+                let name = name.to_string();
+                fx.sets.push((0, SetOp::Reset { name }));
+            }
         }
     } else if first.is("deallocate") {
         let mut next = words.next();
@@ -366,7 +388,7 @@ fn analyze_set<'a>(stmt: &'a [u8], mut words: Words<'a>, fx: &mut Effects) {
         .copied()
         .collect::<Vec<_>>();
     if value.len() == 1 && Word(value[0]).is("default") {
-        fx.sets.push(SetOp::Reset { name });
+        fx.sets.push((0, SetOp::Reset { name }));
         return;
     }
     if name == "search_path" && contains_ci(stmt, b"pg_temp") {
@@ -374,7 +396,7 @@ fn analyze_set<'a>(stmt: &'a [u8], mut words: Words<'a>, fx: &mut Effects) {
         fx.pin.get_or_insert(PinReason::TempTable);
     }
     let statement = String::from_utf8_lossy(trim(stmt)).into_owned();
-    fx.sets.push(SetOp::Set { name, statement });
+    fx.sets.push((0, SetOp::Set { name, statement }));
 }
 
 fn has_session_advisory_lock(stmt: &[u8]) -> bool {
@@ -402,6 +424,10 @@ fn has_into_temp(stmt: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ops(sql: &[u8]) -> Vec<SetOp> {
+        analyze(sql).sets.into_iter().map(|(_, op)| op).collect()
+    }
 
     #[test]
     fn only_single_statements_outside_transaction_control_leave_a_connection_idle() {
@@ -623,26 +649,26 @@ mod tests {
     fn set_forms_are_tracked() {
         let fx = analyze(b"SET search_path TO a, b");
         assert_eq!(
-            fx.sets,
+            fx.sets.into_iter().map(|(_, op)| op).collect::<Vec<_>>(),
             vec![SetOp::Set {
                 name: "search_path".into(),
                 statement: "SET search_path TO a, b".into()
             }]
         );
         let fx = analyze(b"set session statement_timeout = '5s'");
-        assert!(matches!(&fx.sets[0], SetOp::Set { name, .. } if name == "statement_timeout"));
+        assert!(matches!(&fx.sets[0].1, SetOp::Set { name, .. } if name == "statement_timeout"));
         let fx = analyze(b"SET TIME ZONE 'UTC'");
-        assert!(matches!(&fx.sets[0], SetOp::Set { name, .. } if name == "timezone"));
-        assert!(analyze(b"SET LOCAL work_mem = '1MB'").sets.is_empty());
+        assert!(matches!(&fx.sets[0].1, SetOp::Set { name, .. } if name == "timezone"));
+        assert!(ops(b"SET LOCAL work_mem = '1MB'").is_empty());
         assert_eq!(
-            analyze(b"SET work_mem TO DEFAULT").sets,
+            ops(b"SET work_mem TO DEFAULT"),
             vec![SetOp::Reset {
                 name: "work_mem".into()
             }]
         );
-        assert_eq!(analyze(b"RESET ALL").sets, vec![SetOp::ResetAll]);
+        assert_eq!(ops(b"RESET ALL"), vec![SetOp::ResetAll]);
         assert_eq!(
-            analyze(b"reset Work_Mem").sets,
+            ops(b"reset Work_Mem"),
             vec![SetOp::Reset {
                 name: "work_mem".into()
             }]
@@ -651,37 +677,55 @@ mod tests {
 
     #[test]
     fn savepoint_markers() {
+        assert_eq!(ops(b"SAVEPOINT a"), vec![SetOp::Savepoint("a".into())]);
         assert_eq!(
-            analyze(b"SAVEPOINT a").sets,
-            vec![SetOp::Savepoint("a".into())]
-        );
-        assert_eq!(
-            analyze(b"release savepoint A").sets,
+            ops(b"release savepoint A"),
             vec![SetOp::Release("a".into())]
         );
-        assert_eq!(analyze(b"RELEASE a").sets, vec![SetOp::Release("a".into())]);
+        assert_eq!(ops(b"RELEASE a"), vec![SetOp::Release("a".into())]);
         assert_eq!(
-            analyze(b"ROLLBACK TO SAVEPOINT a").sets,
+            ops(b"ROLLBACK TO SAVEPOINT a"),
             vec![SetOp::RollbackTo("a".into())]
         );
         assert_eq!(
-            analyze(b"rollback work to a").sets,
+            ops(b"rollback work to a"),
             vec![SetOp::RollbackTo("a".into())]
         );
-        assert!(analyze(b"ROLLBACK").sets.is_empty());
+        assert!(ops(b"ROLLBACK").is_empty());
         for chained in [
             "ROLLBACK AND CHAIN",
             "rollback work and chain",
             "ABORT AND CHAIN",
         ] {
             assert_eq!(
-                analyze(chained.as_bytes()).sets,
+                ops(chained.as_bytes()),
                 vec![SetOp::RollbackAll],
                 "{chained}"
             );
         }
-        assert!(analyze(b"ROLLBACK AND NO CHAIN").sets.is_empty());
-        assert!(analyze(b"abort").sets.is_empty());
+        assert!(ops(b"ROLLBACK AND NO CHAIN").is_empty());
+        assert!(ops(b"abort").is_empty());
+    }
+
+    #[test]
+    fn changes_know_their_statements_place() {
+        let fx = analyze(b"BEGIN; SET a.x = 1; ; COMMIT; /* none */; SET a.y = 2; RESET ALL");
+        let at: Vec<u32> = fx.sets.iter().map(|(at, _)| *at).collect();
+        assert_eq!(at, vec![1, 3, 4]);
+        // Semicolons inside a rule's actions or a routine's BEGIN ATOMIC body do not
+        // end the statement.
+        let fx = analyze(
+            b"CREATE RULE r AS ON INSERT TO t DO ALSO (SELECT 1; SELECT 2); \
+              CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC \
+                SELECT CASE WHEN true THEN 1 END; SELECT 2; END; \
+              SET a.x = 1",
+        );
+        assert_eq!(
+            fx.sets.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
+            vec![2]
+        );
+        let fx = analyze(b"SELECT 'begin;' ; SET a.x = 1");
+        assert_eq!(fx.sets[0].0, 1);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(super) fn set_config_calls(stmt: &[u8], fx: &mut Effects) {
                     fx.pin.get_or_insert(PinReason::TempTable);
                 }
                 let statement = set_statement(&name, &value);
-                fx.sets.push(SetOp::Set { name, statement });
+                fx.sets.push((0, SetOp::Set { name, statement }));
             }
             Call::Unknown => {
                 fx.pin.get_or_insert(PinReason::SetConfig);
@@ -129,7 +129,7 @@ mod tests {
         analyze(sql.as_bytes())
             .sets
             .into_iter()
-            .map(|op| match op {
+            .map(|(_, op)| match op {
                 SetOp::Set { name, statement } => (name, statement),
                 other => panic!("unexpected {other:?}"),
             })
