@@ -760,6 +760,23 @@ async fn settings_follow_transactions_that_end_in_mid_query() {
         )
         .await;
 
+    // A ROLLBACK in a Query's implicit transaction undoes what came before it there.
+    let rolled_back = "SET work_mem = '5151kB'; ROLLBACK; SET statement_timeout = '5252ms'";
+    steer
+        .run_on(1, &client, rolled_back, &defaults)
+        .await
+        .unwrap();
+    steer
+        .expect_on_both(&client, "work_mem", "4545kB", &defaults)
+        .await;
+    steer
+        .expect_on_both(&client, "statement_timeout", "5252ms", &defaults)
+        .await;
+    steer
+        .run_on(1, &client, "RESET statement_timeout", &defaults)
+        .await
+        .unwrap();
+
     // COMMIT of a failed transaction, then a SET, in one Query.
     steer.free(1).await;
     client

@@ -130,7 +130,8 @@ impl Session {
                 let signal = fx.signal;
                 let one_deallocate = !fx.deallocate.is_empty() && single_statement(text);
                 let server_text = self.server_text(&fx, text, one_deallocate);
-                self.apply_effects(fx, 0);
+                // After Executes not yet synced, the Query's statements answer next.
+                self.apply_effects(fx, self.sent_at);
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
                 self.unnamed_ended(true);
