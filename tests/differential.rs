@@ -149,6 +149,8 @@ const VALUES: &[Option<&str>] = &[Some("1"), Some("3"), Some("0"), Some("x"), No
 struct Step {
     bytes: Vec<u8>,
     what: String,
+    /// Sent once the server asks for COPY data (CopyInResponse), as drivers do.
+    copy_data: Vec<u8>,
 }
 
 struct Script {
@@ -165,6 +167,7 @@ fn query_step(sql: &str) -> Step {
     Step {
         bytes,
         what: format!("Query {sql:?}"),
+        copy_data: Vec::new(),
     }
 }
 
@@ -238,6 +241,7 @@ impl Unit {
         Step {
             bytes: self.bytes,
             what: format!("{} Sync", self.what.join("; ")),
+            copy_data: Vec::new(),
         }
     }
 }
@@ -335,6 +339,73 @@ fn extended_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>) -> S
     unit.sync()
 }
 
+/// The table a test's COPY steps fill: one per test, as the two run at once.
+fn copy_table(pinning: bool) -> String {
+    format!("copy_sink_{}", u8::from(pinning))
+}
+
+/// `COPY … FROM STDIN` over the simple or the extended protocol, its data whole,
+/// with a bad row, or given up with CopyFail. As drivers do, the data goes once the
+/// server asks for it (CopyInResponse), and over the extended protocol the statement
+/// comes with a Sync (which the server ignores during the copy) and the data ends
+/// with another; now and then the data goes right behind the statement instead, in
+/// the same write, which the protocol allows too.
+fn copy_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>, table: &str) -> Step {
+    let sql = format!("COPY {table} FROM STDIN");
+    let extended = rng.chance(40);
+    let early = rng.chance(20);
+    let mut unit = Unit {
+        bytes: Vec::new(),
+        what: Vec::new(),
+    };
+    if extended {
+        unit.parse("", &sql);
+        params.insert("", 0);
+        unit.bind("", "", &[]);
+        unit.execute("", 0);
+    } else {
+        let mut body = Vec::new();
+        cstr(&mut body, &sql);
+        message(&mut unit.bytes, b'Q', &body);
+        unit.what.push(format!("Query {sql:?}"));
+    }
+    let mut statement = std::mem::take(&mut unit.bytes);
+    if extended && !early {
+        message(&mut statement, b'S', &[]);
+        unit.what.push("Sync; then, asked for data,".into());
+    }
+    let data = rng.pick(&["1\n2\n3\n", "1\nx\n3\n", "4\n"]);
+    message(&mut unit.bytes, b'd', data.as_bytes());
+    unit.what.push(format!("CopyData {data:?}"));
+    if rng.chance(80) {
+        message(&mut unit.bytes, b'c', &[]);
+        unit.what.push("CopyDone".into());
+    } else {
+        let mut body = Vec::new();
+        cstr(&mut body, "given up");
+        message(&mut unit.bytes, b'f', &body);
+        unit.what.push("CopyFail".into());
+    }
+    if extended {
+        message(&mut unit.bytes, b'S', &[]);
+        unit.what.push("Sync".into());
+    }
+    let what = unit.what.join("; ");
+    if early {
+        statement.extend_from_slice(&unit.bytes);
+        return Step {
+            bytes: statement,
+            what: format!("{what} (in one write)"),
+            copy_data: Vec::new(),
+        };
+    }
+    Step {
+        bytes: statement,
+        what,
+        copy_data: unit.bytes,
+    }
+}
+
 /// A step that names, closes or deallocates prepared statements goes out last in its
 /// write. pgmux records such changes as it sends the step; when the server skips them
 /// (an earlier message of the unit failed), they are undone with the step's
@@ -354,6 +425,8 @@ fn script(seed: u64, client: usize, pinning: bool) -> Script {
     for _ in 0..STEPS {
         let step = if rng.chance(45) {
             extended_step(&mut rng, &mut params)
+        } else if rng.chance(6) {
+            copy_step(&mut rng, &mut params, &copy_table(pinning))
         } else if pinning && rng.chance(15) {
             query_step(
                 &rng.pick(PINNING_QUERIES)
@@ -371,7 +444,9 @@ fn script(seed: u64, client: usize, pinning: bool) -> Script {
         let mut n = 0;
         while n < want && next + n < steps.len() {
             n += 1;
-            if drops_statements(&steps[next + n - 1]) {
+            // Nothing goes behind a COPY that waits to be asked for its data.
+            let last = &steps[next + n - 1];
+            if drops_statements(last) || !last.copy_data.is_empty() {
                 break;
             }
         }
@@ -416,7 +491,8 @@ impl<'a> Client<'a> {
         let out: Vec<u8> = steps.iter().flat_map(|s| s.bytes.iter().copied()).collect();
         self.wire.send(&out);
         for _ in 0..n {
-            let step = read_step(&mut self.wire, &mut self.reported);
+            let copy_data = &self.script.steps[self.seen.len()].copy_data;
+            let step = read_step(&mut self.wire, &mut self.reported, copy_data);
             self.seen.push(step);
         }
         self.next_step += n;
@@ -427,7 +503,11 @@ impl<'a> Client<'a> {
 
 /// Messages up to and including ReadyForQuery. Parameter values are compared as the
 /// client knows them at the end of the step, not message by message.
-fn read_step(wire: &mut Wire, reported: &mut BTreeMap<String, String>) -> Vec<String> {
+fn read_step(
+    wire: &mut Wire,
+    reported: &mut BTreeMap<String, String>,
+    copy_data: &[u8],
+) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
         let (tag, body) = wire.read_message();
@@ -444,6 +524,10 @@ fn read_step(wire: &mut Wire, reported: &mut BTreeMap<String, String>) -> Vec<St
             b'C' | b'd' => format!("{} {}", tag as char, text(&body)),
             b'D' | b'T' | b't' => format!("{} {:?}", tag as char, body),
             b'A' => format!("A {}", text(&body[4..])),
+            b'G' => {
+                wire.send(copy_data);
+                "G".to_string()
+            }
             b'Z' => {
                 lines.push(format!("Z {} {:?}", body[0] as char, reported));
                 return lines;
@@ -584,6 +668,11 @@ fn differential(seed: u64, pinning: bool) {
     // others go on: every client must be able to get one.
     let pool_size = if concurrent && !pinning { 2 } else { CLIENTS };
     let pg = shared_primary();
+    let mut setup = Wire::connect(pg.port);
+    setup.simple(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (a int)",
+        copy_table(pinning)
+    ));
     let px = start_pgmux(&pgmux_config(
         pg,
         "pool_mode = \"transaction\"\n",

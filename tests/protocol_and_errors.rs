@@ -767,6 +767,42 @@ async fn a_failed_extended_copy_ends_at_the_clients_sync_even_without_copy_done(
     assert_eq!(rows_in("copy_fail_sync"), 0);
 }
 
+/// The protocol lets a client send a COPY's data right behind its Execute, before the
+/// server asks for it, with the Sync after the CopyDone: that Sync is answered (only
+/// Syncs sent during the copy are ignored), and the replies of the units after it
+/// stay in step.
+#[tokio::test]
+async fn an_extended_copy_sent_whole_in_one_write_is_answered_once() {
+    fresh_table("copy_one_write");
+    let px = pgmux(
+        "auth_method = \"trust\"\nquery_wait_timeout = \"1s\"",
+        "pool_size = 1",
+    );
+    let mut raw = Raw::login(px.port).await;
+    for (rows, want) in [(&b"1\tone\n2\ttwo\n"[..], "12GCZ"), (b"x\tbad\n", "12GEZ")] {
+        raw.send(&concat(&[
+            parse("", "copy copy_one_write from stdin"),
+            bind(""),
+            execute(),
+            tagged(b'd', rows),
+            tagged(b'c', &[]),
+            sync(),
+            parse("", "select 7"),
+            bind(""),
+            execute(),
+            sync(),
+        ]))
+        .await;
+        let msgs = raw.until_ready().await;
+        assert_eq!(tags(&msgs), want, "{msgs:?}");
+        assert_eq!(msgs.last().unwrap().tx_status(), 'I');
+        let msgs = raw.until_ready().await;
+        assert_eq!(tags(&msgs), "12DCZ", "{msgs:?}");
+        assert_the_one_server_is_clean(&px).await;
+    }
+    assert_eq!(rows_in("copy_one_write"), 2);
+}
+
 #[tokio::test]
 async fn a_copy_the_client_abandons_with_copy_fail_leaves_a_clean_server() {
     fresh_table("copy_abandoned");

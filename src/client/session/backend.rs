@@ -244,6 +244,13 @@ impl Session {
                 if self.copy_in && self.unit_kinds.is_empty() {
                     self.copy_in = false;
                 }
+                // A copy the client ended early that the server never began (its
+                // statement failed) is over with the unit that carried it.
+                if let Some(r) = self.rare.as_deref_mut() {
+                    if r.copy_ended.is_some_and(|sent| self.recv_units > sent) {
+                        r.copy_ended = None;
+                    }
+                }
                 self.changes_at_ready(conn);
                 self.recv_at = 0;
                 if self.in_flight() == 0 {
@@ -314,10 +321,22 @@ impl Session {
                 self.recv_at = self.recv_at.saturating_add(1);
             }
             be::COPY_IN_RESPONSE => {
-                self.copy_in = true;
-                if self.unit_kinds.front() != Some(&b'Q') {
+                let ended = self.rare.as_deref_mut().and_then(|r| r.copy_ended.take());
+                if self.unit_kinds.front() == Some(&b'Q') {
+                    self.copy_in = true;
+                } else if let Some(sent) = ended {
+                    // The client sent the whole copy already: of the Syncs since this
+                    // unit began, Postgres ignores those sent during the copy, and
+                    // answers those after its end.
+                    let ignored = sent.saturating_sub(self.recv_units);
+                    self.sent_units -= ignored;
+                    for _ in 0..ignored {
+                        self.unit_kinds.pop_front();
+                    }
+                } else {
                     // Extended protocol: Postgres ignores Syncs during COPY FROM STDIN,
                     // so none of those already sent will be answered.
+                    self.copy_in = true;
                     self.sent_units = self.recv_units;
                     self.unit_kinds.clear();
                     self.unsynced = true;

@@ -194,6 +194,11 @@ impl Session {
                             // Extended-protocol COPY: the client's next Sync ends it.
                             self.unsynced = true;
                         }
+                    } else if tag != fe::COPY_DATA && self.unsynced {
+                        // The data of an extended-protocol COPY sent right behind its
+                        // Execute, before the server asked for it.
+                        let sent = self.sent_units;
+                        self.rare().copy_ended = Some(sent);
                     }
                 }
             }

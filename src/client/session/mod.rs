@@ -138,6 +138,10 @@ struct Rare {
     runs: ExecuteRuns,
     /// Reported parameters the client heard of after login.
     told: told::Told,
+    /// The client ended an extended-protocol COPY (CopyDone or CopyFail) before the
+    /// server asked for its data, when this many units were sent: only the Syncs
+    /// sent before then are the ones the server ignores during the copy.
+    copy_ended: Option<u64>,
 }
 
 /// What a `DEALLOCATE` or `DISCARD ALL` dropped: the client's statements, and the
