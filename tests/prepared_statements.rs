@@ -271,25 +271,35 @@ fn the_unnamed_statement_is_the_clients_own_across_syncs() {
     assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
 }
 
-/// Bind of `stmt` to the unnamed portal, Execute, Sync; after `fail_first`, a
-/// Describe of a portal that does not exist fails the unit before the Bind.
-fn unit(out: &mut Vec<u8>, stmt: &str, fail_first: bool) {
+/// Two units in one write, each a Bind of `stmt`, Execute and Sync; in the first, a
+/// Describe of a portal that does not exist fails the unit before its Bind. The
+/// first must fail that way; the rows of the second.
+fn behind_a_failed_unit(w: &mut extended::Wire, stmt: &str) -> Vec<String> {
     use extended::{cstr, message};
-    if fail_first {
-        let mut body = vec![b'P'];
-        cstr(&mut body, "no_such_portal");
-        message(out, b'D', &body);
+    let mut out = Vec::new();
+    for fail_first in [true, false] {
+        if fail_first {
+            let mut body = vec![b'P'];
+            cstr(&mut body, "no_such_portal");
+            message(&mut out, b'D', &body);
+        }
+        let mut body = Vec::new();
+        cstr(&mut body, "");
+        cstr(&mut body, stmt);
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        message(&mut out, b'B', &body);
+        let mut body = Vec::new();
+        cstr(&mut body, "");
+        body.extend_from_slice(&0i32.to_be_bytes());
+        message(&mut out, b'E', &body);
+        message(&mut out, b'S', &[]);
     }
-    let mut body = Vec::new();
-    cstr(&mut body, "");
-    cstr(&mut body, stmt);
-    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    message(out, b'B', &body);
-    let mut body = Vec::new();
-    cstr(&mut body, "");
-    body.extend_from_slice(&0i32.to_be_bytes());
-    message(out, b'E', &body);
-    message(out, b'S', &[]);
+    w.send(&out);
+    let failed = w.until_ready();
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    let behind = w.until_ready();
+    assert_eq!(behind.error, None, "the unit behind the failed one");
+    behind.values
 }
 
 /// A unit that fails before the Parse pgmux put in it for a statement (one not on
@@ -310,27 +320,11 @@ fn a_unit_pipelined_behind_a_failed_one_still_runs_the_clients_statement() {
     w.prepare("s", "select 's of w'");
     // The connection holds one statement: this one, not `s`.
     w.prepare("t", "select 't of w'");
-    let mut out = Vec::new();
-    unit(&mut out, "s", true);
-    unit(&mut out, "s", false);
-    w.send(&out);
-    let failed = w.until_ready();
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
-    let behind = w.until_ready();
-    assert_eq!(behind.error, None);
-    assert_eq!(behind.values, ["s of w"]);
+    assert_eq!(behind_a_failed_unit(&mut w, "s"), ["s of w"]);
 
     w.prepare("", "select 'unnamed of w'");
     other.prepare("", "select 'unnamed of another client'");
-    let mut out = Vec::new();
-    unit(&mut out, "", true);
-    unit(&mut out, "", false);
-    w.send(&out);
-    let failed = w.until_ready();
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
-    let behind = w.until_ready();
-    assert_eq!(behind.error, None);
-    assert_eq!(behind.values, ["unnamed of w"]);
+    assert_eq!(behind_a_failed_unit(&mut w, ""), ["unnamed of w"]);
     // And in a later unit, once the failure is known.
     assert_eq!(w.execute("", &[]), ["unnamed of w"]);
     assert_eq!(w.execute("s", &[]), ["s of w"]);
