@@ -372,7 +372,8 @@ fn copy_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>, table: &
     let mut statement = std::mem::take(&mut unit.bytes);
     if extended && !early {
         message(&mut statement, b'S', &[]);
-        unit.what.push("Sync; then, asked for data,".into());
+        unit.what.push("Sync".into());
+        unit.what.push("(CopyInResponse)".into());
     }
     let data = rng.pick(&["1\n2\n3\n", "1\nx\n3\n", "4\n"]);
     message(&mut unit.bytes, b'd', data.as_bytes());
