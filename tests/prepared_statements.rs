@@ -283,16 +283,7 @@ fn behind_a_failed_unit(w: &mut extended::Wire, stmt: &str) -> Vec<String> {
             cstr(&mut body, "no_such_portal");
             message(&mut out, b'D', &body);
         }
-        let mut body = Vec::new();
-        cstr(&mut body, "");
-        cstr(&mut body, stmt);
-        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        message(&mut out, b'B', &body);
-        let mut body = Vec::new();
-        cstr(&mut body, "");
-        body.extend_from_slice(&0i32.to_be_bytes());
-        message(&mut out, b'E', &body);
-        message(&mut out, b'S', &[]);
+        extended::bind_execute_sync(&mut out, stmt, &[]);
     }
     w.send(&out);
     let failed = w.until_ready();

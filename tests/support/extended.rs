@@ -35,6 +35,27 @@ pub fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// Appends a Bind of statement `name` to the unnamed portal (text parameters), its
+/// Execute and a Sync to `out`.
+pub fn bind_execute_sync(out: &mut Vec<u8>, name: &str, params: &[&str]) {
+    let mut body = Vec::new();
+    cstr(&mut body, "");
+    cstr(&mut body, name);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(out, b'B', &body);
+    let mut exec = Vec::new();
+    cstr(&mut exec, "");
+    exec.extend_from_slice(&0i32.to_be_bytes());
+    message(out, b'E', &exec);
+    message(out, b'S', &[]);
+}
+
 /// Appends `s` and its terminating zero to `out`.
 pub fn cstr(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
@@ -196,23 +217,8 @@ impl Wire {
 
     /// Bind (text parameters) + Execute + Sync of statement `name`.
     pub fn try_execute(&mut self, name: &str, params: &[&str]) -> Reply {
-        let mut body = Vec::new();
-        cstr(&mut body, "");
-        cstr(&mut body, name);
-        body.extend_from_slice(&0i16.to_be_bytes());
-        body.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            body.extend_from_slice(&(p.len() as i32).to_be_bytes());
-            body.extend_from_slice(p.as_bytes());
-        }
-        body.extend_from_slice(&0i16.to_be_bytes());
         let mut out = Vec::new();
-        message(&mut out, b'B', &body);
-        let mut exec = Vec::new();
-        cstr(&mut exec, "");
-        exec.extend_from_slice(&0i32.to_be_bytes());
-        message(&mut out, b'E', &exec);
-        message(&mut out, b'S', &[]);
+        bind_execute_sync(&mut out, name, params);
         self.send(&out);
         self.until_ready()
     }
