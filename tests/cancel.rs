@@ -396,9 +396,23 @@ async fn a_cancel_while_queued_for_a_server_abandons_the_wait_and_the_statement_
 
     let (pid, secret) = (waiter.pid, waiter.secret);
     let result = tokio::task::spawn_blocking(move || {
-        let mut c = wire::tcp(port);
-        c.write_all(&wire::cancel_request(pid, secret)).unwrap();
-        drop(c);
+        // pgmux has read the query, but its session may not have joined the queue
+        // yet, and a cancel before that finds nothing to cancel (as one that reaches
+        // an idle Postgres backend): cancel again until the waiter hears back.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let between = Duration::from_millis(200);
+        waiter.stream.set_read_timeout(Some(between)).unwrap();
+        loop {
+            let mut c = wire::tcp(port);
+            c.write_all(&wire::cancel_request(pid, secret)).unwrap();
+            drop(c);
+            if waiter.stream.peek(&mut [0u8]).is_ok_and(|n| n > 0)
+                || std::time::Instant::now() > deadline
+            {
+                break;
+            }
+        }
+        waiter.stream.set_read_timeout(Some(PATIENCE)).unwrap();
         waiter.read_result().map(|rows| (rows, waiter))
     })
     .await
