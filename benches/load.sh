@@ -67,6 +67,9 @@ CLIENTS=${CLIENTS:-tcp}
 
 PG_BIN=${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}
 BENCH_USER=bench
+# Logs in with md5 everywhere (its password stored as md5 in Postgres): the
+# connect-per-transaction workload again without libpq's PBKDF2 on the client side.
+MD5_USER=bench_md5
 BENCH_PASSWORD=bench-secret-$$
 BENCH_DB=bench
 
@@ -182,14 +185,18 @@ password_encryption = 'scram-sha-256'
 EOF
 cat >"$TMP/pg/data/pg_hba.conf" <<EOF
 local   all  postgres            trust
+local   all  $MD5_USER           md5
 local   all  all                 scram-sha-256
+host    all  $MD5_USER  127.0.0.1/32   md5
 host    all  all  127.0.0.1/32   scram-sha-256
 EOF
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -l "$TMP/pg/server.log" -w start >/dev/null \
     || { tail -n 30 "$TMP/pg/server.log" >&2; die "Postgres did not start"; }
 psql_su() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$TMP/pg" -p "$PG_PORT" -U postgres "$@"; }
 psql_su -d postgres -c "CREATE ROLE $BENCH_USER LOGIN PASSWORD '$BENCH_PASSWORD'" \
-    -c "CREATE DATABASE $BENCH_DB OWNER $BENCH_USER"
+    -c "CREATE DATABASE $BENCH_DB OWNER $BENCH_USER" \
+    -c "SET password_encryption = 'md5'" \
+    -c "CREATE ROLE $MD5_USER LOGIN PASSWORD '$BENCH_PASSWORD' IN ROLE $BENCH_USER"
 export PGPASSWORD=$BENCH_PASSWORD
 log "pgbench -i -s $SCALE"
 "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$BENCH_USER" "$BENCH_DB" \
@@ -212,6 +219,13 @@ start_pgbouncer() {
     BOUNCER_PORT=$(free_port)
     cat >"$TMP/pgbouncer/userlist.txt" <<EOF
 "$BENCH_USER" "$BENCH_PASSWORD"
+"$MD5_USER" "$BENCH_PASSWORD"
+EOF
+    cat >"$TMP/pgbouncer/hba.conf" <<EOF
+local all $MD5_USER md5
+local all all scram-sha-256
+host all $MD5_USER 127.0.0.1/32 md5
+host all all 127.0.0.1/32 scram-sha-256
 EOF
     cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
 [databases]
@@ -221,7 +235,8 @@ $BENCH_DB = host=$UPSTREAM_HOST port=$PG_PORT dbname=$BENCH_DB
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
 unix_socket_dir = $PROXY_SOCKET_DIR
-auth_type = scram-sha-256
+auth_type = hba
+auth_hba_file = $TMP/pgbouncer/hba.conf
 auth_file = $TMP/pgbouncer/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
@@ -278,6 +293,11 @@ server_pipelining = $pipelining
 [[users]]
 name = "$BENCH_USER"
 password = "$BENCH_PASSWORD"
+
+[[users]]
+name = "$MD5_USER"
+password = "$BENCH_PASSWORD"
+auth_method = "md5"
 
 [databases.$BENCH_DB]
 pool_size = $POOL_SIZE
@@ -358,6 +378,7 @@ WORKLOADS=(
     "tpcb-simple-c32|-M simple -c 32|"
     "select-simple-c256|-S -M simple -c 256|"
     "select-connect-c16|-S -C -c 16|"
+    "select-connect-md5-c16|-S -C -c 16 -U $MD5_USER|"
 )
 declare -A W_ARGS W_NA W_LABEL
 W_NAMES=()
@@ -372,6 +393,7 @@ W_LABEL[select-prepared-c32]='`-S -M prepared -c 32`'
 W_LABEL[tpcb-simple-c32]='TPC-B-like `-M simple -c 32`'
 W_LABEL[select-simple-c256]='`-S -M simple -c 256`'
 W_LABEL[select-connect-c16]='`-S -C -c 16`'
+W_LABEL[select-connect-md5-c16]='`-S -C -c 16`, md5 logins'
 
 is_na() { [[ " ${W_NA[$1]} " == *" $2 "* ]]; }
 
@@ -580,7 +602,7 @@ report() {
     done
     echo "Command: \`${cmd}bash benches/load.sh\`"
     echo "Machine: $(nproc) cores, $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')."
-    echo "Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync=off, shared_buffers=128MB), PgBouncer $(pgbouncer --version | head -n 1 | awk '{print $2}'), pgmux release build; transaction mode, pool_size $POOL_SIZE, scram-sha-256 everywhere; proxies reach Postgres over $( [ "$UPSTREAM" = unix ] && echo "its Unix-domain socket" || echo TCP), clients connect over $( [ "$CLIENTS" = unix ] && echo "each target's Unix-domain socket" || echo TCP); pgbench -s $SCALE, -T $DURATION, -j $JOBS, $ROUNDS round(s) (medians); pgmux workers: ${WORKER_LIST[*]} (0 = one per core)."
+    echo "Postgres $("$PG_BIN/postgres" --version | awk '{print $3}') (fsync=off, shared_buffers=128MB), PgBouncer $(pgbouncer --version | head -n 1 | awk '{print $2}'), pgmux release build; transaction mode, pool_size $POOL_SIZE, scram-sha-256 everywhere but the md5 row (its user logs in with md5 to every target); proxies reach Postgres over $( [ "$UPSTREAM" = unix ] && echo "its Unix-domain socket" || echo TCP), clients connect over $( [ "$CLIENTS" = unix ] && echo "each target's Unix-domain socket" || echo TCP); pgbench -s $SCALE, -T $DURATION, -j $JOBS, $ROUNDS round(s) (medians); pgmux workers: ${WORKER_LIST[*]} (0 = one per core)."
     echo
     local hdr="| workload | direct tps | pgbouncer tps"
     local sep="|---|---:|---:"
