@@ -166,8 +166,9 @@ N_PGMUX=${#WORKER_LIST[@]}
 
 # ---- Postgres 15
 PG_PORT=$(free_port)
-# 256 direct clients while every proxy keeps its pool open, plus reserved slots.
-MAX_CONN=$(( 256 + POOL_SIZE * (1 + N_PGMUX) + 20 ))
+# 256 direct clients while every proxy keeps its two pools open (bench's, and
+# bench_md5's from the md5 workload of the round before), plus reserved slots.
+MAX_CONN=$(( 256 + 2 * POOL_SIZE * (1 + N_PGMUX) + 20 ))
 [ "$MAX_CONN" -lt 300 ] && MAX_CONN=300
 log "starting Postgres on 127.0.0.1:$PG_PORT (max_connections=$MAX_CONN)"
 runuser -u postgres -- "$PG_BIN/initdb" -D "$TMP/pg/data" -U postgres -E UTF8 --no-sync \
@@ -439,7 +440,7 @@ connect_allowance() { # ARGS...
 # "window_s txns tps p50_us p99_us cpu_us_per_txn".
 analyze_run() { # PREFIX HAS_CPU
     local prefix=$1
-    cat "$prefix".log.* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { printf "%s %s %.0f\n", $1, $3, $5 * 1000000 + $6 }' >"$prefix.txn"
+    { cat "$prefix".log.* 2>/dev/null || true; } | awk '$3 ~ /^[0-9]+$/ { printf "%s %s %.0f\n", $1, $3, $5 * 1000000 + $6 }' >"$prefix.txn"
     read -r ws we < <(awk '
         { if (!($1 in first) || $3 < first[$1]) first[$1] = $3; if ($3 > last[$1]) last[$1] = $3 }
         END { ws = 0; we = -1; for (c in first) { if (first[c] > ws) ws = first[c]; if (we < 0 || last[c] < we) we = last[c] }
@@ -483,7 +484,10 @@ run_one() { # WORKLOAD TARGET ROUND
     [ -n "$sampler" ] && wait "$sampler" 2>/dev/null
     RUN_PIDS=()
     local window txns tps p50 p99 cpu pg_tps failed
-    read -r window txns tps p50 p99 cpu < <(analyze_run "$prefix" "$([ -n "$pid" ] && echo 1 || echo 0)")
+    # A run that logged nothing (pgbench could not connect) is a PROBLEM line below,
+    # not the end of the benchmark.
+    read -r window txns tps p50 p99 cpu < <(analyze_run "$prefix" "$([ -n "$pid" ] && echo 1 || echo 0)") \
+        || { window=-; txns=0; tps=-; p50=-; p99=-; cpu=-; }
     rm -f "$prefix".log.* "$prefix.txn"
     pg_tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$prefix.out" | head -n 1)
     failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$prefix.out" | head -n 1)
