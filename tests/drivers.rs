@@ -84,3 +84,47 @@ fn node_postgres_named_statements_with_20_clients_on_2_server_connections() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
+
+/// A driver that logs in while no server was ever reached still connects: pgmux
+/// answers the login itself with stand-in parameters, `server_version` among them,
+/// which asyncpg and JDBC need, and the statement then fails with 08006.
+#[test]
+fn asyncpg_logs_in_while_the_server_was_never_reachable_and_gets_08006() {
+    let pg = shared_primary();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    let config = pgmux_config(pg, "server_connect_timeout = \"1s\"", "")
+        .replace(&pg.addr(APP_DB), &format!("{dead}/{APP_DB}"));
+    let px = start_pgmux(&config);
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let script = r#"
+import asyncio, sys
+import asyncpg
+
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    print("version", conn.get_server_version().major)
+    try:
+        await conn.fetchval("select 1")
+    except asyncpg.PostgresError as e:
+        print("sqlstate", e.sqlstate)
+    await conn.close()
+
+asyncio.run(main())
+"#;
+    let out = run(
+        Command::new(python()).arg("-c").arg(script).arg(&url),
+        Duration::from_secs(120),
+        "asyncpg login with no server",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "asyncpg failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("version 12"), "{stdout}");
+    assert!(stdout.contains("sqlstate 08006"), "{stdout}");
+}

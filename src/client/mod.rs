@@ -455,10 +455,17 @@ async fn authenticate(
     Ok(out)
 }
 
+/// The `server_version` of [`fallback_parameters`]. Drivers read it at connect
+/// (asyncpg and JDBC fail without it) and pick their queries by it, so it names an
+/// old release: a driver that takes the server for older than it is keeps to what
+/// every newer one also understands.
+const FALLBACK_SERVER_VERSION: &str = "12.0";
+
 /// What pgmux reports at login when no server could be reached to learn the real
 /// values; the client's statements then fail with 08006 until the server is back.
 fn fallback_parameters() -> Vec<(String, String)> {
     [
+        ("server_version", FALLBACK_SERVER_VERSION),
         ("client_encoding", "UTF8"),
         ("DateStyle", "ISO, MDY"),
         ("integer_datetimes", "on"),
