@@ -90,8 +90,8 @@ fn main() -> ExitCode {
             let workers = pgmux::workers::count(cfg.proxy.workers);
             let uring = pgmux::uring::init(workers);
             tracing::debug!(workers, io_uring = uring, "event loops");
-            // The main thread is worker 0: it also runs the accept loop, signals and
-            // the metrics endpoint.
+            // The main thread is worker 0: it also runs the Unix-domain socket's accept
+            // loop, signals and the metrics endpoint.
             let rt = match pgmux::workers::runtime() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -7,13 +7,14 @@
 //! waiting.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,7 +23,7 @@ use crate::auth::ClientSecret;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigErrors, UserConfig};
 use crate::pool::Pools;
-use crate::workers::{Accepted, Workers};
+use crate::workers::{Accepted, Dealer, Workers};
 
 /// A configured user with the secrets derived from its password once per load.
 pub struct UserEntry {
@@ -272,9 +273,8 @@ fn build_tls(
 /// Runs the proxy until SIGTERM/SIGINT (or `shared.shutdown`) and the drain end.
 pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartError> {
     let listen = shared.config().proxy.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Listen {
+    let (listener, others) =
+        bind_tcp(listen, workers.len()).map_err(|source| StartError::Listen {
             addr: listen,
             source,
         })?;
@@ -294,6 +294,11 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
         None => None,
     };
     let tracker = TaskTracker::new();
+    let dealer = workers.dealer().clone();
+    for (w, l) in others.into_iter().enumerate() {
+        let task = accept_loop(l, shared.clone(), tracker.clone(), dealer.clone());
+        dealer.spawn_on(w + 1, tracker.track_future(task));
+    }
     tracker.spawn(maintain(shared.clone()));
     tracker.spawn(signals(shared.clone()));
     if let Some(addr) = shared.config().proxy.metrics_listen {
@@ -309,14 +314,15 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
             r = listener.accept() => match r {
                 Ok((tcp, _peer)) => {
                     let shared = shared.clone();
-                    workers.spawn_session(&tracker, Accepted::Tcp(tcp), move |c| crate::client::serve(shared, c));
+                    dealer.keep(&tracker, Accepted::Tcp(tcp), move |c| crate::client::serve(shared, c));
                 }
                 Err(e) => accept_failed(e).await,
             },
+            // One listener for every worker: its connections are dealt.
             r = accept_unix(unix.as_ref()) => match r {
                 Ok(conn) => {
                     let shared = shared.clone();
-                    workers.spawn_session(&tracker, Accepted::Unix(conn), move |c| crate::client::serve(shared, c));
+                    dealer.deal(&tracker, Accepted::Unix(conn), move |c| crate::client::serve(shared, c));
                 }
                 Err(e) => accept_failed(e).await,
             },
@@ -345,6 +351,84 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
         pool.close_idle();
     }
     Ok(())
+}
+
+/// The accept loop of a worker besides the main thread's, on its own listener.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    dealer: Arc<Dealer>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "a worker cannot take its listener");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _peer)) => {
+                    let shared = shared.clone();
+                    dealer.keep(&tracker, Accepted::Tcp(tcp), move |c| crate::client::serve(shared, c));
+                }
+                Err(e) => accept_failed(e).await,
+            },
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The listening sockets on `listen`: one for the main thread, and with more than
+/// one worker, one more for each other worker, all bound with `SO_REUSEPORT` so
+/// the kernel spreads new connections over them and each worker accepts its own
+/// without waking another thread.
+///
+/// `SO_REUSEPORT` would also let any other process of the same user join the port
+/// unnoticed; a plain bind first checks that nothing listens there, so a second
+/// pgmux on the same address fails with "address in use" as it would without it.
+fn bind_tcp(
+    listen: SocketAddr,
+    workers: usize,
+) -> std::io::Result<(TcpListener, Vec<std::net::TcpListener>)> {
+    const BACKLOG: u32 = 1024;
+    let socket = || -> std::io::Result<TcpSocket> {
+        let s = if listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        Ok(s)
+    };
+    if workers <= 1 {
+        let s = socket()?;
+        s.bind(listen)?;
+        return Ok((s.listen(BACKLOG)?, Vec::new()));
+    }
+    if listen.port() != 0 {
+        // Dropped unused: bound without listening, it holds nothing.
+        socket()?.bind(listen)?;
+    }
+    let group = || -> std::io::Result<TcpSocket> {
+        let s = socket()?;
+        s.set_reuseport(true)?;
+        Ok(s)
+    };
+    let first = group()?;
+    first.bind(listen)?;
+    let first = first.listen(BACKLOG)?;
+    // Port 0 asks for any free port: the others join the one the first was given.
+    let addr = first.local_addr()?;
+    let mut others = Vec::with_capacity(workers - 1);
+    for _ in 1..workers {
+        let s = group()?;
+        s.bind(addr)?;
+        others.push(s.listen(BACKLOG)?.into_std()?);
+    }
+    Ok((first, others))
 }
 
 async fn accept_failed(e: std::io::Error) {

@@ -4,8 +4,11 @@
 //! A client's session runs from login to goodbye on the worker it was dealt to, so a
 //! transaction's reads, writes and wake-ups stay on one thread: no work stealing, no
 //! task migrating between cores, and each ring's completions run on the thread that
-//! submitted them. The accept loop runs on worker 0 (the main thread) and deals each
-//! accepted connection to the worker with the fewest live sessions. Pools are shared
+//! submitted them. Each worker accepts on a listener of its own (`SO_REUSEPORT`, see
+//! `proxy::bind_tcp`) and keeps what it accepts unless it already runs clearly more
+//! sessions than another worker, which then gets the connection; the Unix-domain
+//! socket has one listener, on worker 0 (the main thread), which deals each
+//! connection to the worker with the fewest live sessions. Pools are shared
 //! by all workers; a checkout prefers a connection that was last used on its own
 //! worker (see `pool`), so in steady state a server connection stays on one thread too.
 
@@ -79,18 +82,21 @@ async fn keep_a_timer_due() {
     }
 }
 
-struct Remote {
-    handle: Handle,
-    thread: JoinHandle<()>,
+/// The event loops besides the main thread's.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+    dealer: Arc<Dealer>,
+    stop: CancellationToken,
 }
 
-/// The event loops besides the main thread's, and the sessions each one runs.
-pub struct Workers {
-    remote: Vec<Remote>,
-    /// Live sessions per worker, index 0 being the main thread.
+/// Hands accepted connections to event loops. Shared by the accept loops of every
+/// worker.
+pub struct Dealer {
+    /// Every worker's runtime, index 0 being the main thread's.
+    handles: Vec<Handle>,
+    /// Live sessions per worker.
     live: Arc<[AtomicUsize]>,
     next: AtomicUsize,
-    stop: CancellationToken,
 }
 
 impl Workers {
@@ -99,7 +105,9 @@ impl Workers {
     pub fn start(n: usize) -> io::Result<Workers> {
         let n = n.max(1);
         let stop = CancellationToken::new();
-        let mut remote = Vec::with_capacity(n - 1);
+        let mut threads = Vec::with_capacity(n - 1);
+        let mut handles = Vec::with_capacity(n);
+        handles.push(Handle::current());
         for index in 1..n {
             let (tx, rx) = std::sync::mpsc::channel();
             let stop = stop.clone();
@@ -124,19 +132,55 @@ impl Workers {
             let handle = rx
                 .recv()
                 .map_err(|_| io::Error::other("a worker thread died while starting"))??;
-            remote.push(Remote { handle, thread });
+            handles.push(handle);
+            threads.push(thread);
         }
         Ok(Workers {
-            remote,
-            live: (0..n).map(|_| AtomicUsize::new(0)).collect(),
-            next: AtomicUsize::new(0),
+            threads,
+            dealer: Arc::new(Dealer {
+                handles,
+                live: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+                next: AtomicUsize::new(0),
+            }),
             stop,
         })
     }
 
+    /// How many event loops there are, the main thread's included.
+    pub fn len(&self) -> usize {
+        self.dealer.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn dealer(&self) -> &Arc<Dealer> {
+        &self.dealer
+    }
+
+    /// Stops the worker threads once each has sent what its ring still holds.
+    /// Blocks: call it outside the main runtime.
+    pub fn stop(self) {
+        self.stop.cancel();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Dealer {
+    /// Runs `fut` on worker `w`'s event loop.
+    pub fn spawn_on<Fut>(&self, w: usize, fut: Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handles[w].spawn(fut);
+    }
+
     /// The worker with the fewest live sessions, looking from a rotating start so
     /// that ties spread.
-    fn pick(&self) -> usize {
+    fn least_busy(&self) -> usize {
         let n = self.live.len();
         if n == 1 {
             return 0;
@@ -148,19 +192,55 @@ impl Workers {
             .unwrap_or(0)
     }
 
-    /// Runs `serve(conn)` on a worker, counted by `tracker`. Called from worker 0.
-    pub fn spawn_session<F, Fut>(&self, tracker: &TaskTracker, conn: Accepted, serve: F)
+    /// Where a connection this worker accepted from its own listener runs: here,
+    /// unless this worker already runs clearly more sessions than the least busy
+    /// one. The kernel spreads connections over the listeners by a hash of their
+    /// addresses, which evens out over many connections but not over a few
+    /// long-lived ones; keeping a connection where it arrived saves waking another
+    /// thread and moving the socket between reactors.
+    fn keep_or_deal(&self) -> usize {
+        let here = current();
+        let least = self.least_busy();
+        let mine = self.live[here].load(Ordering::Relaxed);
+        let fewest = self.live[least].load(Ordering::Relaxed);
+        if mine <= fewest + KEEP_SLACK + fewest / 8 {
+            here
+        } else {
+            least
+        }
+    }
+
+    /// Runs `serve(conn)` on the worker with the fewest live sessions, counted by
+    /// `tracker`.
+    pub fn deal<F, Fut>(&self, tracker: &TaskTracker, conn: Accepted, serve: F)
     where
         F: FnOnce(Accepted) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let w = self.pick();
+        self.spawn_session(self.least_busy(), tracker, conn, serve);
+    }
+
+    /// Runs `serve(conn)` for a connection this worker accepted on its own listener:
+    /// here, or on a less busy worker ([`Dealer::keep_or_deal`]).
+    pub fn keep<F, Fut>(&self, tracker: &TaskTracker, conn: Accepted, serve: F)
+    where
+        F: FnOnce(Accepted) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_session(self.keep_or_deal(), tracker, conn, serve);
+    }
+
+    fn spawn_session<F, Fut>(&self, w: usize, tracker: &TaskTracker, conn: Accepted, serve: F)
+    where
+        F: FnOnce(Accepted) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         self.live[w].fetch_add(1, Ordering::Relaxed);
         let live = Live {
             counts: self.live.clone(),
             index: w,
         };
-        if w == 0 {
+        if w == current() {
             // `live` is dropped after the await rather than bound to a local: a local
             // would take room in the task beside the captured value.
             tokio::spawn(tracker.track_future(async move {
@@ -178,26 +258,19 @@ impl Workers {
                 return;
             }
         };
-        self.remote[w - 1]
-            .handle
-            .spawn(tracker.track_future(async move {
-                match std.into_tokio() {
-                    Ok(conn) => serve(conn).await,
-                    Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
-                }
-                drop(live);
-            }));
-    }
-
-    /// Stops the worker threads once each has sent what its ring still holds.
-    /// Blocks: call it outside the main runtime.
-    pub fn stop(self) {
-        self.stop.cancel();
-        for r in self.remote {
-            let _ = r.thread.join();
-        }
+        self.handles[w].spawn(tracker.track_future(async move {
+            match std.into_tokio() {
+                Ok(conn) => serve(conn).await,
+                Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
+            }
+            drop(live);
+        }));
     }
 }
+
+/// How many more sessions than the least busy worker a worker may run and still
+/// keep a connection it accepted (plus an eighth of the least busy one's count).
+const KEEP_SLACK: usize = 2;
 
 /// A client connection the accept loop took: over TCP or a Unix-domain socket.
 pub enum Accepted {
@@ -238,5 +311,42 @@ struct Live {
 impl Drop for Live {
     fn drop(&mut self) {
         self.counts[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dealer(live: &[usize]) -> Dealer {
+        Dealer {
+            handles: Vec::new(),
+            live: live.iter().map(|&n| AtomicUsize::new(n)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_worker_keeps_what_it_accepts_until_it_runs_clearly_more_than_another() {
+        pretend(1);
+        assert_eq!(dealer(&[0, 0]).keep_or_deal(), 1);
+        assert_eq!(dealer(&[0, 2]).keep_or_deal(), 1);
+        assert_eq!(dealer(&[0, 3]).keep_or_deal(), 0);
+        assert_eq!(dealer(&[5, 3, 7]).keep_or_deal(), 1);
+        // The slack grows with the load: an eighth of the least busy worker's count.
+        assert_eq!(dealer(&[80, 92, 85]).keep_or_deal(), 1);
+        assert_eq!(dealer(&[80, 93, 85]).keep_or_deal(), 0);
+        pretend(0);
+    }
+
+    #[test]
+    fn a_dealt_connection_goes_to_the_least_busy_worker() {
+        assert_eq!(dealer(&[4, 1, 3]).least_busy(), 1);
+        let d = dealer(&[2, 2]);
+        let picks: Vec<usize> = (0..4).map(|_| d.least_busy()).collect();
+        assert!(
+            picks.contains(&0) && picks.contains(&1),
+            "ties spread: {picks:?}"
+        );
     }
 }

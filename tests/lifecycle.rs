@@ -162,6 +162,60 @@ fn shard_of_an_unsharded_database_is_shard_0() {
     assert!(stdout.contains('0'), "{stdout}");
 }
 
+// ------------------------------------------------------------------ listening
+
+/// `config` with `[proxy].workers` set to `n`, whatever the test run's default.
+fn with_workers(config: &str, n: usize) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.starts_with("workers = ") {
+                format!("workers = {n}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// With several workers each one listens on the port itself; a second pgmux on
+/// the same address must still fail as it would with one listener, not share the
+/// port and take some of the first one's clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pgmux_on_the_same_address_fails_and_the_first_serves_every_client() {
+    let pg = shared_primary();
+    let config = with_workers(&pgmux_config(pg, "", ""), 3);
+    let px = start_pgmux(&config);
+    let (_dir, path) = config_file(&current_config(&px));
+    let out = run(
+        pgmux_command().arg("--config").arg(&path),
+        Duration::from_secs(60),
+        "a second pgmux on a port in use",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+
+    // Clients connecting at once spread over the workers' listeners; each one is
+    // served, as many times as it asks.
+    let url = px.url(APP_USER, APP_PASSWORD, APP_DB);
+    let clients = futures_util::future::join_all((0..30).map(|_| connect(&url))).await;
+    for round in 0..3 {
+        let answers =
+            futures_util::future::join_all(clients.iter().enumerate().map(|(i, c)| async move {
+                c.query_one(&format!("select ({i} + {round})::text"), &[])
+                    .await
+                    .unwrap()
+                    .get::<_, String>(0)
+            }))
+            .await;
+        for (i, got) in answers.iter().enumerate() {
+            assert_eq!(got, &(i + round).to_string());
+        }
+    }
+}
+
 // ------------------------------------------------------------------ SIGHUP
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
