@@ -24,6 +24,10 @@
 # - psycopg2 test_pgconn_ptr; test_backend_pid (the driver's BackendKeyData pid is
 #   pgmux's, `pg_backend_pid()` the server's); test_external_close_async in
 #   transaction mode (it terminates a server backend the client no longer holds).
+# - asyncpg test_pool_remote_close in transaction mode, now and then: it terminates
+#   the backend its pool's connection used, and in transaction mode the terminating
+#   statement may run on that same backend (pgmux hands out the connection used
+#   last), which then ends the statement's own client.
 # - pg8000: its auth tests want users and pg_hba rules of their own; test_notify
 #   compares the notifier's pid with `pg_backend_pid()`; in transaction mode
 #   test_close_prepared_statement counts the server's pg_prepared_statements and
