@@ -295,8 +295,21 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
     };
     let tracker = TaskTracker::new();
     let dealer = workers.dealer().clone();
+    tracker.spawn(accept_tcp(
+        listener,
+        shared.clone(),
+        tracker.clone(),
+        dealer.clone(),
+    ));
     for (w, l) in others.into_iter().enumerate() {
-        let task = accept_loop(l, shared.clone(), tracker.clone(), dealer.clone());
+        let (shared, tracker_, dealer_) = (shared.clone(), tracker.clone(), dealer.clone());
+        let task = async move {
+            // Registered with the reactor of the worker it runs on.
+            match TcpListener::from_std(l) {
+                Ok(l) => accept_tcp(l, shared, tracker_, dealer_).await,
+                Err(e) => tracing::error!(error = %e, "a worker cannot take its listener"),
+            }
+        };
         dealer.spawn_on(w + 1, tracker.track_future(task));
     }
     tracker.spawn(maintain(shared.clone()));
@@ -311,13 +324,6 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
     }
     loop {
         tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _peer)) => {
-                    let shared = shared.clone();
-                    dealer.keep(&tracker, Accepted::Tcp(tcp), move |c| crate::client::serve(shared, c));
-                }
-                Err(e) => accept_failed(e).await,
-            },
             // One listener for every worker: its connections are dealt.
             r = accept_unix(unix.as_ref()) => match r {
                 Ok(conn) => {
@@ -329,7 +335,6 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
             _ = shared.shutdown.cancelled() => break,
         }
     }
-    drop(listener);
     if let (Some(l), Some(path)) = (unix, unix_path) {
         drop(l);
         let _ = std::fs::remove_file(path);
@@ -353,20 +358,13 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
     Ok(())
 }
 
-/// The accept loop of a worker besides the main thread's, on its own listener.
-async fn accept_loop(
-    listener: std::net::TcpListener,
+/// A worker's TCP accept loop, on its own listener, until shutdown.
+async fn accept_tcp(
+    listener: TcpListener,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     dealer: Arc<Dealer>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "a worker cannot take its listener");
-            return;
-        }
-    };
     loop {
         tokio::select! {
             r = listener.accept() => match r {
