@@ -274,7 +274,7 @@ fn build_tls(
 pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartError> {
     let listen = shared.config().proxy.listen;
     let (listener, others) =
-        bind_tcp(listen, workers.len()).map_err(|source| StartError::Listen {
+        bind_tcp(listen, workers.count()).map_err(|source| StartError::Listen {
             addr: listen,
             source,
         })?;

@@ -82,7 +82,8 @@ async fn keep_a_timer_due() {
     }
 }
 
-/// The event loops besides the main thread's.
+/// The event loops: the threads besides the main thread's, and the dealer that
+/// hands connections to every loop.
 pub struct Workers {
     threads: Vec<JoinHandle<()>>,
     dealer: Arc<Dealer>,
@@ -147,12 +148,8 @@ impl Workers {
     }
 
     /// How many event loops there are, the main thread's included.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.dealer.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     pub fn dealer(&self) -> &Arc<Dealer> {
