@@ -64,9 +64,17 @@ as_postgres() {
 
 # ---------------------------------------------------------------- ports
 chosen_ports=" "
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# Sets variable $1 to the first port from $2 up that nothing listens on and this
-# script has not chosen yet.
+# A port is taken when something listens on it, and also when a connection still
+# holds it as its own end (a client's port, or one in TIME_WAIT after a burst of
+# connections): a server's bind fails then too, so a bind is the test.
+port_in_use() {
+    ! python3 -c 'import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+# Sets variable $1 to the first port from $2 up that nothing holds and this script
+# has not chosen yet.
 pick_port() {
     local port=$2
     while port_in_use "$port" || [[ "$chosen_ports" == *" $port "* ]]; do
