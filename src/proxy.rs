@@ -273,14 +273,15 @@ fn build_tls(
 /// Runs the proxy until SIGTERM/SIGINT (or `shared.shutdown`) and the drain end.
 pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartError> {
     let listen = shared.config().proxy.listen;
-    let (listener, others) =
-        bind_tcp(listen, workers.count()).map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
+    let listeners = bind_tcp(listen, workers.count()).map_err(|source| StartError::Listen {
+        addr: listen,
+        source,
+    })?;
     tracing::info!(%listen, "pgmux is accepting connections");
     // The port as bound: `listen` may ask for any free one (port 0).
-    let port = listener.local_addr().map_or(listen.port(), |a| a.port());
+    let port = listeners[0]
+        .local_addr()
+        .map_or(listen.port(), |a| a.port());
     let unix_path = shared.config().proxy.unix_socket_path(port);
     let unix = match &unix_path {
         Some(path) => {
@@ -295,22 +296,9 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
     };
     let tracker = TaskTracker::new();
     let dealer = workers.dealer().clone();
-    tracker.spawn(accept_tcp(
-        listener,
-        shared.clone(),
-        tracker.clone(),
-        dealer.clone(),
-    ));
-    for (w, l) in others.into_iter().enumerate() {
-        let (shared, tracker_, dealer_) = (shared.clone(), tracker.clone(), dealer.clone());
-        let task = async move {
-            // Registered with the reactor of the worker it runs on.
-            match TcpListener::from_std(l) {
-                Ok(l) => accept_tcp(l, shared, tracker_, dealer_).await,
-                Err(e) => tracing::error!(error = %e, "a worker cannot take its listener"),
-            }
-        };
-        dealer.spawn_on(w + 1, tracker.track_future(task));
+    for (w, l) in listeners.into_iter().enumerate() {
+        let task = accept_tcp(l, shared.clone(), tracker.clone(), dealer.clone());
+        dealer.spawn_on(w, tracker.track_future(task));
     }
     tracker.spawn(maintain(shared.clone()));
     tracker.spawn(signals(shared.clone()));
@@ -360,11 +348,19 @@ pub async fn run(shared: Arc<Shared>, workers: &Workers) -> Result<(), StartErro
 
 /// A worker's TCP accept loop, on its own listener, until shutdown.
 async fn accept_tcp(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     dealer: Arc<Dealer>,
 ) {
+    // Registered with the reactor of the worker this runs on.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "a worker cannot take its listener");
+            return;
+        }
+    };
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -379,18 +375,14 @@ async fn accept_tcp(
     }
 }
 
-/// The listening sockets on `listen`: one for the main thread, and with more than
-/// one worker, one more for each other worker, all bound with `SO_REUSEPORT` so
-/// the kernel spreads new connections over them and each worker accepts its own
-/// without waking another thread.
+/// The listening sockets on `listen`, one for each worker. With more than one, all
+/// are bound with `SO_REUSEPORT`, so the kernel spreads new connections over them
+/// and each worker accepts its own without waking another thread.
 ///
 /// `SO_REUSEPORT` would also let any other process of the same user join the port
 /// unnoticed; a plain bind first checks that nothing listens there, so a second
 /// pgmux on the same address fails with "address in use" as it would without it.
-fn bind_tcp(
-    listen: SocketAddr,
-    workers: usize,
-) -> std::io::Result<(TcpListener, Vec<std::net::TcpListener>)> {
+fn bind_tcp(listen: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     const BACKLOG: u32 = 1024;
     let socket = || -> std::io::Result<TcpSocket> {
         let s = if listen.is_ipv4() {
@@ -401,32 +393,25 @@ fn bind_tcp(
         s.set_reuseaddr(true)?;
         Ok(s)
     };
-    if workers <= 1 {
-        let s = socket()?;
-        s.bind(listen)?;
-        return Ok((s.listen(BACKLOG)?, Vec::new()));
-    }
-    if listen.port() != 0 {
+    let shared_port = workers > 1;
+    if shared_port && listen.port() != 0 {
         // Dropped unused: bound without listening, it holds nothing.
         socket()?.bind(listen)?;
     }
-    let group = || -> std::io::Result<TcpSocket> {
+    let mut addr = listen;
+    let mut listeners = Vec::with_capacity(workers.max(1));
+    for _ in 0..workers.max(1) {
         let s = socket()?;
-        s.set_reuseport(true)?;
-        Ok(s)
-    };
-    let first = group()?;
-    first.bind(listen)?;
-    let first = first.listen(BACKLOG)?;
-    // Port 0 asks for any free port: the others join the one the first was given.
-    let addr = first.local_addr()?;
-    let mut others = Vec::with_capacity(workers - 1);
-    for _ in 1..workers {
-        let s = group()?;
+        if shared_port {
+            s.set_reuseport(true)?;
+        }
         s.bind(addr)?;
-        others.push(s.listen(BACKLOG)?.into_std()?);
+        let l = s.listen(BACKLOG)?;
+        // Port 0 asks for any free port: the others join the one the first was given.
+        addr = l.local_addr()?;
+        listeners.push(l.into_std()?);
     }
-    Ok((first, others))
+    Ok(listeners)
 }
 
 async fn accept_failed(e: std::io::Error) {
