@@ -23,7 +23,7 @@ use futures_util::{SinkExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::{DbError, SqlState};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use support::wire::{self, tagged, Message, RawClient};
 use support::*;
@@ -839,97 +839,6 @@ async fn a_copy_the_client_abandons_with_copy_fail_leaves_a_clean_server() {
     assert_eq!(simple_value(&client, "select 1").await, "1");
     assert_the_one_server_is_clean(&px).await;
     assert_eq!(rows_in("copy_abandoned"), 0);
-}
-
-#[tokio::test]
-async fn a_startup_packet_over_4_kib_with_options_is_accepted_and_the_options_apply() {
-    let px = pgmux("", "");
-    // A search_path of 400 schemas that do not exist, then public (where table t is).
-    let mut schemas: Vec<String> = (0..400).map(|i| format!("schema_{i:04}")).collect();
-    schemas.push("public".into());
-    let search_path = schemas.join(",");
-    let options = format!("-c search_path={search_path} -c statement_timeout=4321");
-    assert!(options.len() > 4096, "{} bytes", options.len());
-
-    let (client, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(px.port)
-        .user(APP_USER)
-        .password(APP_PASSWORD)
-        .dbname(APP_DB)
-        .options(&options)
-        .connect(NoTls)
-        .await
-        .expect("a startup packet over 4 KiB logs in");
-    tokio::spawn(connection);
-
-    assert_eq!(
-        simple_value(&client, "show statement_timeout").await,
-        "4321ms"
-    );
-    assert_eq!(simple_value(&client, "show search_path").await, search_path);
-    // Extended protocol, and the list is a list: t is found in its last schema.
-    let row = client
-        .query_one(
-            "select current_setting('statement_timeout'), (select count(*) from t) >= 0",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, &str>(0), "4321ms");
-    assert!(row.get::<_, bool>(1));
-}
-
-#[tokio::test]
-async fn options_in_the_connection_url_apply_to_that_client_only() {
-    let pg = shared_primary();
-    pg.sql(
-        APP_DB,
-        &format!(
-            "drop schema if exists url_options cascade; \
-             create schema url_options authorization {APP_USER}; \
-             create table url_options.only_here (id int); \
-             alter table url_options.only_here owner to {APP_USER}"
-        ),
-    );
-    // One server connection shared with a client without options: the settings are
-    // applied for this client each time, and never leak to the other.
-    let px = pgmux("", "pool_size = 1");
-    let url = format!(
-        "{}?options=-c%20statement_timeout%3D1234%20-c%20application_name%3Dfrom_options\
-         %20-c%20search_path%3Durl_options%2Cpublic",
-        app_url(&px)
-    );
-    let client = connect(&url).await;
-    let other = connect(&app_url(&px)).await;
-    for _ in 0..2 {
-        assert_eq!(
-            simple_value(&client, "show statement_timeout").await,
-            "1234ms"
-        );
-        assert_eq!(
-            simple_value(&client, "select current_setting('application_name')").await,
-            "from_options"
-        );
-        assert_eq!(
-            simple_value(&client, "show search_path").await,
-            "url_options,public"
-        );
-        let row = client
-            .query_one(
-                "select (select count(*) from only_here), (select count(*) from t) >= 0",
-                &[],
-            )
-            .await
-            .expect("both schemas of the search_path are searched");
-        assert_eq!(row.get::<_, i64>(0), 0);
-
-        assert_eq!(simple_value(&other, "show statement_timeout").await, "0");
-        assert_eq!(
-            simple_value(&other, "show search_path").await,
-            "\"$user\", public"
-        );
-    }
 }
 
 // ======================================================= 9. errors

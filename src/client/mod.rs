@@ -20,7 +20,7 @@ use crate::protocol::build::{self, PgError};
 use crate::protocol::startup::{self, FirstPacket, StartupParams};
 use crate::protocol::{complete_frame, fe, SqlState, TxStatus};
 use crate::proxy::{ClientSlot, Shared, UserEntry};
-use crate::server::Settings;
+use crate::server::{ServerError, Settings};
 use crate::tls::MaybeTls;
 pub use crate::workers::Accepted;
 use session::{Limits, Session};
@@ -240,8 +240,24 @@ async fn login(
         pool.offer_scram_keys(keys.0, keys.1);
     }
 
+    let mut client_values = params.session_settings();
+    let clipped = crate::protocol::startup::clean_application_name(&mut client_values);
+    let startup_settings = shared.startup_settings.intern(Settings::from_pairs(
+        client_values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    ));
+    let reachable = match check_startup_settings(shared, cfg, &pool, &startup_settings).await {
+        Ok(reachable) => reachable,
+        Err(e) => {
+            stream.write_all(&out).await?;
+            return Err(refuse(&mut stream, e).await);
+        }
+    };
     let reported = match pool.reported() {
         Some(r) => r,
+        None if !reachable => Arc::new(fallback_parameters()),
         None => match pool.checkout(cfg.proxy.query_wait_timeout).await {
             Ok(co) => {
                 let r = co.pool().reported();
@@ -254,22 +270,13 @@ async fn login(
             }
         },
     };
-    let mut client_values = params.session_settings();
-    if let Some((given, kept)) =
-        crate::protocol::startup::clean_application_name(&mut client_values)
-    {
+    if let Some((given, kept)) = clipped {
         build::notice_with_code(
             &mut out,
             "42622",
             &format!("identifier \"{given}\" will be truncated to \"{kept}\""),
         );
     }
-    let startup_settings = shared.startup_settings.intern(Settings::from_pairs(
-        client_values
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect::<Vec<_>>(),
-    ));
     let cancel = shared.cancels.register(pool.key.user.clone());
     for (name, value) in reported.iter() {
         let own = client_values
@@ -311,6 +318,58 @@ async fn login(
         startup_settings,
     );
     Ok(Some((session, slot)))
+}
+
+/// Has a server apply a login's settings (startup parameters, `options=-c ...`) once
+/// per distinct set, so that a set Postgres would refuse at login is refused at login,
+/// with the server's SQLSTATE and words, instead of failing on every server connection
+/// the client gets later. Without a server to ask, the login goes on, and such a
+/// failure reaches the client as a notice. Ok(false) when no server could be had.
+async fn check_startup_settings(
+    shared: &Shared,
+    cfg: &Config,
+    pool: &Arc<crate::pool::Pool>,
+    settings: &Settings,
+) -> Result<bool, PgError> {
+    if !shared.startup_settings.needs_check(settings) {
+        return Ok(true);
+    }
+    // A login does not queue long behind busy connections for this: the settings
+    // are applied on the client's first server connection in any case.
+    let wait = cfg
+        .proxy
+        .query_wait_timeout
+        .min(cfg.proxy.server_connect_timeout);
+    let mut co = match pool.checkout(wait).await {
+        Ok(co) => co,
+        Err(e) => {
+            tracing::warn!(error = %e, "no server to try the login's settings on");
+            return Ok(false);
+        }
+    };
+    let conn = co.conn();
+    let Some(sql) = settings.sync_sql(&conn.settings) else {
+        shared.startup_settings.taken(settings);
+        co.release();
+        return Ok(true);
+    };
+    let wait = cfg.proxy.server_connect_timeout;
+    match tokio::time::timeout(wait, conn.run(&sql)).await {
+        Ok(Ok(())) => {
+            conn.settings = settings.clone();
+            shared.startup_settings.taken(settings);
+            co.release();
+            Ok(true)
+        }
+        // A multi-statement query is one transaction: none of the settings stayed.
+        Ok(Err(ServerError::Refused { code, message })) => {
+            co.release();
+            Err(PgError::fatal(SqlState::of_setting_error(&code), message))
+        }
+        // The connection is in doubt and closes; the client's first statement will
+        // find a server.
+        _ => Ok(true),
+    }
 }
 
 /// Reads one tagged message during authentication.

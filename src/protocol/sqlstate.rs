@@ -21,10 +21,40 @@ impl SqlState {
     pub fn code(self) -> &'static str {
         self.0
     }
+
+    /// The code a server sent, for passing on to a client when the server refused a
+    /// setting (guc.c's codes); another code, which no setting gives, reads as
+    /// `22023` invalid_parameter_value.
+    pub fn of_setting_error(code: &str) -> SqlState {
+        const CODES: [&str; 8] = [
+            "22023", // invalid_parameter_value
+            "42704", // undefined_object: unrecognized configuration parameter
+            "42602", // invalid_name
+            "42501", // insufficient_privilege
+            "55P02", // cant_change_runtime_param
+            "25001", // active_sql_transaction
+            "0A000", // feature_not_supported
+            "22P02", // invalid_text_representation
+        ];
+        SqlState(CODES.into_iter().find(|c| *c == code).unwrap_or(CODES[0]))
+    }
 }
 
 impl std::fmt::Display for SqlState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_error_keeps_the_server_code_it_knows() {
+        assert_eq!(SqlState::of_setting_error("42704").code(), "42704");
+        assert_eq!(SqlState::of_setting_error("55P02").code(), "55P02");
+        assert_eq!(SqlState::of_setting_error("XX000").code(), "22023");
+        assert_eq!(SqlState::of_setting_error("").code(), "22023");
     }
 }

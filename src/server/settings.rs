@@ -36,6 +36,17 @@ impl Settings {
         self.map.is_empty()
     }
 
+    /// These settings but `application_name`, which Postgres takes whatever its value
+    /// (it was cleaned at login as Postgres would).
+    fn without_free_text(&self) -> Settings {
+        if !self.map.contains_key("application_name") {
+            return self.clone();
+        }
+        let mut next = self.clone();
+        next.reset("application_name");
+        next
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.map.get(name).map(|s| &**s)
     }
@@ -159,7 +170,14 @@ struct Interned {
     set: HashSet<Settings>,
     /// Size at which copies that no client or connection holds any more are dropped.
     sweep_at: usize,
+    /// Sets (without `application_name`) a server has taken: logins with them need
+    /// no check ([`Interner::needs_check`]).
+    taken: HashSet<Settings>,
 }
+
+/// Most distinct sets remembered as taken; past it the memory starts over, and a
+/// login with a forgotten set is checked again.
+const MAX_TAKEN: usize = 1024;
 
 impl Interner {
     /// The shared copy of `settings`.
@@ -174,6 +192,26 @@ impl Interner {
         }
         inner.set.insert(settings.clone());
         settings
+    }
+
+    /// Whether a login with `settings` should first have a server try them: Postgres
+    /// refuses a login whose startup parameters it cannot apply, and a client should
+    /// hear that at login rather than a notice on every later statement. Sets a server
+    /// has taken ([`Interner::taken`]) need no check, nor do sets of
+    /// `application_name` alone, which takes any value.
+    pub fn needs_check(&self, settings: &Settings) -> bool {
+        let key = settings.without_free_text();
+        !key.is_empty() && !self.inner.lock().taken.contains(&key)
+    }
+
+    /// Records that a server applied `settings` without an error.
+    pub fn taken(&self, settings: &Settings) {
+        let key = settings.without_free_text();
+        let mut inner = self.inner.lock();
+        if inner.taken.len() >= MAX_TAKEN {
+            inner.taken.clear();
+        }
+        inner.taken.insert(key);
     }
 
     #[cfg(test)]
@@ -512,6 +550,32 @@ mod tests {
             Arc::ptr_eq(&a.map, &again.map),
             "a held copy is still shared"
         );
+    }
+
+    #[test]
+    fn a_set_is_checked_until_a_server_took_it_whatever_the_application_name() {
+        let interner = Interner::default();
+        assert!(!interner.needs_check(&Settings::default()));
+        assert!(!interner.needs_check(&Settings::from_pairs([("application_name", "a")])));
+
+        let a = Settings::from_pairs([("application_name", "a"), ("work_mem", "7MB")]);
+        let b = Settings::from_pairs([("application_name", "b"), ("work_mem", "7MB")]);
+        let other = Settings::from_pairs([("work_mem", "8MB")]);
+        assert!(interner.needs_check(&a));
+        interner.taken(&a);
+        assert!(!interner.needs_check(&a));
+        assert!(
+            !interner.needs_check(&b),
+            "the name is not part of the check"
+        );
+        assert!(interner.needs_check(&other));
+
+        // The memory is bounded: past its size it starts over.
+        for i in 0..MAX_TAKEN {
+            interner.taken(&Settings::from_pairs([("work_mem", &*format!("{i}kB"))]));
+        }
+        assert!(interner.needs_check(&a));
+        assert!(interner.inner.lock().taken.len() <= MAX_TAKEN);
     }
 
     #[test]
