@@ -187,3 +187,38 @@ async fn options_in_the_connection_url_apply_to_that_client_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn what_one_user_may_set_at_login_another_is_still_refused() {
+    shared_primary().sql(
+        APP_DB,
+        &format!("grant set on parameter log_min_messages to {MD5_USER}"),
+    );
+    let px = pgmux_with_pool(1);
+    let options = "-c%20log_min_messages%3Ddebug1";
+    let allowed = connect(&format!(
+        "{}?options={options}",
+        px.url(MD5_USER, MD5_PASSWORD, APP_DB)
+    ))
+    .await;
+    assert_eq!(
+        simple_value(&allowed, "show log_min_messages").await,
+        "debug1"
+    );
+
+    let err = try_connect(&url_with_options(&px, options))
+        .await
+        .expect_err("a user without the grant cannot set it");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {err:?}"));
+    assert_eq!(
+        (db.severity(), db.code()),
+        ("FATAL", &SqlState::INSUFFICIENT_PRIVILEGE),
+        "{db:?}"
+    );
+    assert_eq!(
+        simple_value(&allowed, "show log_min_messages").await,
+        "debug1"
+    );
+}

@@ -248,7 +248,7 @@ async fn login(
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect::<Vec<_>>(),
     ));
-    let reachable = match check_startup_settings(shared, cfg, &pool, &startup_settings).await {
+    let reachable = match check_startup_settings(cfg, &pool, &startup_settings).await {
         Ok(reachable) => reachable,
         Err(e) => {
             stream.write_all(&out).await?;
@@ -326,12 +326,11 @@ async fn login(
 /// the client gets later. Without a server to ask, the login goes on, and such a
 /// failure reaches the client as a notice. Ok(false) when no server could be had.
 async fn check_startup_settings(
-    shared: &Shared,
     cfg: &Config,
     pool: &Arc<crate::pool::Pool>,
     settings: &Settings,
 ) -> Result<bool, PgError> {
-    if !shared.startup_settings.needs_check(settings) {
+    if !pool.taken_settings.needs_check(settings) {
         return Ok(true);
     }
     // A login does not queue long behind busy connections for this: the settings
@@ -349,7 +348,7 @@ async fn check_startup_settings(
     };
     let conn = co.conn();
     let Some(sql) = settings.sync_sql(&conn.settings) else {
-        shared.startup_settings.taken(settings);
+        pool.taken_settings.taken(settings);
         co.release();
         return Ok(true);
     };
@@ -357,7 +356,7 @@ async fn check_startup_settings(
     match tokio::time::timeout(wait, conn.run(&sql)).await {
         Ok(Ok(())) => {
             conn.settings = settings.clone();
-            shared.startup_settings.taken(settings);
+            pool.taken_settings.taken(settings);
             co.release();
             Ok(true)
         }

@@ -17,6 +17,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::config::ServerAddr;
+use crate::server::settings::TakenSettings;
 use crate::server::{ConnectOptions, ParseClock, ServerConn, ServerCredential, ServerError};
 use follow::{Baton, Joined};
 use gate::{Gate, Grant, Permit};
@@ -113,6 +114,8 @@ pub struct Pool {
     pub parses: Arc<ParseClock>,
     /// How long this pool's statements took lately (`server_pipelining`).
     pub durations: estimate::Durations,
+    /// Login settings this pool's servers applied (checked at login).
+    pub taken_settings: TakenSettings,
 }
 
 impl Pool {
@@ -137,6 +140,7 @@ impl Pool {
             offered: AtomicUsize::new(0),
             reported: Mutex::new(None),
             durations: estimate::Durations::default(),
+            taken_settings: TakenSettings::default(),
         })
     }
 

@@ -170,13 +170,10 @@ struct Interned {
     set: HashSet<Settings>,
     /// Size at which copies that no client or connection holds any more are dropped.
     sweep_at: usize,
-    /// Sets (without `application_name`) a server has taken: logins with them need
-    /// no check ([`Interner::needs_check`]).
-    taken: HashSet<Settings>,
 }
 
-/// Most distinct sets remembered as taken; past it the memory starts over, and a
-/// login with a forgotten set is checked again.
+/// Most distinct sets a pool remembers as taken; past it the memory starts over, and
+/// a login with a forgotten set is checked again.
 const MAX_TAKEN: usize = 1024;
 
 impl Interner {
@@ -194,29 +191,37 @@ impl Interner {
         settings
     }
 
-    /// Whether a login with `settings` should first have a server try them: Postgres
-    /// refuses a login whose startup parameters it cannot apply, and a client should
-    /// hear that at login rather than a notice on every later statement. Sets a server
-    /// has taken ([`Interner::taken`]) need no check, nor do sets of
-    /// `application_name` alone, which takes any value.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().set.len()
+    }
+}
+
+/// The login settings a pool's servers have taken. Postgres refuses a login whose
+/// startup parameters it cannot apply, and a client should hear that at login, not as
+/// a notice on every later statement; so a login with settings not known here has a
+/// server try them first. `application_name` is left out: any value is taken. What
+/// one user may set another may not, hence one memory per pool.
+#[derive(Default)]
+pub struct TakenSettings {
+    taken: Mutex<HashSet<Settings>>,
+}
+
+impl TakenSettings {
+    /// Whether a login with `settings` should first have a server try them.
     pub fn needs_check(&self, settings: &Settings) -> bool {
         let key = settings.without_free_text();
-        !key.is_empty() && !self.inner.lock().taken.contains(&key)
+        !key.is_empty() && !self.taken.lock().contains(&key)
     }
 
     /// Records that a server applied `settings` without an error.
     pub fn taken(&self, settings: &Settings) {
         let key = settings.without_free_text();
-        let mut inner = self.inner.lock();
-        if inner.taken.len() >= MAX_TAKEN {
-            inner.taken.clear();
+        let mut taken = self.taken.lock();
+        if taken.len() >= MAX_TAKEN {
+            taken.clear();
         }
-        inner.taken.insert(key);
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.inner.lock().set.len()
+        taken.insert(key);
     }
 }
 
@@ -554,28 +559,25 @@ mod tests {
 
     #[test]
     fn a_set_is_checked_until_a_server_took_it_whatever_the_application_name() {
-        let interner = Interner::default();
-        assert!(!interner.needs_check(&Settings::default()));
-        assert!(!interner.needs_check(&Settings::from_pairs([("application_name", "a")])));
+        let taken = TakenSettings::default();
+        assert!(!taken.needs_check(&Settings::default()));
+        assert!(!taken.needs_check(&Settings::from_pairs([("application_name", "a")])));
 
         let a = Settings::from_pairs([("application_name", "a"), ("work_mem", "7MB")]);
         let b = Settings::from_pairs([("application_name", "b"), ("work_mem", "7MB")]);
         let other = Settings::from_pairs([("work_mem", "8MB")]);
-        assert!(interner.needs_check(&a));
-        interner.taken(&a);
-        assert!(!interner.needs_check(&a));
-        assert!(
-            !interner.needs_check(&b),
-            "the name is not part of the check"
-        );
-        assert!(interner.needs_check(&other));
+        assert!(taken.needs_check(&a));
+        taken.taken(&a);
+        assert!(!taken.needs_check(&a));
+        assert!(!taken.needs_check(&b), "the name is not part of the check");
+        assert!(taken.needs_check(&other));
 
         // The memory is bounded: past its size it starts over.
         for i in 0..MAX_TAKEN {
-            interner.taken(&Settings::from_pairs([("work_mem", &*format!("{i}kB"))]));
+            taken.taken(&Settings::from_pairs([("work_mem", &*format!("{i}kB"))]));
         }
-        assert!(interner.needs_check(&a));
-        assert!(interner.inner.lock().taken.len() <= MAX_TAKEN);
+        assert!(taken.needs_check(&a));
+        assert!(taken.taken.lock().len() <= MAX_TAKEN);
     }
 
     #[test]
