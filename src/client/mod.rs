@@ -363,7 +363,12 @@ async fn check_startup_settings(
         // A multi-statement query is one transaction: none of the settings stayed.
         Ok(Err(ServerError::Refused { code, message })) => {
             co.release();
-            Err(PgError::fatal(SqlState::of_setting_error(&code), message))
+            Err(
+                PgError::fatal(SqlState::of_setting_error(&code), message).with_hint(
+                    "the setting comes from this connection's startup parameters or its options \
+                 (-c name=value); correct or remove it",
+                ),
+            )
         }
         // The connection is in doubt and closes; the client's first statement will
         // find a server.
