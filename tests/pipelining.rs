@@ -175,6 +175,59 @@ fn a_cancel_that_lands_after_its_statement_ended_does_not_stop_the_one_behind_it
 }
 
 #[test]
+fn a_statement_behind_one_whose_backend_was_terminated_runs_once_on_another_connection() {
+    // Postgres ends a terminated backend's session with FATAL and reads nothing more,
+    // so what was sent behind the statement it ended never ran: pgmux sends it again
+    // on another connection, where it runs once, instead of failing that client too.
+    let pg = shared_primary();
+    let px = one_connection("");
+    for (id, extended) in [(7101, false), (7102, true)] {
+        pg.sql(APP_DB, &format!("delete from t where id = {id}"));
+        let x = holder(&px);
+        let marker = format!("pipelining_terminated_leader{id}");
+        let mut a = queued(&px, &format!("select 'a' from pg_sleep(60) /* {marker} */"));
+        let insert = format!("insert into t values ({id}, 'b')");
+        let mut b = RawClient::login_trust(px.port, APP_USER, APP_DB);
+        if extended {
+            b.send_extended(&insert);
+        } else {
+            b.send_query(&insert);
+        }
+        let port = b.local_port();
+        let read = poll_until(PATIENCE, || wire::unread_bytes(px.port, port) == Some(0));
+        assert!(read, "pgmux did not read b's statement");
+        // And c's behind b's.
+        let c_id = id + 10;
+        pg.sql(APP_DB, &format!("delete from t where id = {c_id}"));
+        let mut c = queued(&px, &format!("insert into t values ({c_id}, 'c')"));
+        let _x = release(x);
+        let pid = wait_until_running(&marker);
+        // b's statement went out behind a's the moment a's did (pgmux hands the
+        // connection on as it sends), and c's behind b's, long before a's is seen
+        // running.
+        pg.sql("postgres", &format!("select pg_terminate_backend({pid})"));
+
+        // After its RowDescription, sent before the statement ran.
+        let fatal =
+            std::iter::repeat_with(|| wire::read_message(&mut a.stream).expect("a hears why"))
+                .find(|m| m.tag != b'T')
+                .expect("a message");
+        assert_eq!(
+            (fatal.tag, fatal.sqlstate().as_deref()),
+            (b'E', Some("57P01"))
+        );
+        assert_eq!(b.read_result(), Ok(vec![]), "extended: {extended}");
+        assert_eq!(c.read_result(), Ok(vec![]));
+        assert_eq!(
+            b.query(&format!(
+                "select count(*) from t where id in ({id}, {c_id})"
+            )),
+            Ok(vec!["2".to_owned()])
+        );
+    }
+}
+
+#[test]
 fn a_client_that_leaves_while_behind_another_disturbs_nobody() {
     let px = one_connection("");
     let x = holder(&px);

@@ -49,6 +49,9 @@ struct State {
     closing: bool,
     /// The leader lost the connection or went away before its last reply.
     broken: bool,
+    /// Broken after the server said FATAL within the leader's unit: the server ran
+    /// nothing sent behind it.
+    unstarted: bool,
     /// The follower gave up before joining, or left after it.
     follower_gone: bool,
     waker: Option<Waker>,
@@ -81,6 +84,9 @@ pub struct Passed {
     pub leftover: BytesMut,
     pub closing: bool,
     pub broken: bool,
+    /// Broken, and the server ran nothing of the follower's: what it sent may be
+    /// sent again elsewhere.
+    pub unstarted: bool,
 }
 
 impl Baton {
@@ -170,6 +176,7 @@ impl Baton {
             leftover: std::mem::take(&mut st.leftover),
             closing: st.closing,
             broken: st.broken || !st.passed,
+            unstarted: st.broken && st.unstarted,
         }
     }
 
@@ -179,7 +186,12 @@ impl Baton {
     }
 
     /// The leader lost the connection (or is gone) before its last reply.
-    pub fn break_off(&self) {
+    /// `unstarted`: the server said FATAL within the leader's unit, and so ran nothing
+    /// sent behind it. Postgres ends a session right after its FATAL, reading nothing
+    /// more; a connection that merely fails gives no such certainty (a reply and what
+    /// came after it may be lost on the way), nor does a leader that goes away.
+    pub fn break_off(&self, unstarted: bool) {
+        self.st.lock().unstarted = unstarted;
         if let Back::Release(c) | Back::Close(c) = self.finish(BytesMut::new(), true, true) {
             drop(c);
         }

@@ -40,12 +40,21 @@ pub(super) struct Lease {
     published: bool,
 }
 
+impl Lease {
+    /// The connection failed under the lease; `unstarted`: the server said FATAL
+    /// within this client's unit, and ran nothing the follower sent.
+    fn lose(mut self, unstarted: bool) {
+        self.passed = true;
+        self.baton.break_off(unstarted);
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.passed {
             // The session is gone mid-unit: the follower cannot know where its own
             // replies begin.
-            self.baton.break_off();
+            self.baton.break_off(false);
         }
     }
 }
@@ -207,10 +216,16 @@ impl Session {
         }
     }
 
-    /// Leading, the connection failed under the lease.
-    pub(super) fn lease_lost(&mut self) {
-        // Dropping the lease unpassed breaks the baton.
-        self.handoff = None;
+    /// Leading, the connection failed under the lease; `unstarted`: after the
+    /// server's FATAL within this client's unit (see `Baton::break_off`).
+    pub(super) fn lease_lost(&mut self, unstarted: bool) {
+        if let Some(h) = self.handoff.take() {
+            match *h {
+                Handoff::Lease(lease) => lease.lose(unstarted),
+                // Dropping it breaks nothing: a follower has no follower of its own.
+                Handoff::Follow(_) => {}
+            }
+        }
     }
 
     /// Following: the leader is done; the connection's replies are now this client's.
@@ -238,12 +253,22 @@ impl Session {
             mut leftover,
             closing,
             broken,
+            unstarted,
         } = passed;
         if broken {
             let addr = conn.addr.to_string();
-            // Dropping a lease unpassed breaks it for this client's own follower.
-            drop(h);
+            // The server ended within the leader's unit: this client's never ran,
+            // and goes to another connection as if just sent.
+            let again = unstarted && self.replay_unstarted();
+            // Breaks the lease for this client's own follower, whose unit never ran
+            // either when this one's did not.
+            if let Handoff::Lease(lease) = *h {
+                lease.lose(again);
+            }
             self.server = None;
+            if again {
+                return Ok(());
+            }
             return self
                 .fatal(PgError::fatal(
                     SqlState::CONNECTION_FAILURE,
@@ -285,7 +310,9 @@ impl Session {
             std::future::poll_fn(|cx| leader.poll_ready(cx)).await;
             let passed = leader.take_passed();
             if passed.broken {
-                self.lease_lost();
+                // The client is gone, and its unit never ran when the leader's
+                // server said FATAL; nor then did the follower's.
+                self.lease_lost(passed.unstarted);
                 return;
             }
             let mut leftover = passed.leftover;
@@ -304,7 +331,8 @@ impl Session {
                 }
                 Ok(_) => {}
                 Err(_) => {
-                    self.lease_lost();
+                    let told = lease.conn.closing;
+                    self.lease_lost(told);
                     return;
                 }
             }

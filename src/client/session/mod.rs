@@ -492,7 +492,9 @@ impl Session {
                         _ => Default::default(),
                     };
                     self.server = None;
-                    self.lease_lost();
+                    // Leading, a FATAL within this client's unit means the server ran
+                    // nothing behind it (`Baton::break_off`).
+                    self.lease_lost(told);
                     if told {
                         // The client has the server's own FATAL: a second error
                         // would read as a reply to its next message.

@@ -1,5 +1,5 @@
 //! `server_pipelining`: running a statement again when another client's cancel
-//! stopped it.
+//! stopped it, or when the server ended before it began.
 //!
 //! A cancel reaches whatever statement its server connection runs when it lands. A
 //! client (the follower) sends its unit behind another client's (the leader) while the
@@ -11,6 +11,11 @@
 //! reply has reached the client. Then the unit had no effect (it ran alone in an
 //! implicit transaction, which the error rolled back), so the reply is dropped and the
 //! client's messages are handled again, as if they had just come.
+//!
+//! The same unit is sent again when the leader's server said FATAL within the
+//! leader's unit (`pg_terminate_backend`, a crash of another backend): Postgres
+//! ends the session after a FATAL and reads nothing more, so the unit never ran, and
+//! goes to another connection as if just sent ([`Session::replay_unstarted`]).
 //!
 //! Only a unit that can be handled again unchanged is kept: one unit, sent while
 //! following, that leaves the connection idle and unchanged, with no settings
@@ -200,6 +205,49 @@ impl Session {
             Verdict::Release | Verdict::Hold | Verdict::Pass => {}
         }
         verdict
+    }
+
+    /// The leader's server said FATAL within the leader's unit, so it never ran this
+    /// client's unit, sent behind it: puts the kept unit back at the head of the
+    /// client's input, to be handled as if it had just come, on another connection.
+    /// False when no whole unit is kept, or the client has asked to cancel it since
+    /// (its statement then ends as on a lost server).
+    pub(super) fn replay_unstarted(&mut self) -> bool {
+        let own_cancels = self.cancel.slot.requests();
+        let kept = self.in_flight() == 1
+            && self.unit_plain
+            && self.hidden_units == 0
+            && !self.copy_in
+            && self.pending_sets.is_empty()
+            && self
+                .replay
+                .as_deref()
+                .is_some_and(|r| r.stage == Stage::Sent && !r.spoiled && r.requests == own_cancels);
+        let Some(mut r) = self.replay.take().filter(|_| kept) else {
+            return false;
+        };
+        let frames = std::mem::take(&mut r.frames);
+        tracing::debug!(
+            database = %self.database,
+            "a statement sent behind another client's, which the server ended, runs on another connection"
+        );
+        // Nothing of the unit reached the server's replies: as if never sent.
+        self.recv_units = self.sent_units;
+        self.unit_kinds.clear();
+        self.fixups.clear();
+        self.sent_at = 0;
+        self.recv_at = 0;
+        self.unit_key = 0;
+        self.unit_started = None;
+        self.unsynced = false;
+        self.swbuf.clear();
+        drop(self.cancel.slot.detach());
+        self.forget_parsed(&frames);
+        let mut input = frames;
+        input.extend_from_slice(&self.crbuf);
+        self.crbuf = input;
+        self.head_is_plain = false;
+        true
     }
 
     /// True once, after a unit was put back at the head of the client's input.

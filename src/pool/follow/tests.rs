@@ -127,14 +127,28 @@ async fn a_lost_leader_fails_the_follower_and_turns_away_a_late_one() {
     let Joined::Following(_co) = following.join() else {
         panic!("following");
     };
-    following.break_off();
+    following.break_off(false);
     assert!(ready(&following));
-    assert!(following.take_passed().broken);
+    let passed = following.take_passed();
+    assert!(passed.broken && !passed.unstarted);
 
     let (_pool, co, _peer) = checked_out();
     let late = Baton::new(co);
-    late.break_off();
+    late.break_off(false);
     assert!(matches!(late.join(), Joined::Lost));
+}
+
+#[tokio::test]
+async fn a_leader_ended_by_the_servers_fatal_tells_the_follower_nothing_of_its_ran() {
+    let (_pool, co, _peer) = checked_out();
+    let following = Baton::new(co);
+    let Joined::Following(_co) = following.join() else {
+        panic!("following");
+    };
+    following.break_off(true);
+    assert!(ready(&following));
+    let passed = following.take_passed();
+    assert!(passed.broken && passed.unstarted);
 }
 
 #[tokio::test]
