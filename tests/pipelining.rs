@@ -55,6 +55,19 @@ fn queued(px: &Pgmux, sql: &str) -> RawClient {
     c
 }
 
+/// [`queued`], with `sql` sent as an extended-protocol unit when `extended`.
+fn queued_unit(px: &Pgmux, sql: &str, extended: bool) -> RawClient {
+    if !extended {
+        return queued(px, sql);
+    }
+    let mut c = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    c.send_extended(sql);
+    let port = c.local_port();
+    let read = poll_until(PATIENCE, || wire::unread_bytes(px.port, port) == Some(0));
+    assert!(read, "pgmux did not read {sql:?}");
+    c
+}
+
 fn release(mut holder: RawClient) -> RawClient {
     assert_eq!(holder.query("commit"), Ok(vec![]));
     holder
@@ -142,15 +155,7 @@ fn a_cancel_that_lands_after_its_statement_ended_does_not_stop_the_one_behind_it
         );
         let marker_b = format!("pipelining_late_cancel_b{id}");
         let insert = format!("insert into t select {id}, 'b' from pg_sleep(2) /* {marker_b} */");
-        let mut b = RawClient::login_trust(px.port, APP_USER, APP_DB);
-        if extended {
-            b.send_extended(&insert);
-        } else {
-            b.send_query(&insert);
-        }
-        let port = b.local_port();
-        let read = poll_until(PATIENCE, || wire::unread_bytes(px.port, port) == Some(0));
-        assert!(read, "pgmux did not read b's statement");
+        let mut b = queued_unit(&px, &insert, extended);
         let _x = release(x);
         wait_until_running(&marker_a);
         link.hold();
@@ -187,15 +192,7 @@ fn a_statement_behind_one_whose_backend_was_terminated_runs_once_on_another_conn
         let marker = format!("pipelining_terminated_leader{id}");
         let mut a = queued(&px, &format!("select 'a' from pg_sleep(60) /* {marker} */"));
         let insert = format!("insert into t values ({id}, 'b')");
-        let mut b = RawClient::login_trust(px.port, APP_USER, APP_DB);
-        if extended {
-            b.send_extended(&insert);
-        } else {
-            b.send_query(&insert);
-        }
-        let port = b.local_port();
-        let read = poll_until(PATIENCE, || wire::unread_bytes(px.port, port) == Some(0));
-        assert!(read, "pgmux did not read b's statement");
+        let mut b = queued_unit(&px, &insert, extended);
         // And c's behind b's.
         let c_id = id + 10;
         pg.sql(APP_DB, &format!("delete from t where id = {c_id}"));

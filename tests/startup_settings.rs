@@ -7,7 +7,7 @@ mod support;
 
 use support::session::*;
 use support::*;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{Client, NoTls};
 
 /// The first column of the first row of `sql`, over the simple protocol.
@@ -17,6 +17,16 @@ async fn simple_value(client: &Client, sql: &str) -> String {
         .into_iter()
         .next()
         .unwrap_or_else(|| panic!("`{sql}` returned no row"))
+}
+
+/// The FATAL error `err` carries, after checking its code.
+#[track_caller]
+fn assert_fatal<'e>(err: &'e tokio_postgres::Error, code: &SqlState) -> &'e DbError {
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {err:?}"));
+    assert_eq!((db.severity(), db.code()), ("FATAL", code), "{db:?}");
+    db
 }
 
 /// `app_url` with `options` (URL-encoded) in its query.
@@ -51,19 +61,12 @@ async fn a_setting_postgres_refuses_at_login_is_refused_at_login_with_its_sqlsta
             "work_mem",
         ),
     ];
-    for round in 0..2 {
+    for _ in 0..2 {
         for (options, code, named) in &cases {
             let err = try_connect(&url_with_options(&px, options))
                 .await
                 .expect_err("Postgres refuses this login, and so does pgmux");
-            let db = err
-                .as_db_error()
-                .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {err:?}"));
-            assert_eq!(
-                (db.severity(), db.code()),
-                ("FATAL", code),
-                "round {round}, options {options}: {db:?}"
-            );
+            let db = assert_fatal(&err, code);
             assert!(db.message().contains(named), "{db:?}");
         }
     }
@@ -209,14 +212,7 @@ async fn what_one_user_may_set_at_login_another_is_still_refused() {
     let err = try_connect(&url_with_options(&px, options))
         .await
         .expect_err("a user without the grant cannot set it");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {err:?}"));
-    assert_eq!(
-        (db.severity(), db.code()),
-        ("FATAL", &SqlState::INSUFFICIENT_PRIVILEGE),
-        "{db:?}"
-    );
+    assert_fatal(&err, &SqlState::INSUFFICIENT_PRIVILEGE);
     assert_eq!(
         simple_value(&allowed, "show log_min_messages").await,
         "debug1"
