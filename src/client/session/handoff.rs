@@ -261,9 +261,9 @@ impl Session {
             // and goes to another connection as if just sent.
             let again = unstarted && self.replay_unstarted();
             // Breaks the lease for this client's own follower, whose unit never ran
-            // either when this one's did not.
+            // either when this one's did not, whether or not this one's runs again.
             if let Handoff::Lease(lease) = *h {
-                lease.lose(again);
+                lease.lose(unstarted);
             }
             self.server = None;
             if again {
