@@ -320,6 +320,10 @@ async fn login(
     Ok(Some((session, slot)))
 }
 
+/// Postgres' `cant_change_runtime_param`: the setting can be made only at connection start
+/// (or never).
+const CANT_CHANGE_NOW: &str = "55P02";
+
 /// Has a server apply a login's settings (startup parameters, `options=-c ...`) once
 /// per distinct set, so that a set Postgres would refuse at login is refused at login,
 /// with the server's SQLSTATE and words, instead of failing on every server connection
@@ -357,6 +361,13 @@ async fn check_startup_settings(
         Ok(Ok(())) => {
             conn.settings = settings.clone();
             pool.taken_settings.taken(settings);
+            co.release();
+            Ok(true)
+        }
+        // A setting Postgres takes only at connection start (`ignore_system_indexes`)
+        // cannot be applied on a pooled connection, and Postgres would have let this
+        // login in: so does pgmux, and the client hears of it as before.
+        Ok(Err(ServerError::Refused { code, .. })) if code == CANT_CHANGE_NOW => {
             co.release();
             Ok(true)
         }
