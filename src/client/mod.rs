@@ -320,8 +320,9 @@ async fn login(
     Ok(Some((session, slot)))
 }
 
-/// Postgres' `cant_change_runtime_param`: the setting can be made only at connection start
-/// (or never).
+/// Postgres' `cant_change_runtime_param`: the setting can be made only at connection
+/// start, or not at all (`server_version`). Only the message's words, which follow
+/// `lc_messages`, tell the two apart, so neither refuses a login.
 const CANT_CHANGE_NOW: &str = "55P02";
 
 /// Has a server apply a login's settings (startup parameters, `options=-c ...`) once
