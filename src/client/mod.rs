@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::scram::ScramServer;
 use crate::config::{AuthMethod, Config, TlsMode};
+use crate::pool::{Pool, Reported};
 use crate::protocol::build::{self, PgError};
 use crate::protocol::startup::{self, FirstPacket, StartupParams};
 use crate::protocol::{complete_frame, fe, SqlState, TxStatus};
@@ -255,21 +256,7 @@ async fn login(
             return Err(refuse(&mut stream, e).await);
         }
     };
-    let reported = match pool.reported() {
-        Some(r) => r,
-        None if !reachable => Arc::new(fallback_parameters()),
-        None => match pool.checkout(cfg.proxy.query_wait_timeout).await {
-            Ok(co) => {
-                let r = co.pool().reported();
-                co.release();
-                r.unwrap_or_default()
-            }
-            Err(e) => {
-                tracing::warn!(database = %database, error = %e, "no server to learn its parameters from");
-                Arc::new(fallback_parameters())
-            }
-        },
-    };
+    let reported = server_parameters(cfg, &pool, reachable).await;
     if let Some((given, kept)) = clipped {
         build::notice_with_code(
             &mut out,
@@ -278,21 +265,7 @@ async fn login(
         );
     }
     let cancel = shared.cancels.register(pool.key.user.clone());
-    for (name, value) in reported.iter() {
-        let own = client_values
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(k, v)| {
-                // Postgres reports the encoding's own name, which drivers check and
-                // decode by ('utf-8' → UTF8); an unknown one is the server's to refuse.
-                if k.eq_ignore_ascii_case("client_encoding") {
-                    crate::server::settings::canonical_client_encoding(v)
-                } else {
-                    Some(v.as_str())
-                }
-            });
-        build::parameter_status(&mut out, name.as_bytes(), own.unwrap_or(value).as_bytes());
-    }
+    report_parameters(&mut out, &reported, &client_values);
     build::backend_key_data(&mut out, cancel.pid, cancel.secret);
     build::ready_for_query(&mut out, TxStatus::Idle);
     stream.write_all(&out).await?;
@@ -320,10 +293,53 @@ async fn login(
     Ok(Some((session, slot)))
 }
 
+/// The parameters a server of `pool` reported at login, to report to the client as
+/// its own; made up ([`fallback_parameters`]) when no server can be reached.
+async fn server_parameters(cfg: &Config, pool: &Arc<Pool>, reachable: bool) -> Reported {
+    match pool.reported() {
+        Some(r) => r,
+        None if !reachable => Arc::new(fallback_parameters()),
+        None => match pool.checkout(cfg.proxy.query_wait_timeout).await {
+            Ok(co) => {
+                let r = co.pool().reported();
+                co.release();
+                r.unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::warn!(database = %pool.key.database, error = %e, "no server to learn its parameters from");
+                Arc::new(fallback_parameters())
+            }
+        },
+    }
+}
+
+/// A ParameterStatus for each of the server's `reported` parameters, with the
+/// client's own value where its startup packet set one.
+fn report_parameters(out: &mut BytesMut, reported: &Reported, client_values: &[(String, String)]) {
+    for (name, value) in reported.iter() {
+        let own = client_values
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(k, v)| {
+                // Postgres reports the encoding's own name, which drivers check and
+                // decode by ('utf-8' → UTF8); an unknown one is the server's to refuse.
+                if k.eq_ignore_ascii_case("client_encoding") {
+                    crate::server::settings::canonical_client_encoding(v)
+                } else {
+                    Some(v.as_str())
+                }
+            });
+        build::parameter_status(out, name.as_bytes(), own.unwrap_or(value).as_bytes());
+    }
+}
+
 /// Postgres' `cant_change_runtime_param`: the setting can be made only at connection
 /// start, or not at all (`server_version`). Only the message's words, which follow
 /// `lc_messages`, tell the two apart, so neither refuses a login.
 const CANT_CHANGE_NOW: &str = "55P02";
+
+const SETTING_HINT: &str = "the setting comes from this connection's startup parameters or \
+                            its options (-c name=value); correct or remove it";
 
 /// Has a server apply a login's settings (startup parameters, `options=-c ...`) once
 /// per distinct set, so that a set Postgres would refuse at login is refused at login,
@@ -332,7 +348,7 @@ const CANT_CHANGE_NOW: &str = "55P02";
 /// failure reaches the client as a notice. Ok(false) when no server could be had.
 async fn check_startup_settings(
     cfg: &Config,
-    pool: &Arc<crate::pool::Pool>,
+    pool: &Arc<Pool>,
     settings: &Settings,
 ) -> Result<bool, PgError> {
     if !pool.taken_settings.needs_check(settings) {
@@ -375,12 +391,7 @@ async fn check_startup_settings(
         // A multi-statement query is one transaction: none of the settings stayed.
         Ok(Err(ServerError::Refused { code, message })) => {
             co.release();
-            Err(
-                PgError::fatal(SqlState::of_setting_error(&code), message).with_hint(
-                    "the setting comes from this connection's startup parameters or its options \
-                 (-c name=value); correct or remove it",
-                ),
-            )
+            Err(PgError::fatal(SqlState::of_setting_error(&code), message).with_hint(SETTING_HINT))
         }
         // The connection is in doubt and closes; the client's first statement will
         // find a server.
