@@ -250,6 +250,57 @@ fn a_replication_connection_is_refused_with_0a000() {
     assert_eq!(m.auth_code(), Some(10), "an ordinary login goes on: {m:?}");
 }
 
+/// What Postgres refuses in a startup packet, pgmux refuses with the same SQLSTATE
+/// before asking for a password: an empty user name (28000), a protocol other than
+/// 3 (0A000), and a `replication` value that is neither a boolean nor `database`
+/// (22023). A boolean spelled the way Postgres accepts it (`of`) is still one.
+#[test]
+fn a_startup_packet_postgres_would_refuse_gets_postgres_sqlstate() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let first_reply = |packet: Vec<u8>| {
+        let mut tcp = wire::tcp(px.port);
+        tcp.write_all(&packet).unwrap();
+        read_message(&mut tcp).unwrap()
+    };
+    let refused = [
+        (
+            wire::startup_message(&[("user", ""), ("database", APP_DB)]),
+            "28000",
+        ),
+        (
+            wire::request(2 << 16, b"user\0app\0database\0app\0\0"),
+            "0A000",
+        ),
+        (
+            wire::startup_message(&[
+                ("user", APP_USER),
+                ("database", APP_DB),
+                ("replication", "junk"),
+            ]),
+            "22023",
+        ),
+        (
+            wire::startup_message(&[
+                ("user", APP_USER),
+                ("database", APP_DB),
+                ("replication", "DATABASE"),
+            ]),
+            "22023",
+        ),
+    ];
+    for (packet, code) in refused {
+        let m = first_reply(packet);
+        assert_eq!(m.error(), ("FATAL".to_string(), code.to_string()), "{m:?}");
+    }
+    let m = first_reply(wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("replication", "of"),
+    ]));
+    assert_eq!(m.auth_code(), Some(10), "an ordinary login goes on: {m:?}");
+}
+
 #[tokio::test]
 async fn a_gssenc_request_is_answered_n_and_the_login_proceeds_on_the_same_socket() {
     let pg = shared_primary();

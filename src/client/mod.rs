@@ -113,8 +113,14 @@ async fn read_first_packet(
     let mut packet = vec![0u8; len];
     packet[..4].copy_from_slice(&head);
     stream.read_exact(&mut packet[4..]).await?;
-    Ok(startup::parse_first_packet(&packet)
-        .map_err(|e| PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())))
+    Ok(startup::parse_first_packet(&packet).map_err(|e| {
+        // As Postgres: another protocol is a feature pgmux lacks, not a violation.
+        let code = match e {
+            startup::StartupError::UnsupportedProtocol { .. } => SqlState::FEATURE_NOT_SUPPORTED,
+            _ => SqlState::PROTOCOL_VIOLATION,
+        };
+        PgError::fatal(code, e.to_string())
+    }))
 }
 
 async fn login(
@@ -192,14 +198,27 @@ async fn login(
         .with_hint("connect with sslmode=require");
         return Err(refuse(&mut stream, e).await);
     }
-    let Some(user_name) = params.user().map(str::to_string) else {
+    // An empty name is no name, as in Postgres.
+    let Some(user_name) = params.user().filter(|u| !u.is_empty()).map(str::to_string) else {
         let e = PgError::fatal(
             SqlState::INVALID_AUTHORIZATION,
             "no user name in the startup packet",
-        );
+        )
+        .with_hint("give a user name in the connection string");
         return Err(refuse(&mut stream, e).await);
     };
-    if params.wants_replication() {
+    let Some(replication) = params.wants_replication() else {
+        let e = PgError::fatal(
+            SqlState::INVALID_PARAMETER_VALUE,
+            format!(
+                "invalid value for parameter \"replication\": \"{}\"",
+                params.get("replication").unwrap_or_default()
+            ),
+        )
+        .with_hint("valid values are \"false\", 0, \"true\", 1 and \"database\"");
+        return Err(refuse(&mut stream, e).await);
+    };
+    if replication {
         let e = PgError::fatal(
             SqlState::FEATURE_NOT_SUPPORTED,
             "pgmux does not proxy replication connections",

@@ -17,6 +17,7 @@ impl SqlState {
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const CONNECTION_EXCEPTION: SqlState = SqlState("08000");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
 
     pub fn code(self) -> &'static str {
         self.0

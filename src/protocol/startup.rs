@@ -61,16 +61,16 @@ impl StartupParams {
         self.get("database").or_else(|| self.user())
     }
 
-    /// The client asked for a replication connection (`replication=database`, or a
-    /// true boolean): a walsender speaks its own commands, which a pooled session
-    /// cannot serve. False spellings ask for an ordinary session.
-    pub fn wants_replication(&self) -> bool {
-        self.get("replication").is_some_and(|v| {
-            !matches!(
-                v.to_ascii_lowercase().as_str(),
-                "false" | "off" | "no" | "0" | "f" | "n"
-            )
-        })
+    /// Whether the client asked for a replication connection (`replication=database`,
+    /// or a true boolean): a walsender speaks its own commands, which a pooled session
+    /// cannot serve. `None` for a value Postgres would refuse, which is neither.
+    pub fn wants_replication(&self) -> Option<bool> {
+        match self.get("replication") {
+            None => Some(false),
+            // Case-sensitive, as in Postgres' startup code.
+            Some("database") => Some(true),
+            Some(v) => parse_bool(v),
+        }
     }
 
     /// Session settings the client asked for: every parameter except the ones that
@@ -180,6 +180,20 @@ pub fn packet_len(head: [u8; 4]) -> Result<usize, StartupError> {
         return Err(StartupError::BadLength(len));
     }
     Ok(len as usize)
+}
+
+/// A boolean as Postgres reads one (`parse_bool`): any case, any unambiguous prefix
+/// of `true`, `false`, `yes`, `no`, and `on`, `off`, `1`, `0` in full.
+fn parse_bool(v: &str) -> Option<bool> {
+    let l = v.to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| l.len() >= min && word.starts_with(l.as_str());
+    if prefix_of("true", 1) || prefix_of("yes", 1) || l == "1" || l == "on" {
+        Some(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || l == "0" || prefix_of("off", 2) {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Decodes a whole first packet (length prefix included).
@@ -316,5 +330,18 @@ mod tests {
             parse_first_packet(&b),
             Err(StartupError::UnsupportedProtocol { major: 2, .. })
         ));
+    }
+
+    #[test]
+    fn booleans_read_as_postgres_reads_them() {
+        for v in ["t", "TRUE", "tr", "y", "Yes", "on", "ON", "1"] {
+            assert_eq!(parse_bool(v), Some(true), "{v}");
+        }
+        for v in ["f", "False", "n", "NO", "of", "off", "0"] {
+            assert_eq!(parse_bool(v), Some(false), "{v}");
+        }
+        for v in ["", "o", "truee", "2", "database", "onn", " true"] {
+            assert_eq!(parse_bool(v), None, "{v:?}");
+        }
     }
 }

@@ -76,7 +76,7 @@ pub fn terminate_message() -> Vec<u8> {
     tagged(b'X', &[])
 }
 
-fn request(code: i32, rest: &[u8]) -> Vec<u8> {
+pub fn request(code: i32, rest: &[u8]) -> Vec<u8> {
     let len = i32::try_from(8 + rest.len()).expect("a small packet");
     let mut out = len.to_be_bytes().to_vec();
     out.extend_from_slice(&code.to_be_bytes());
