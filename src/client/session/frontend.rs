@@ -78,6 +78,10 @@ impl Session {
         Blocked::Fatal(PgError::fatal(
             SqlState::PROTOCOL_VIOLATION,
             format!("malformed {what} message; the connection is closed"),
+        )
+        .with_hint(
+            "the client sent a message that does not follow the Postgres protocol: \
+             a bug in the client or its driver",
         ))
     }
 
