@@ -301,6 +301,83 @@ fn a_startup_packet_postgres_would_refuse_gets_postgres_sqlstate() {
     assert_eq!(m.auth_code(), Some(10), "an ordinary login goes on: {m:?}");
 }
 
+/// A SCRAM exchange the client breaks is a protocol violation (08P01), as in
+/// Postgres, and says what broke it: another mechanism, a client-final-message
+/// whose nonce or channel binding is not the exchange's, or one that is not a SCRAM
+/// message at all. Only a proof that does not match is a wrong password (28P01);
+/// an unknown user gets the same answers, so they tell nothing about who exists.
+#[test]
+fn a_broken_scram_exchange_is_08p01_and_only_a_wrong_proof_is_28p01() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let client_first = |mechanism: &str| {
+        let bare = "n=,r=0123456789abcdefghijklmn";
+        let mut body = format!("{mechanism}\0").into_bytes();
+        body.extend_from_slice(&(3 + bare.len() as i32).to_be_bytes());
+        body.extend_from_slice(format!("n,,{bare}").as_bytes());
+        wire::tagged(b'p', &body)
+    };
+    // Logs `user` in up to the server-first-message; returns the socket and the
+    // server's nonce.
+    let begin = |user: &str| {
+        let mut tcp = wire::tcp(px.port);
+        tcp.write_all(&wire::startup_message(&[
+            ("user", user),
+            ("database", APP_DB),
+        ]))
+        .unwrap();
+        assert_eq!(read_message(&mut tcp).unwrap().auth_code(), Some(10));
+        tcp.write_all(&client_first("SCRAM-SHA-256")).unwrap();
+        let m = read_message(&mut tcp).unwrap();
+        assert_eq!(m.auth_code(), Some(11), "{m:?}");
+        let server_first = String::from_utf8(m.body[4..].to_vec()).unwrap();
+        let nonce = server_first
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .expect("a nonce")
+            .to_string();
+        (tcp, nonce)
+    };
+    let proof = "p=eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
+    for user in [APP_USER, "nobody_at_all"] {
+        let mut tcp = wire::tcp(px.port);
+        tcp.write_all(&wire::startup_message(&[
+            ("user", user),
+            ("database", APP_DB),
+        ]))
+        .unwrap();
+        read_message(&mut tcp).unwrap();
+        tcp.write_all(&client_first("SCRAM-SHA-256-PLUS")).unwrap();
+        let m = read_message(&mut tcp).unwrap();
+        assert_eq!(m.error(), ("FATAL".into(), "08P01".into()), "{m:?}");
+        assert!(m.field(b'M').unwrap().contains("mechanism"), "{m:?}");
+
+        let finals = [
+            (format!("c=biws,r=not-the-nonce,{proof}"), "08P01", "nonce"),
+            (
+                format!("c=eSws,r={{nonce}},{proof}"),
+                "08P01",
+                "channel binding",
+            ),
+            ("no attributes at all".to_string(), "08P01", "SCRAM"),
+            (format!("c=biws,r={{nonce}},{proof}"), "28P01", "password"),
+        ];
+        for (final_message, code, says) in finals {
+            let (mut tcp, nonce) = begin(user);
+            let final_message = final_message.replace("{nonce}", &nonce);
+            tcp.write_all(&wire::tagged(b'p', final_message.as_bytes()))
+                .unwrap();
+            let m = read_message(&mut tcp).unwrap();
+            assert_eq!(
+                m.error(),
+                ("FATAL".into(), code.into()),
+                "{user}, {final_message}: {m:?}"
+            );
+            assert!(m.field(b'M').unwrap().contains(says), "{m:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_gssenc_request_is_answered_n_and_the_login_proceeds_on_the_same_socket() {
     let pg = shared_primary();

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::scram::ScramServer;
+use crate::auth::AuthError;
 use crate::config::{AuthMethod, Config, TlsMode};
 use crate::pool::{Pool, Reported};
 use crate::protocol::build::{self, PgError};
@@ -526,18 +527,16 @@ async fn authenticate(
         };
         if mech != b"SCRAM-SHA-256" {
             let e = PgError::fatal(
-                SqlState::INVALID_AUTHORIZATION,
+                SqlState::PROTOCOL_VIOLATION,
                 "client selected an invalid SASL authentication mechanism",
-            );
+            )
+            .with_hint("pgmux offers SCRAM-SHA-256 without channel binding");
             return Err(refuse(stream, e).await);
         }
         let first = match server.client_first(data) {
             Ok(f) => f,
             Err(e) => {
-                let e = PgError::fatal(
-                    SqlState::PROTOCOL_VIOLATION,
-                    format!("malformed SCRAM message: {e}"),
-                );
+                let e = PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
                 return Err(refuse(stream, e).await);
             }
         };
@@ -547,6 +546,12 @@ async fn authenticate(
         let body = expect_password(stream, buf).await?;
         let (last, client_key) = match server.client_final(&body) {
             Ok(r) if user.is_some() => r,
+            // As Postgres: a message that breaks the exchange is a protocol violation,
+            // whoever the user; only a proof that does not match is a wrong password.
+            Err(e @ AuthError::Malformed(_)) => {
+                let e = PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
+                return Err(refuse(stream, e).await);
+            }
             _ => return Err(refuse(stream, auth_failed(user_name)).await),
         };
         if let Some(u) = user {

@@ -75,14 +75,16 @@ impl Session {
     }
 
     pub(super) fn malformed(&self, what: &str) -> Blocked {
-        Blocked::Fatal(PgError::fatal(
-            SqlState::PROTOCOL_VIOLATION,
-            format!("malformed {what} message; the connection is closed"),
-        )
-        .with_hint(
-            "the client sent a message that does not follow the Postgres protocol: \
+        Blocked::Fatal(
+            PgError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!("malformed {what} message; the connection is closed"),
+            )
+            .with_hint(
+                "the client sent a message that does not follow the Postgres protocol: \
              a bug in the client or its driver",
-        ))
+            ),
+        )
     }
 
     fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), Blocked> {
