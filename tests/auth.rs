@@ -76,6 +76,66 @@ async fn md5_client_auth_logs_in_with_the_right_password_only() {
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
 }
 
+/// An md5 password message holds one zero-terminated string and nothing else; any
+/// other shape is 08P01, as in Postgres, rather than a wrong password or a login.
+#[test]
+fn an_md5_password_message_that_is_not_one_string_is_08p01() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "auth_method = \"md5\"", ""));
+    // The right answer for the salt, so that only the shape is wrong.
+    let answer = |salt: &[u8]| {
+        let inner = md5_hex(format!("{APP_PASSWORD}{APP_USER}").as_bytes());
+        let mut salted = inner.into_bytes();
+        salted.extend_from_slice(salt);
+        format!("md5{}", md5_hex(&salted)).into_bytes()
+    };
+    let shapes: [fn(Vec<u8>) -> Vec<u8>; 3] = [
+        |_| Vec::new(),
+        |a| a,
+        |mut a| {
+            a.extend_from_slice(b"\0junk");
+            a
+        },
+    ];
+    for shape in shapes {
+        let mut tcp = wire::tcp(px.port);
+        tcp.write_all(&wire::startup_message(&[
+            ("user", APP_USER),
+            ("database", APP_DB),
+        ]))
+        .unwrap();
+        let m = read_message(&mut tcp).unwrap();
+        assert_eq!(m.auth_code(), Some(5), "{m:?}");
+        let body = shape(answer(&m.body[4..8]));
+        tcp.write_all(&wire::tagged(b'p', &body)).unwrap();
+        let m = read_message(&mut tcp).unwrap();
+        assert_eq!(
+            m.error(),
+            ("FATAL".into(), "08P01".into()),
+            "{body:?}: {m:?}"
+        );
+    }
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+    ]))
+    .unwrap();
+    let m = read_message(&mut tcp).unwrap();
+    let mut body = answer(&m.body[4..8]);
+    body.push(0);
+    tcp.write_all(&wire::tagged(b'p', &body)).unwrap();
+    assert_eq!(read_message(&mut tcp).unwrap().auth_code(), Some(0));
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[tokio::test]
 async fn md5_client_auth_does_not_reveal_which_users_exist() {
     let pg = shared_primary();

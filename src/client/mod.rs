@@ -499,6 +499,12 @@ async fn authenticate(
         build::auth_md5(&mut out, salt);
         stream.write_all(&out).await?;
         let body = expect_password(stream, buf).await?;
+        // As Postgres: the message holds one string and its terminator, no more.
+        if body.iter().position(|&b| b == 0) != Some(body.len().wrapping_sub(1)) {
+            let e = PgError::fatal(SqlState::PROTOCOL_VIOLATION, "invalid password packet size")
+                .with_hint("the password message must hold one zero-terminated string");
+            return Err(refuse(stream, e).await);
+        }
         out.clear();
         let hash = secret
             .and_then(|s| s.md5_hash.as_deref())
