@@ -26,13 +26,13 @@ cargo test --benches
 # relay uses io_uring where the kernel allows it. The protocol, pool and lifecycle
 # suites run again with one worker, and on epoll.
 step "protocol, pool, cancel and lifecycle suites with 1 worker"
-PGMUX_TEST_WORKERS=1 cargo test --test protocol_and_errors --test pools --test cancel --test lifecycle
+PGMUX_TEST_WORKERS=1 cargo test --test protocol --test errors --test pools --test cancel --test lifecycle
 
 step "protocol, pool, cancel and lifecycle suites on epoll"
-PGMUX_IO=epoll cargo test --test protocol_and_errors --test pools --test cancel --test lifecycle
+PGMUX_IO=epoll cargo test --test protocol --test errors --test pools --test cancel --test lifecycle
 
 step "client protocol suites with server_pipelining behind statements of any duration"
-PGMUX_TEST_PIPELINE=any cargo test --test protocol_and_errors --test prepared_statements --test prepared_schema_changes --test drivers --test session_state --test differential --test cancel --test pools --test lifecycle
+PGMUX_TEST_PIPELINE=any cargo test --test protocol --test errors --test prepared_statements --test prepared_schema_changes --test drivers --test session_state --test differential --test cancel --test pools --test lifecycle
 
 step "cargo test (unit and integration tests)"
 exec cargo test

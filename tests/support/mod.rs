@@ -30,6 +30,7 @@ pub mod link;
 pub mod pgmux;
 pub mod postgres;
 pub mod process;
+pub mod protocol;
 pub mod session;
 pub mod wire;
 
