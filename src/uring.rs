@@ -111,10 +111,7 @@ fn push_deferred() {
         if due {
             if let Err(e) = sock.clone().push_send() {
                 let mut st = sock.state.lock();
-                st.send_armed = false;
-                st.send_pushed = false;
-                st.sending.clear();
-                st.queued.clear();
+                st.drop_output();
                 st.error
                     .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
                 let w = (st.reader.take(), st.writer.take());
@@ -372,10 +369,7 @@ impl Ring {
                         if res <= 0 {
                             // A send that moves nothing would be retried forever.
                             st.error = Some(if res == 0 { libc::EPIPE } else { -res });
-                            st.send_armed = false;
-                            st.send_pushed = false;
-                            st.sending.clear();
-                            st.queued.clear();
+                            st.drop_output();
                         } else {
                             st.sent += res as usize;
                             if st.sent == st.sending.len() {
@@ -422,10 +416,7 @@ impl Ring {
                 if recv {
                     st.recv_armed = false;
                 } else {
-                    st.send_armed = false;
-                    st.send_pushed = false;
-                    st.sending.clear();
-                    st.queued.clear();
+                    st.drop_output();
                 }
                 wake.extend(st.reader.take());
                 wake.extend(st.writer.take());
@@ -469,6 +460,15 @@ struct State {
 impl State {
     fn backlog(&self) -> usize {
         self.sending.len() - self.sent + self.queued.len()
+    }
+
+    /// Drops the output a failed send leaves: nothing more goes to this socket.
+    fn drop_output(&mut self) {
+        self.send_armed = false;
+        self.send_pushed = false;
+        self.sending.clear();
+        self.sent = 0;
+        self.queued.clear();
     }
 
     fn error(&self) -> Option<io::Error> {
@@ -673,9 +673,7 @@ impl UringStream {
             self.sock.state.lock().send_pushed = true;
             if let Err(e) = self.sock.clone().push_send() {
                 let mut st = self.sock.state.lock();
-                st.send_armed = false;
-                st.send_pushed = false;
-                st.sending.clear();
+                st.drop_output();
                 st.error = e.raw_os_error().or(Some(libc::EIO));
                 return Err(e);
             }

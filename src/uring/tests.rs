@@ -125,6 +125,54 @@ fn a_peer_that_does_not_read_holds_writers_back_and_loses_nothing() {
     });
 }
 
+/// A send the kernel took in part, then failed (the peer reset the connection):
+/// what was left is dropped, the backlog reads zero, and writers hear the error.
+#[test]
+fn a_send_that_fails_midway_leaves_no_backlog() {
+    if !available() {
+        return;
+    }
+    runtime(1).block_on(async {
+        let (ours, peer) = pair().await;
+        // More than any socket buffer holds: the kernel takes a part of it.
+        let total = 64 << 20;
+        ours.send_slice(&vec![7u8; total]).unwrap();
+        let taken = std::future::poll_fn(|cx| ours.poll_backlog(cx, total - 1));
+        tokio::time::timeout(Duration::from_secs(30), taken)
+            .await
+            .expect("the kernel takes a part within 30 s")
+            .unwrap();
+        assert!(
+            ours.backlog() > 0,
+            "the peer reads nothing: not all of it fits"
+        );
+        // A reset, not an orderly close: SO_LINGER with a zero timeout.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid descriptor and a `linger` of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&peer),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(peer);
+        let failed = std::future::poll_fn(|cx| ours.poll_backlog(cx, 0));
+        let result = tokio::time::timeout(Duration::from_secs(30), failed)
+            .await
+            .expect("the failure within 30 s");
+        assert!(result.is_err(), "the reset reaches the writer");
+        assert_eq!(ours.backlog(), 0);
+        assert!(ours.send_slice(b"more").is_err());
+    });
+}
+
 #[test]
 fn a_watched_idle_socket_notices_the_peer_closing() {
     if !available() {
