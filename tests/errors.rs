@@ -451,3 +451,81 @@ fn a_large_result_to_a_slow_reader_arrives_whole_and_frees_the_connection() {
     assert_eq!(other.query("select 7"), Ok(vec!["7".to_owned()]));
     assert_eq!(client.query("select 8"), Ok(vec!["8".to_owned()]));
 }
+
+/// A client that pipelines many statements with large results and reads nothing
+/// must not make pgmux read, and hold, every reply the server makes: pgmux reads
+/// ahead of its writes to the server only so far, then waits for the client as
+/// Postgres itself would. The client still gets its replies whole and in order, and
+/// when it leaves, the server connection serves the next client.
+#[test]
+fn a_client_that_pipelines_and_reads_nothing_holds_pgmux_to_bounded_memory() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "auth_method = \"trust\"",
+        "pool_size = 1",
+    ));
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", px.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let mut client = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    // 8 MB of statements, more than the sockets between pgmux and the server hold,
+    // each answered with 32 kB: 256 MB of replies. While the first statement
+    // sleeps, pgmux queues the others towards the server.
+    let statements = 8_000;
+    let reply = 32 * 1024;
+    let padding = "x".repeat(1000);
+    let sql = format!("select repeat('y', {reply}) /* {padding} */");
+    let before = rss();
+    let mut batch = wire::query_message("select pg_sleep(1)");
+    for _ in 0..statements {
+        batch.extend(wire::query_message(&sql));
+    }
+    let mut writer = client.stream.try_clone().unwrap();
+    // From a thread: once pgmux stops reading, the write blocks until the client
+    // reads, or leaves.
+    let sender = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &batch));
+
+    let port = client.local_port();
+    let stalled = poll_until(Duration::from_secs(60), || {
+        wire::unsent_bytes(px.port, port).is_some_and(|n| n > 1 << 20)
+            && shared_primary()
+                .sql(
+                    "postgres",
+                    "select count(*) from pg_stat_activity \
+                     where usename = 'app' and wait_event = 'ClientWrite'",
+                )
+                .trim()
+                == "1"
+    });
+    assert!(
+        stalled,
+        "the server never waited on pgmux to take its replies"
+    );
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "pgmux grew by {} MB while its client read nothing",
+        grown >> 20
+    );
+
+    assert_eq!(tags(&client.read_until_ready()), "TDCZ", "the pg_sleep");
+    for i in 0..10 {
+        let msgs = client.read_until_ready();
+        let row = msgs.iter().find(|m| m.tag == b'D').unwrap_or_else(|| {
+            panic!("statement {i} got no row: {:?}", tags(&msgs));
+        });
+        assert_eq!(row.first_column().len(), reply, "statement {i}");
+    }
+    drop(client);
+    let _ = sender.join().unwrap();
+    let mut other = RawClient::login_trust(px.port, APP_USER, APP_DB);
+    assert_eq!(other.query("select 8"), Ok(vec!["8".to_owned()]));
+}

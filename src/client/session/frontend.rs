@@ -510,8 +510,18 @@ impl Session {
             if !self.swbuf.is_empty() || conn.stream.backlog() > HIGH_WATER {
                 let following = self.handoff.as_deref().and_then(Handoff::following);
                 let written = match following {
-                    Some(baton) => write_following(conn, baton, &self.swbuf).await,
+                    Some(baton) => write_following(conn, baton, &self.swbuf)
+                        .await
+                        .map(|()| self.swbuf.len()),
                     None => write_to_server(conn, &self.swbuf).await,
+                };
+                let written = match written {
+                    Ok(n) => {
+                        // What a plain socket did not take yet goes with the next write.
+                        self.swbuf.advance(n);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 };
                 if let Err(e) = written {
                     let addr = conn.addr.to_string();
@@ -525,8 +535,9 @@ impl Session {
                         .await;
                 }
             }
+        } else {
+            self.swbuf.clear();
         }
-        self.swbuf.clear();
         if !self.cwbuf.is_empty() || self.client.backlog() > HIGH_WATER {
             write_all(&mut self.client, &self.cwbuf).await?;
             self.cwbuf.clear();

@@ -43,29 +43,41 @@ pub(crate) fn read_some<'a>(
     })
 }
 
+/// Replies read ahead, at most, while pgmux waits to write to a server. Past this the
+/// write stops waiting, and the relay passes those replies on (or waits for the
+/// client to take them) before the server is given more.
+const READ_AHEAD: usize = HIGH_WATER;
+
 /// Writes to a server while still reading its replies into its buffer: a client that
 /// pipelines a lot would otherwise fill both directions and deadlock pgmux against
-/// the server, which stops reading while its own writes are blocked.
-pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::io::Result<()> {
+/// the server, which stops reading while its own writes are blocked. The replies
+/// read so are bounded by [`READ_AHEAD`]: a client that pipelines and never reads
+/// would otherwise have pgmux read, and hold, every reply the server makes. Returns
+/// how much of `data` went to the socket; the rest is the caller's to write again.
+pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::io::Result<usize> {
     if let MaybeTls::Uring(s) = &conn.stream {
         s.send_slice(data)?;
         let rbuf = &mut conn.rbuf;
-        return std::future::poll_fn(|cx| loop {
-            if s.poll_backlog(cx, HIGH_WATER)?.is_ready() {
-                return Poll::Ready(Ok(()));
-            }
-            match s.poll_read_buf(cx, rbuf)? {
-                Poll::Ready(0) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+        std::future::poll_fn(|cx| -> Poll<std::io::Result<()>> {
+            loop {
+                if rbuf.len() >= READ_AHEAD || s.poll_backlog(cx, HIGH_WATER)?.is_ready() {
+                    return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(_) => continue,
-                Poll::Pending => return Poll::Pending,
+                match s.poll_read_buf(cx, rbuf)? {
+                    Poll::Ready(0) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+                    }
+                    Poll::Ready(_) => continue,
+                    Poll::Pending => return Poll::Pending,
+                }
             }
         })
-        .await;
+        .await?;
+        return Ok(data.len());
     }
     let MaybeTls::Plain(tcp) = &conn.stream else {
-        return write_all(&mut conn.stream, data).await;
+        write_all(&mut conn.stream, data).await?;
+        return Ok(data.len());
     };
     let mut written = 0;
     while written < data.len() {
@@ -73,6 +85,9 @@ pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if conn.rbuf.len() >= READ_AHEAD {
+                    break;
+                }
                 tokio::select! {
                     r = tcp.writable() => r?,
                     r = tcp.readable() => {
@@ -90,7 +105,7 @@ pub(super) async fn write_to_server(conn: &mut ServerConn, data: &[u8]) -> std::
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Writes as much of `buf` as the socket takes without waiting, dropping what was
