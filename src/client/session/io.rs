@@ -24,23 +24,30 @@ pub(crate) fn read_some<'a>(
     stream: &'a mut MaybeTls,
     buf: &'a mut BytesMut,
 ) -> impl std::future::Future<Output = std::io::Result<usize>> + Unpin + 'a {
-    std::future::poll_fn(move |cx| {
-        if let MaybeTls::Uring(s) = &*stream {
-            return s.poll_read_buf(cx, buf);
-        }
-        if buf.capacity() - buf.len() < 2048 {
-            if buf.capacity() == 0 {
-                // Allocate only once there is something to read.
-                match &*stream {
-                    MaybeTls::Plain(tcp) => std::task::ready!(tcp.poll_read_ready(cx))?,
-                    MaybeTls::Unix(unix) => std::task::ready!(unix.poll_read_ready(cx))?,
-                    _ => {}
-                }
+    std::future::poll_fn(move |cx| poll_read_some(stream, buf, cx))
+}
+
+/// [`read_some`], polled.
+pub(crate) fn poll_read_some(
+    stream: &mut MaybeTls,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if let MaybeTls::Uring(s) = &*stream {
+        return s.poll_read_buf(cx, buf);
+    }
+    if buf.capacity() - buf.len() < 2048 {
+        if buf.capacity() == 0 {
+            // Allocate only once there is something to read.
+            match &*stream {
+                MaybeTls::Plain(tcp) => std::task::ready!(tcp.poll_read_ready(cx))?,
+                MaybeTls::Unix(unix) => std::task::ready!(unix.poll_read_ready(cx))?,
+                _ => {}
             }
-            buf.reserve(8192);
         }
-        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, buf)
-    })
+        buf.reserve(8192);
+    }
+    tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, buf)
 }
 
 /// Replies read ahead, at most, while pgmux waits to write to a server. Past this the

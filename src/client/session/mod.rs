@@ -32,9 +32,10 @@ mod statements;
 mod told;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -49,23 +50,49 @@ use crate::proxy::Shared;
 use crate::server::prepared::{PreparedSet, Statement};
 use crate::server::{CancelGate, Settings};
 use crate::tls::MaybeTls;
+use crate::uring::HIGH_WATER;
 
 pub(crate) use frontend::message_limit;
 use io::{read_some, sleep_until, write_all};
 use outcome::Change;
 
-/// The server's next bytes; `None` once `following`'s leader is done, before which
-/// the connection's replies are not this client's to read. One future rather than two
+/// What the relay waits for from its server connection.
+enum FromServer {
+    /// Bytes read (0 at its end), or the read's error.
+    Read(std::io::Result<usize>),
+    /// Following: the leader is done with the connection.
+    Passed,
+    /// The server took what waited for it (see [`server_full`]).
+    Drained,
+}
+
+/// The server's next bytes, unless `following`'s leader is not done yet: before that,
+/// the connection's replies are not this client's to read. While `full`, also the
+/// moment the server has taken what waited for it. One future rather than several
 /// select arms: every idle client's task holds the relay's largest wait.
-fn read_or_passed<'a>(
+fn from_server<'a>(
     conn: &'a mut crate::server::ServerConn,
     following: Option<&'a crate::pool::follow::Baton>,
-) -> impl std::future::Future<Output = Option<std::io::Result<usize>>> + 'a {
-    let mut read = read_some(&mut conn.stream, &mut conn.rbuf);
-    poll_fn(move |cx| match following {
-        Some(b) => b.poll_ready(cx).map(|()| None),
-        None => std::pin::Pin::new(&mut read).poll(cx).map(Some),
+    full: bool,
+) -> impl std::future::Future<Output = FromServer> + 'a {
+    poll_fn(move |cx| {
+        if let Some(b) = following {
+            return b.poll_ready(cx).map(|()| FromServer::Passed);
+        }
+        if let (true, MaybeTls::Uring(s)) = (full, &conn.stream) {
+            if s.poll_backlog(cx, HIGH_WATER).is_ready() {
+                return Poll::Ready(FromServer::Drained);
+            }
+        }
+        io::poll_read_some(&mut conn.stream, &mut conn.rbuf, cx).map(FromServer::Read)
     })
+}
+
+/// Whether more than `HIGH_WATER` of what pgmux sent waits for the server to take it:
+/// the client's next messages then wait in its socket until the server has, so that
+/// what pgmux queues towards a server stays bounded.
+fn server_full(conn: &crate::server::ServerConn) -> bool {
+    matches!(&conn.stream, MaybeTls::Uring(s) if s.backlog() > HIGH_WATER)
 }
 
 /// Why a session ended.
@@ -459,6 +486,7 @@ impl Session {
                     .and_then(handoff::Handoff::lease_parts)
                     .expect("leading"),
             };
+            let full = server_full(server);
             let slot = &self.cancel.slot;
             // The server first: its replies are what the usual wakeup brings, and a
             // client that sends more meanwhile is read once the server has nothing.
@@ -466,8 +494,13 @@ impl Session {
             // this client's to read; while leading, the client's next messages wait.
             let ev = tokio::select! {
                 biased;
-                r = read_or_passed(server, following) => r.map_or(Event::Passed, Event::Server),
-                r = read_some(&mut self.client, &mut self.crbuf), if !leading => Event::Client(r),
+                r = from_server(server, following, full) => match r {
+                    FromServer::Read(r) => Event::Server(r),
+                    FromServer::Passed => Event::Passed,
+                    // A failed socket is reported by the server's read.
+                    FromServer::Drained => continue,
+                },
+                r = read_some(&mut self.client, &mut self.crbuf), if !leading && !full => Event::Client(r),
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.in_flight() > 0 { Event::QueryTimeout } else { Event::IdleTransactionTimeout }
                 }
