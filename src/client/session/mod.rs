@@ -80,7 +80,8 @@ fn from_server<'a>(
             return b.poll_ready(cx).map(|()| FromServer::Passed);
         }
         if let (true, MaybeTls::Uring(s)) = (full, &conn.stream) {
-            if s.poll_backlog(cx, HIGH_WATER).is_ready() {
+            // A failed socket is left to the read below, which reports it.
+            if let Poll::Ready(Ok(())) = s.poll_backlog(cx, HIGH_WATER) {
                 return Poll::Ready(FromServer::Drained);
             }
         }
@@ -497,7 +498,6 @@ impl Session {
                 r = from_server(server, following, full) => match r {
                     FromServer::Read(r) => Event::Server(r),
                     FromServer::Passed => Event::Passed,
-                    // A failed socket is reported by the server's read.
                     FromServer::Drained => continue,
                 },
                 r = read_some(&mut self.client, &mut self.crbuf), if !leading && !full => Event::Client(r),
