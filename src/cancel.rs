@@ -266,7 +266,13 @@ impl CancelRegistry {
         // Decided now, before the caller sees its result: Postgres has signalled the
         // backend by then, and a signal to an idle backend changes nothing. Sent
         // later, the cancel could reach the statement the client sends next.
-        if slot.target.lock().is_some() && !slot.running.load(Ordering::Acquire) {
+        let idle = match &*slot.target.lock() {
+            Some(_) => !slot.running.load(Ordering::Acquire),
+            // Without a server connection, only a client queued for one (or
+            // following another's unit) has a statement to cancel.
+            None => !slot.queued.load(Ordering::SeqCst) && !slot.following.load(Ordering::SeqCst),
+        };
+        if idle {
             tracing::debug!(pid, "signal for a client without a running statement");
             return;
         }
