@@ -17,6 +17,13 @@ use std::io::Write;
 /// The code of the first Authentication request pgmux sends after a startup
 /// message for `user` (0 ok, 5 md5, 10 SASL) and that message's body.
 fn first_auth_request(px: &Pgmux, user: &str) -> (i32, Vec<u8>) {
+    let (_, code, body) = auth_request(px, user);
+    (code, body)
+}
+
+/// Sends `user`'s startup message and reads pgmux's first Authentication request;
+/// returns the socket, to go on with the exchange, the request's code and its body.
+fn auth_request(px: &Pgmux, user: &str) -> (std::net::TcpStream, i32, Vec<u8>) {
     let mut tcp = wire::tcp(px.port);
     tcp.write_all(&wire::startup_message(&[
         ("user", user),
@@ -27,7 +34,7 @@ fn first_auth_request(px: &Pgmux, user: &str) -> (i32, Vec<u8>) {
     let code = m
         .auth_code()
         .unwrap_or_else(|| panic!("expected an Authentication message, got {m:?}"));
-    (code, m.body)
+    (tcp, code, m.body)
 }
 
 // ------------------------------------------------------------------ client auth
@@ -98,15 +105,9 @@ fn an_md5_password_message_that_is_not_one_string_is_08p01() {
         },
     ];
     for shape in shapes {
-        let mut tcp = wire::tcp(px.port);
-        tcp.write_all(&wire::startup_message(&[
-            ("user", APP_USER),
-            ("database", APP_DB),
-        ]))
-        .unwrap();
-        let m = read_message(&mut tcp).unwrap();
-        assert_eq!(m.auth_code(), Some(5), "{m:?}");
-        let body = shape(answer(&m.body[4..8]));
+        let (mut tcp, code, request) = auth_request(&px, APP_USER);
+        assert_eq!(code, 5);
+        let body = shape(answer(&request[4..8]));
         tcp.write_all(&wire::tagged(b'p', &body)).unwrap();
         let m = read_message(&mut tcp).unwrap();
         assert_eq!(
@@ -115,14 +116,8 @@ fn an_md5_password_message_that_is_not_one_string_is_08p01() {
             "{body:?}: {m:?}"
         );
     }
-    let mut tcp = wire::tcp(px.port);
-    tcp.write_all(&wire::startup_message(&[
-        ("user", APP_USER),
-        ("database", APP_DB),
-    ]))
-    .unwrap();
-    let m = read_message(&mut tcp).unwrap();
-    let mut body = answer(&m.body[4..8]);
+    let (mut tcp, _, request) = auth_request(&px, APP_USER);
+    let mut body = answer(&request[4..8]);
     body.push(0);
     tcp.write_all(&wire::tagged(b'p', &body)).unwrap();
     assert_eq!(read_message(&mut tcp).unwrap().auth_code(), Some(0));
@@ -380,13 +375,8 @@ fn a_broken_scram_exchange_is_08p01_and_only_a_wrong_proof_is_28p01() {
     // Logs `user` in up to the server-first-message; returns the socket and the
     // server's nonce.
     let begin = |user: &str| {
-        let mut tcp = wire::tcp(px.port);
-        tcp.write_all(&wire::startup_message(&[
-            ("user", user),
-            ("database", APP_DB),
-        ]))
-        .unwrap();
-        assert_eq!(read_message(&mut tcp).unwrap().auth_code(), Some(10));
+        let (mut tcp, code, _) = auth_request(&px, user);
+        assert_eq!(code, 10);
         tcp.write_all(&client_first("SCRAM-SHA-256")).unwrap();
         let m = read_message(&mut tcp).unwrap();
         assert_eq!(m.auth_code(), Some(11), "{m:?}");
@@ -400,13 +390,7 @@ fn a_broken_scram_exchange_is_08p01_and_only_a_wrong_proof_is_28p01() {
     };
     let proof = "p=eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
     for user in [APP_USER, "nobody_at_all"] {
-        let mut tcp = wire::tcp(px.port);
-        tcp.write_all(&wire::startup_message(&[
-            ("user", user),
-            ("database", APP_DB),
-        ]))
-        .unwrap();
-        read_message(&mut tcp).unwrap();
+        let (mut tcp, _, _) = auth_request(&px, user);
         tcp.write_all(&client_first("SCRAM-SHA-256-PLUS")).unwrap();
         let m = read_message(&mut tcp).unwrap();
         assert_eq!(m.error(), ("FATAL".into(), "08P01".into()), "{m:?}");

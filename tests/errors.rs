@@ -477,8 +477,11 @@ fn a_client_that_pipelines_and_reads_nothing_holds_pgmux_to_bounded_memory() {
     };
     let mut client = RawClient::login_trust(px.port, APP_USER, APP_DB);
     // 8 MB of statements, more than the sockets between pgmux and the server hold,
-    // each answered with 32 kB: 256 MB of replies. While the first statement
-    // sleeps, pgmux queues the others towards the server.
+    // each answered with 32 kB: 256 MB of replies. The first statement keeps the
+    // server busy while pgmux queues the others towards it, so that pgmux has more
+    // than it may queue when the replies start (without it, whether the old
+    // unbounded read-ahead showed depended on timing). No step of the test waits
+    // for it: the stall below is polled for.
     let statements = 8_000;
     let reply = 32 * 1024;
     let padding = "x".repeat(1000);
