@@ -50,6 +50,46 @@ pub(crate) fn poll_read_some(
     tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, buf)
 }
 
+/// What the relay waits for from its server connection.
+pub(super) enum FromServer {
+    /// Bytes read (0 at its end), or the read's error.
+    Read(std::io::Result<usize>),
+    /// Following: the leader is done with the connection.
+    Passed,
+    /// The server took what waited for it (see [`server_full`]).
+    Drained,
+}
+
+/// The server's next bytes, unless `following`'s leader is not done yet: before that,
+/// the connection's replies are not this client's to read. While `full`, also the
+/// moment the server has taken what waited for it. One future rather than several
+/// select arms: every idle client's task holds the relay's largest wait.
+pub(super) fn from_server<'a>(
+    conn: &'a mut crate::server::ServerConn,
+    following: Option<&'a crate::pool::follow::Baton>,
+    full: bool,
+) -> impl std::future::Future<Output = FromServer> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Some(b) = following {
+            return b.poll_ready(cx).map(|()| FromServer::Passed);
+        }
+        if let (true, MaybeTls::Uring(s)) = (full, &conn.stream) {
+            // A failed socket is left to the read below, which reports it.
+            if let Poll::Ready(Ok(())) = s.poll_backlog(cx, HIGH_WATER) {
+                return Poll::Ready(FromServer::Drained);
+            }
+        }
+        poll_read_some(&mut conn.stream, &mut conn.rbuf, cx).map(FromServer::Read)
+    })
+}
+
+/// Whether more than `HIGH_WATER` of what pgmux sent waits for the server to take it:
+/// the client's next messages then wait in its socket until the server has, so that
+/// what pgmux queues towards a server stays bounded.
+pub(super) fn server_full(conn: &crate::server::ServerConn) -> bool {
+    matches!(&conn.stream, MaybeTls::Uring(s) if s.backlog() > HIGH_WATER)
+}
+
 /// Replies read ahead, at most, while pgmux waits to write to a server. Past this the
 /// write stops waiting, and the relay passes those replies on (or waits for the
 /// client to take them) before the server is given more.

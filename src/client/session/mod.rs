@@ -35,7 +35,6 @@ use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -50,51 +49,10 @@ use crate::proxy::Shared;
 use crate::server::prepared::{PreparedSet, Statement};
 use crate::server::{CancelGate, Settings};
 use crate::tls::MaybeTls;
-use crate::uring::HIGH_WATER;
 
 pub(crate) use frontend::message_limit;
-use io::{read_some, sleep_until, write_all};
+use io::{from_server, read_some, server_full, sleep_until, write_all, FromServer};
 use outcome::Change;
-
-/// What the relay waits for from its server connection.
-enum FromServer {
-    /// Bytes read (0 at its end), or the read's error.
-    Read(std::io::Result<usize>),
-    /// Following: the leader is done with the connection.
-    Passed,
-    /// The server took what waited for it (see [`server_full`]).
-    Drained,
-}
-
-/// The server's next bytes, unless `following`'s leader is not done yet: before that,
-/// the connection's replies are not this client's to read. While `full`, also the
-/// moment the server has taken what waited for it. One future rather than several
-/// select arms: every idle client's task holds the relay's largest wait.
-fn from_server<'a>(
-    conn: &'a mut crate::server::ServerConn,
-    following: Option<&'a crate::pool::follow::Baton>,
-    full: bool,
-) -> impl std::future::Future<Output = FromServer> + 'a {
-    poll_fn(move |cx| {
-        if let Some(b) = following {
-            return b.poll_ready(cx).map(|()| FromServer::Passed);
-        }
-        if let (true, MaybeTls::Uring(s)) = (full, &conn.stream) {
-            // A failed socket is left to the read below, which reports it.
-            if let Poll::Ready(Ok(())) = s.poll_backlog(cx, HIGH_WATER) {
-                return Poll::Ready(FromServer::Drained);
-            }
-        }
-        io::poll_read_some(&mut conn.stream, &mut conn.rbuf, cx).map(FromServer::Read)
-    })
-}
-
-/// Whether more than `HIGH_WATER` of what pgmux sent waits for the server to take it:
-/// the client's next messages then wait in its socket until the server has, so that
-/// what pgmux queues towards a server stays bounded.
-fn server_full(conn: &crate::server::ServerConn) -> bool {
-    matches!(&conn.stream, MaybeTls::Uring(s) if s.backlog() > HIGH_WATER)
-}
 
 /// Why a session ended.
 #[derive(Debug)]
