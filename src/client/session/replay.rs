@@ -195,11 +195,7 @@ impl Session {
                     database = %self.database,
                     "a statement stopped by another client's cancel runs again"
                 );
-                self.forget_parsed(&frames);
-                let mut input = frames;
-                input.extend_from_slice(&self.crbuf);
-                self.crbuf = input;
-                self.head_is_plain = false;
+                self.put_back(frames);
             }
             // The caller sends the held replies out first (`release_held`).
             Verdict::Release | Verdict::Hold | Verdict::Pass => {}
@@ -242,12 +238,18 @@ impl Session {
         self.unsynced = false;
         self.swbuf.clear();
         drop(self.cancel.slot.detach());
+        self.put_back(frames);
+        true
+    }
+
+    /// Puts a unit's kept messages back at the head of the client's input, to be
+    /// handled as if they had just come.
+    fn put_back(&mut self, frames: BytesMut) {
         self.forget_parsed(&frames);
         let mut input = frames;
         input.extend_from_slice(&self.crbuf);
         self.crbuf = input;
         self.head_is_plain = false;
-        true
     }
 
     /// True once, after a unit was put back at the head of the client's input.
