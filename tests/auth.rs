@@ -356,6 +356,47 @@ fn a_startup_packet_postgres_would_refuse_gets_postgres_sqlstate() {
     assert_eq!(m.auth_code(), Some(10), "an ordinary login goes on: {m:?}");
 }
 
+/// A client that gives up before logging in sends Terminate where its startup packet
+/// belongs (node-postgres does, when the application ends a connection still being
+/// made): as Postgres, pgmux closes without an answer, before and after an
+/// SSLRequest, so the driver reports the connection ended rather than a failed login.
+/// A first packet whose length is otherwise impossible is still refused with 08P01.
+#[test]
+fn a_terminate_before_the_startup_packet_is_answered_by_a_silent_close() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let read_all = |tcp: &mut std::net::TcpStream| {
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(tcp, &mut got).expect("pgmux closes the connection");
+        got
+    };
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::terminate_message()).unwrap();
+    assert_eq!(read_all(&mut tcp), b"", "nothing is sent back");
+
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&wire::ssl_request()).unwrap();
+    assert_eq!(read_byte(&mut tcp).unwrap(), b'N');
+    tcp.write_all(&wire::terminate_message()).unwrap();
+    assert_eq!(
+        read_all(&mut tcp),
+        b"",
+        "nothing is sent back after the N either"
+    );
+
+    let mut tcp = wire::tcp(px.port);
+    tcp.write_all(&[b'Q', 0, 0, 0, 4]).unwrap();
+    let m = read_message(&mut tcp).unwrap();
+    assert_eq!(
+        m.error(),
+        ("FATAL".to_string(), "08P01".to_string()),
+        "{m:?}"
+    );
+
+    let (_, code, _) = auth_request(&px, APP_USER);
+    assert_eq!(code, 10, "the next login goes on as usual");
+}
+
 /// A SCRAM exchange the client breaks is a protocol violation (08P01), as in
 /// Postgres, and says what broke it: another mechanism, a client-final-message
 /// whose nonce or channel binding is not the exchange's, or one that is not a SCRAM

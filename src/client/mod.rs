@@ -102,6 +102,21 @@ async fn read_first_packet(
 ) -> Result<Result<FirstPacket, PgError>, LoginError> {
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
+    if head == *b"X\0\0\0" {
+        // Perhaps a Terminate: the client gave up before logging in (node-postgres
+        // does when the application ends a connection still being made). Postgres,
+        // reading it as a bad length, closes without a word; an error here would reach
+        // the application as a failed login it never asked to finish. Its last byte is
+        // read so that the close is not a reset.
+        let mut last = [0u8; 1];
+        stream.read_exact(&mut last).await?;
+        if last == [4] {
+            return Err(LoginError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the client sent Terminate instead of a startup packet",
+            )));
+        }
+    }
     let len = match startup::packet_len(head) {
         Ok(l) => l,
         Err(e) => {
