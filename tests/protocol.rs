@@ -200,6 +200,82 @@ async fn an_error_in_a_batch_skips_the_rest_until_sync_and_releases_the_server()
     assert_eq!(msgs[1].first_column(), "6");
 }
 
+/// A simple Query sent among extended-protocol messages, before their Sync, runs
+/// only if the messages before it succeeded: after an error Postgres skips it, and
+/// everything else up to the Sync, and answers all of it with one ReadyForQuery.
+/// pgmux keeps count either way, so the client gives its server connection back at
+/// the Sync and its next statements get their own answers.
+#[tokio::test]
+async fn a_query_inside_a_failed_extended_batch_is_skipped_up_to_the_sync() {
+    let px = pgmux(
+        "auth_method = \"trust\"\nquery_wait_timeout = \"1s\"",
+        "pool_size = 1",
+    );
+    let mut raw = Raw::login(px.port).await;
+    let other = connect(&app_url(&px)).await;
+
+    // The Parse fails: both Queries are skipped, and so is the error in the second.
+    raw.send(&concat(&[
+        parse("", "selec"),
+        bind(""),
+        execute(),
+        query("select 2"),
+        query("select 1/0"),
+        sync(),
+    ]))
+    .await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
+    assert_eq!(msgs[0].error(), ("ERROR".into(), "42601".into()));
+    assert_eq!(simple_value(&other, "select 3").await, "3", "the server is free");
+
+    // Sent in two writes, the Query after the error has reached the client.
+    raw.send(&concat(&[parse("", "select 1/0"), bind(""), execute()]))
+        .await;
+    raw.send(&flush()).await;
+    let msgs = raw.take(2).await;
+    assert_eq!(tags(&msgs), "1E", "{msgs:?}");
+    raw.send(&concat(&[query("select 4"), sync()])).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(tags(&msgs), "Z", "{msgs:?}");
+    assert_eq!(simple_value(&other, "select 5").await, "5", "the server is free");
+
+    // Nothing fails: the Query gets its own ReadyForQuery, then the Sync.
+    raw.send(&concat(&[
+        parse("", "select 6"),
+        bind(""),
+        execute(),
+        query("select 7"),
+        sync(),
+    ]))
+    .await;
+    let mut msgs = raw.until_ready().await;
+    msgs.extend(raw.until_ready().await);
+    assert_eq!(tags(&msgs), "12DCTDCZZ", "{msgs:?}");
+    assert_eq!(msgs[2].first_column(), "6");
+    assert_eq!(msgs[5].first_column(), "7");
+
+    // Only the Query fails: its error is its own, and the Sync still answers.
+    raw.send(&concat(&[
+        parse("", "select 8"),
+        bind(""),
+        execute(),
+        query("select 1/0"),
+        sync(),
+    ]))
+    .await;
+    let mut msgs = raw.until_ready().await;
+    msgs.extend(raw.until_ready().await);
+    assert_eq!(tags(&msgs), "12DCEZZ", "{msgs:?}");
+    assert_eq!(msgs[4].error(), ("ERROR".into(), "22012".into()));
+
+    assert_eq!(simple_value(&other, "select 9").await, "9", "the server is free");
+    raw.send(&query("select 10")).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(tags(&msgs), "TDCZ", "{msgs:?}");
+    assert_eq!(msgs[1].first_column(), "10");
+}
+
 #[tokio::test]
 async fn a_failed_parse_can_be_retried_with_the_same_statement_name() {
     let px = pgmux("auth_method = \"trust\"", "pool_size = 1");

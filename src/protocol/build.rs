@@ -277,6 +277,13 @@ pub fn close_statement(out: &mut BytesMut, name: &[u8]) {
     });
 }
 
+pub fn close_portal(out: &mut BytesMut, name: &[u8]) {
+    message(out, b'C', |b| {
+        b.put_u8(b'P');
+        put_cstr(b, name);
+    });
+}
+
 pub fn sync(out: &mut BytesMut) {
     out.put_slice(&[b'S', 0, 0, 0, 4]);
 }

@@ -21,6 +21,9 @@ use crate::uring::HIGH_WATER;
 /// Client input up to this size reserves the server's output buffer in one go.
 const BATCH_ROOM: usize = 8 * 1024;
 
+/// The portal `mark_skip_point` closes: one no client is expected to name.
+const SKIP_MARK_PORTAL: &[u8] = b"pgmux_skip_mark";
+
 impl Session {
     /// Handles what the client sent, as far as it can without waiting: the usual
     /// transaction (a free server connection, socket buffers with room) completes
@@ -141,6 +144,9 @@ impl Session {
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
                 self.unnamed_ended(true);
+                if self.unsynced {
+                    self.mark_skip_point();
+                }
                 match server_text {
                     Some((sql, _)) => build::message(&mut self.swbuf, fe::QUERY, |o| {
                         o.put_slice(&sql);
@@ -211,6 +217,9 @@ impl Session {
             fe::FUNCTION_CALL => {
                 self.ensure_server()?;
                 self.unit_plain = false;
+                if self.unsynced {
+                    self.mark_skip_point();
+                }
                 self.swbuf.put_slice(frame);
                 self.unit_sent(b'F');
             }
@@ -258,7 +267,23 @@ impl Session {
             unnamed: false,
             held_unnamed: false,
             closed: None,
+            skip_mark: false,
         });
+    }
+
+    /// A simple Query or FunctionCall sent after extended-protocol messages not yet
+    /// synced runs only if those succeed: after an error Postgres skips every message
+    /// up to the Sync, and answers them all with the Sync's one ReadyForQuery. To
+    /// tell an error of those messages from one of the Query, a Close of a portal
+    /// that nobody has goes between them: its CloseComplete (hidden from the client)
+    /// comes only if the messages before it succeeded. Closing a portal that does not
+    /// exist is no error (Postgres docs, "Extended Query").
+    fn mark_skip_point(&mut self) {
+        build::close_portal(&mut self.swbuf, SKIP_MARK_PORTAL);
+        self.expect(b'3', true, None);
+        if let Some(f) = self.fixups.back_mut() {
+            f.skip_mark = true;
+        }
     }
 
     /// Whether a Parse of a unit before the one being sent, matching `which`, is still

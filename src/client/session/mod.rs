@@ -106,6 +106,9 @@ struct Fixup {
     /// The client's Close of a statement: without a CloseComplete (skipped after an
     /// error), the client still has it, as in Postgres.
     closed: Option<Closed>,
+    /// pgmux's Close of a portal nobody has, sent between extended-protocol messages
+    /// not yet synced and a Query or FunctionCall (see `Session::mark_skip_point`).
+    skip_mark: bool,
 }
 
 /// Portals and what running each does to the session.
@@ -128,6 +131,10 @@ struct Rare {
     /// server asked for its data, when this many units were sent: only the Syncs
     /// sent before then are the ones the server ignores during the copy.
     copy_ended: Option<u64>,
+    /// An error came before a skip mark's CloseComplete: Postgres skips every message
+    /// up to the next Sync, Queries and FunctionCalls included, so that Sync's
+    /// ReadyForQuery answers the units of those too.
+    skip_to_sync: bool,
 }
 
 /// What a `DEALLOCATE` or `DISCARD ALL` dropped: the client's statements, and the

@@ -236,6 +236,9 @@ impl Session {
         self.unit_key = 0;
         self.unit_started = None;
         self.unsynced = false;
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.skip_to_sync = false;
+        }
         self.swbuf.clear();
         drop(self.cancel.slot.detach());
         self.put_back(frames);
