@@ -4,8 +4,9 @@
 //! The scripts are random (from a fixed seed, so a failure repeats): simple Queries,
 //! several statements in one Query, extended-protocol units with named and unnamed
 //! statements and portals, errors in the middle of units, transactions, savepoints,
-//! cursors, `SET`/`RESET`/`DISCARD`, `COPY ... TO STDOUT`, and units sent behind one
-//! another without waiting. Through pgmux, the clients share the server connections,
+//! cursors, `SET`/`RESET`/`DISCARD`, `COPY ... TO STDOUT`, simple Queries among
+//! extended-protocol messages before their Sync, and units sent behind one another
+//! without waiting. Through pgmux, the clients share the server connections,
 //! so their transactions move between connections all the time, and each round
 //! meets what the rounds before left on them. A client must not be able to tell: the
 //! same rows, the same errors (by SQLSTATE), the same transaction status after every
@@ -145,12 +146,15 @@ const PORTAL_NAMES: &[&str] = &["", "", "p1"];
 const VALUES: &[Option<&str>] = &[Some("1"), Some("3"), Some("0"), Some("x"), None];
 
 /// One unit: a simple Query, or extended-protocol messages ending in Sync. Either
-/// gets exactly one ReadyForQuery.
+/// gets one ReadyForQuery, but for the simple Queries among the extended messages
+/// that run (see `Unit::query`).
 struct Step {
     bytes: Vec<u8>,
     what: String,
     /// Sent once the server asks for COPY data (CopyInResponse), as drivers do.
     copy_data: Vec<u8>,
+    /// Simple Queries among the extended messages, before the Sync.
+    inner_queries: usize,
 }
 
 struct Script {
@@ -168,6 +172,7 @@ fn query_step(sql: &str) -> Step {
         bytes,
         what: format!("Query {sql:?}"),
         copy_data: Vec::new(),
+        inner_queries: 0,
     }
 }
 
@@ -175,6 +180,7 @@ fn query_step(sql: &str) -> Step {
 struct Unit {
     bytes: Vec<u8>,
     what: Vec<String>,
+    inner_queries: usize,
 }
 
 impl Unit {
@@ -236,12 +242,25 @@ impl Unit {
         self.what.push("Flush".into());
     }
 
+    /// A simple Query before the Sync: it runs, with a ReadyForQuery of its own, if
+    /// the messages before it succeeded; else Postgres skips it with the rest. Its
+    /// statement cannot fail, so an error before a ReadyForQuery tells the reader
+    /// that the Sync's came (see `read_step`). No driver sends this.
+    fn query(&mut self, sql: &str) {
+        let mut body = Vec::new();
+        cstr(&mut body, sql);
+        message(&mut self.bytes, b'Q', &body);
+        self.what.push(format!("Query {sql:?}"));
+        self.inner_queries += 1;
+    }
+
     fn sync(mut self) -> Step {
         message(&mut self.bytes, b'S', &[]);
         Step {
             bytes: self.bytes,
             what: format!("{} Sync", self.what.join("; ")),
             copy_data: Vec::new(),
+            inner_queries: self.inner_queries,
         }
     }
 }
@@ -256,6 +275,7 @@ fn extended_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>) -> S
     let mut unit = Unit {
         bytes: Vec::new(),
         what: Vec::new(),
+        inner_queries: 0,
     };
     if rng.chance(60) {
         // What drivers send: Parse, Bind, Describe, Execute.
@@ -324,6 +344,15 @@ fn extended_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>) -> S
                 }
             }
             5 => unit.flush(),
+            _ if rng.chance(25) => {
+                // In a failed transaction the Parse fails, so the Query never meets
+                // an error of its own.
+                unit.parse("", "SELECT 1");
+                unnamed = true;
+                unit.bind("", "", &[]);
+                unit.execute("", 0);
+                unit.query(rng.pick(&["SELECT 'inner'", "SET application_name = 'inner'"]));
+            }
             _ => {
                 let name = rng.pick(STATEMENT_NAMES);
                 let (sql, n) = rng.pick(STATEMENTS);
@@ -357,6 +386,7 @@ fn copy_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>, table: &
     let mut unit = Unit {
         bytes: Vec::new(),
         what: Vec::new(),
+        inner_queries: 0,
     };
     if extended {
         unit.parse("", &sql);
@@ -398,12 +428,14 @@ fn copy_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>, table: &
             bytes: statement,
             what: format!("{what} (in one write)"),
             copy_data: Vec::new(),
+            inner_queries: 0,
         };
     }
     Step {
         bytes: statement,
         what,
         copy_data: unit.bytes,
+        inner_queries: 0,
     }
 }
 
@@ -492,8 +524,8 @@ impl<'a> Client<'a> {
         let out: Vec<u8> = steps.iter().flat_map(|s| s.bytes.iter().copied()).collect();
         self.wire.send(&out);
         for _ in 0..n {
-            let copy_data = &self.script.steps[self.seen.len()].copy_data;
-            let step = read_step(&mut self.wire, &mut self.reported, copy_data);
+            let step = &self.script.steps[self.seen.len()];
+            let step = read_step(&mut self.wire, &mut self.reported, step);
             self.seen.push(step);
         }
         self.next_step += n;
@@ -504,12 +536,9 @@ impl<'a> Client<'a> {
 
 /// Messages up to and including ReadyForQuery. Parameter values are compared as the
 /// client knows them at the end of the step, not message by message.
-fn read_step(
-    wire: &mut Wire,
-    reported: &mut BTreeMap<String, String>,
-    copy_data: &[u8],
-) -> Vec<String> {
-    let mut lines = Vec::new();
+fn read_step(wire: &mut Wire, reported: &mut BTreeMap<String, String>, step: &Step) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut inner_left = step.inner_queries;
     loop {
         let (tag, body) = wire.read_message();
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -526,11 +555,17 @@ fn read_step(
             b'D' | b'T' | b't' => format!("{} {:?}", tag as char, body),
             b'A' => format!("A {}", text(&body[4..])),
             b'G' => {
-                wire.send(copy_data);
+                wire.send(&step.copy_data);
                 "G".to_string()
             }
             b'Z' => {
+                // After an error, the Sync's: the Queries left were skipped.
+                let inner_ran = lines.last().is_some_and(|l| !l.starts_with("E "));
                 lines.push(format!("Z {} {:?}", body[0] as char, reported));
+                if inner_left > 0 && inner_ran {
+                    inner_left -= 1;
+                    continue;
+                }
                 return lines;
             }
             other => format!("{}", other as char),

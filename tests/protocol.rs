@@ -227,7 +227,11 @@ async fn a_query_inside_a_failed_extended_batch_is_skipped_up_to_the_sync() {
     let msgs = raw.until_ready().await;
     assert_eq!(tags(&msgs), "EZ", "{msgs:?}");
     assert_eq!(msgs[0].error(), ("ERROR".into(), "42601".into()));
-    assert_eq!(simple_value(&other, "select 3").await, "3", "the server is free");
+    assert_eq!(
+        simple_value(&other, "select 3").await,
+        "3",
+        "the server is free"
+    );
 
     // Sent in two writes, the Query after the error has reached the client.
     raw.send(&concat(&[parse("", "select 1/0"), bind(""), execute()]))
@@ -238,7 +242,11 @@ async fn a_query_inside_a_failed_extended_batch_is_skipped_up_to_the_sync() {
     raw.send(&concat(&[query("select 4"), sync()])).await;
     let msgs = raw.until_ready().await;
     assert_eq!(tags(&msgs), "Z", "{msgs:?}");
-    assert_eq!(simple_value(&other, "select 5").await, "5", "the server is free");
+    assert_eq!(
+        simple_value(&other, "select 5").await,
+        "5",
+        "the server is free"
+    );
 
     // Nothing fails: the Query gets its own ReadyForQuery, then the Sync.
     raw.send(&concat(&[
@@ -269,7 +277,11 @@ async fn a_query_inside_a_failed_extended_batch_is_skipped_up_to_the_sync() {
     assert_eq!(tags(&msgs), "12DCEZZ", "{msgs:?}");
     assert_eq!(msgs[4].error(), ("ERROR".into(), "22012".into()));
 
-    assert_eq!(simple_value(&other, "select 9").await, "9", "the server is free");
+    assert_eq!(
+        simple_value(&other, "select 9").await,
+        "9",
+        "the server is free"
+    );
     raw.send(&query("select 10")).await;
     let msgs = raw.until_ready().await;
     assert_eq!(tags(&msgs), "TDCZ", "{msgs:?}");

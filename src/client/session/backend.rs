@@ -219,15 +219,61 @@ impl Session {
         }
         match tag {
             be::READY_FOR_QUERY => {
-                let mut answers = 1;
                 if let Some(r) = self.rare.as_deref_mut().filter(|r| r.skip_to_sync) {
                     r.skip_to_sync = false;
-                    // The Queries and FunctionCalls Postgres skipped: in flight ahead of
-                    // the Sync whose answer this is.
-                    answers += self.unit_kinds.iter().position(|&k| k == b'S').unwrap_or(0);
+                    // The units of the Queries and FunctionCalls Postgres skipped, in
+                    // flight ahead of the Sync this answers, end with it: counted
+                    // here, their requests settled with the Sync's below.
+                    let skipped = self.unit_kinds.iter().position(|&k| k == b'S').unwrap_or(0);
+                    self.unit_kinds.drain(..skipped);
+                    self.recv_units = (self.recv_units + skipped as u64).min(self.sent_units);
                 }
-                for _ in 0..answers {
-                    self.unit_answered(conn, body);
+                // Never more answers than units sent, whatever a server does.
+                self.recv_units = (self.recv_units + 1).min(self.sent_units);
+                self.unit_kinds.pop_front();
+                if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty()) {
+                    self.statements_kept(conn, self.recv_units);
+                }
+                if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
+                    self.tx = s;
+                }
+                if self.tx == TxStatus::Idle && self.in_flight() == 0 {
+                    // Portals end with their transaction.
+                    if let Some(r) = self.rare.as_deref_mut() {
+                        r.runs.clear();
+                    }
+                }
+                if self
+                    .fixups
+                    .front()
+                    .is_some_and(|f| f.unit < self.recv_units)
+                {
+                    self.unanswered(conn);
+                }
+                if self.copy_in && self.unit_kinds.is_empty() {
+                    self.copy_in = false;
+                }
+                // A copy the client ended early that the server never began (its
+                // statement failed) is over with the unit that carried it.
+                if let Some(r) = self.rare.as_deref_mut() {
+                    if r.copy_ended.is_some_and(|sent| self.recv_units > sent) {
+                        r.copy_ended = None;
+                    }
+                }
+                self.changes_at_ready(conn);
+                self.recv_at = 0;
+                if self.in_flight() == 0 {
+                    self.cancel.slot.set_running(false);
+                }
+                if self.unit_key != 0 && self.in_flight() == 0 {
+                    if let Some(start) = self.unit_started {
+                        self.pool.durations.record(self.unit_key, start.elapsed());
+                    }
+                    self.unit_key = 0;
+                }
+                if self.in_flight() > 0 {
+                    self.unit_started = (!self.limits.query_timeout.is_zero()).then(Instant::now);
+                    self.timeout_cancel_sent = false;
                 }
             }
             be::ERROR_RESPONSE => {
@@ -318,56 +364,5 @@ impl Session {
             _ => {}
         }
         false
-    }
-
-    /// Takes note of a ReadyForQuery: one unit answered.
-    fn unit_answered(&mut self, conn: &mut ServerConn, body: &[u8]) {
-        // Never more answers than units sent, whatever a server does.
-        self.recv_units = (self.recv_units + 1).min(self.sent_units);
-        self.unit_kinds.pop_front();
-        if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty()) {
-            self.statements_kept(conn, self.recv_units);
-        }
-        if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
-            self.tx = s;
-        }
-        if self.tx == TxStatus::Idle && self.in_flight() == 0 {
-            // Portals end with their transaction.
-            if let Some(r) = self.rare.as_deref_mut() {
-                r.runs.clear();
-            }
-        }
-        if self
-            .fixups
-            .front()
-            .is_some_and(|f| f.unit < self.recv_units)
-        {
-            self.unanswered(conn);
-        }
-        if self.copy_in && self.unit_kinds.is_empty() {
-            self.copy_in = false;
-        }
-        // A copy the client ended early that the server never began (its
-        // statement failed) is over with the unit that carried it.
-        if let Some(r) = self.rare.as_deref_mut() {
-            if r.copy_ended.is_some_and(|sent| self.recv_units > sent) {
-                r.copy_ended = None;
-            }
-        }
-        self.changes_at_ready(conn);
-        self.recv_at = 0;
-        if self.in_flight() == 0 {
-            self.cancel.slot.set_running(false);
-        }
-        if self.unit_key != 0 && self.in_flight() == 0 {
-            if let Some(start) = self.unit_started {
-                self.pool.durations.record(self.unit_key, start.elapsed());
-            }
-            self.unit_key = 0;
-        }
-        if self.in_flight() > 0 {
-            self.unit_started = (!self.limits.query_timeout.is_zero()).then(Instant::now);
-            self.timeout_cancel_sent = false;
-        }
     }
 }
