@@ -12,6 +12,8 @@
 //! same rows, the same errors (by SQLSTATE), the same transaction status after every
 //! unit, and the same parameter values reported to it.
 //!
+//! The same runs in session mode, where each client keeps its server connection.
+//!
 //! The clients take turns, batch by batch, so every run is the same run.
 //! `PGMUX_DIFF_CONCURRENT=1` runs each client on a thread of its own instead, racing
 //! for a pool of two (for clients that do not pin); `PGMUX_DIFF_ROUNDS` runs more
@@ -368,9 +370,10 @@ fn extended_step(rng: &mut Rng, params: &mut BTreeMap<&'static str, usize>) -> S
     unit.sync()
 }
 
-/// The table a test's COPY steps fill: one per test, as the two run at once.
-fn copy_table(pinning: bool) -> String {
-    format!("copy_sink_{}", u8::from(pinning))
+/// The table a test's COPY steps fill: one per test (by its seed), as they run at
+/// once.
+fn copy_table(test_seed: u64) -> String {
+    format!("copy_sink_{test_seed:x}")
 }
 
 /// `COPY … FROM STDIN` over the simple or the extended protocol, its data whole,
@@ -451,7 +454,7 @@ fn drops_statements(step: &Step) -> bool {
         || step.what.contains("DISCARD")
 }
 
-fn script(seed: u64, client: usize, pinning: bool) -> Script {
+fn script(seed: u64, client: usize, pinning: bool, copy_table: &str) -> Script {
     let mut rng = Rng(seed ^ (client as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut params = BTreeMap::new();
     let mut steps = Vec::new();
@@ -459,7 +462,7 @@ fn script(seed: u64, client: usize, pinning: bool) -> Script {
         let step = if rng.chance(45) {
             extended_step(&mut rng, &mut params)
         } else if rng.chance(6) {
-            copy_step(&mut rng, &mut params, &copy_table(pinning))
+            copy_step(&mut rng, &mut params, copy_table)
         } else if pinning && rng.chance(15) {
             query_step(
                 &rng.pick(PINNING_QUERIES)
@@ -698,20 +701,22 @@ fn only(client: usize) -> bool {
         .is_none_or(|n| n == client)
 }
 
-fn differential(seed: u64, pinning: bool) {
+fn differential(seed: u64, pinning: bool, pool_mode: &str) {
     let concurrent = std::env::var_os("PGMUX_DIFF_CONCURRENT").is_some();
-    // Taking turns, a client may hold a connection (a transaction, pinned) while the
-    // others go on: every client must be able to get one.
-    let pool_size = if concurrent && !pinning { 2 } else { CLIENTS };
+    // Taking turns, a client may hold a connection (a transaction, pinned, a
+    // session) while the others go on: every client must be able to get one.
+    let pool_size = if concurrent && !pinning && pool_mode == "transaction" {
+        2
+    } else {
+        CLIENTS
+    };
     let pg = shared_primary();
     let mut setup = Wire::connect(pg.port);
-    setup.simple(&format!(
-        "CREATE TABLE IF NOT EXISTS {} (a int)",
-        copy_table(pinning)
-    ));
+    let table = copy_table(seed);
+    setup.simple(&format!("CREATE TABLE IF NOT EXISTS {table} (a int)"));
     let px = start_pgmux(&pgmux_config(
         pg,
-        "pool_mode = \"transaction\"\n",
+        &format!("pool_mode = \"{pool_mode}\"\n"),
         &format!("pool_size = {pool_size}\n"),
     ));
     // The same pgmux for every round: a round's clients must not see anything the
@@ -719,7 +724,10 @@ fn differential(seed: u64, pinning: bool) {
     for round in first_round()..rounds(10) {
         let seed = seed.wrapping_add(round.wrapping_mul(0x9E37_79B9));
         let clients: Vec<usize> = (0..CLIENTS).filter(|c| only(*c)).collect();
-        let scripts: Vec<Script> = clients.iter().map(|&c| script(seed, c, pinning)).collect();
+        let scripts: Vec<Script> = clients
+            .iter()
+            .map(|&c| script(seed, c, pinning, &table))
+            .collect();
         let direct = run_clients(pg.port, &scripts, concurrent);
         let pooled = run_clients(px.port, &scripts, concurrent);
         for (i, &c) in clients.iter().enumerate() {
@@ -730,10 +738,17 @@ fn differential(seed: u64, pinning: bool) {
 
 #[test]
 fn clients_sharing_connections_see_what_they_would_see_alone() {
-    differential(0x5EED_0001, false);
+    differential(0x5EED_0001, false, "transaction");
 }
 
 #[test]
 fn clients_that_pin_their_connections_see_what_they_would_see_alone() {
-    differential(0x5EED_0002, true);
+    differential(0x5EED_0002, true, "transaction");
+}
+
+/// In session mode each client keeps one server connection and its statement names
+/// pass through as sent; pgmux still follows every unit to its ReadyForQuery.
+#[test]
+fn clients_in_session_mode_see_what_they_would_see_alone() {
+    differential(0x5EED_0003, true, "session");
 }

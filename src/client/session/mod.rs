@@ -131,7 +131,8 @@ struct Rare {
     /// server asked for its data, when this many units were sent: only the Syncs
     /// sent before then are the ones the server ignores during the copy.
     copy_ended: Option<u64>,
-    /// An error came before a skip mark's CloseComplete: Postgres skips every message
+    /// Extended-protocol messages not yet synced failed (the error came before a skip
+    /// mark's CloseComplete, or with no unit in flight): Postgres skips every message
     /// up to the next Sync, Queries and FunctionCalls included, so that Sync's
     /// ReadyForQuery answers the units of those too.
     skip_to_sync: bool,
