@@ -1,6 +1,7 @@
 //! The contract's other drivers through pgmux in transaction mode, each with ten times
 //! more clients than server connections: psycopg2 (simple protocol, client-side
-//! parameters, a server-side cursor) and node-postgres (named prepared statements).
+//! parameters, a server-side cursor) and node-postgres (named prepared statements);
+//! and JDBC's less travelled features, compared with what Postgres itself gives.
 
 mod support;
 
@@ -127,4 +128,44 @@ asyncio.run(main())
     );
     assert!(stdout.contains("version 12"), "{stdout}");
     assert!(stdout.contains("sqlstate 08006"), "{stdout}");
+}
+
+/// JDBC features that take the protocol's less travelled paths (tests/java/
+/// JdbcFeatures.java: fastpath calls for large objects, a cursor read in batches,
+/// autosave savepoints, every query mode, batches, COPY, a query timeout, a callable
+/// statement, notifications, binary transfer) give through pgmux, in both pool
+/// modes, what they give straight from Postgres.
+#[test]
+fn jdbc_features_through_pgmux_give_what_postgres_gives() {
+    let (java, jar) = jdbc();
+    let pg = shared_primary();
+    let features = |port: u16| {
+        let out = run(
+            Command::new(&java)
+                .arg("-cp")
+                .arg(&jar)
+                .arg(repo().join("tests/java/JdbcFeatures.java"))
+                .arg(format!("jdbc:postgresql://127.0.0.1:{port}/{APP_DB}"))
+                .args([APP_USER, APP_PASSWORD]),
+            Duration::from_secs(180),
+            "JdbcFeatures.java",
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && stdout.ends_with("done\n"),
+            "JdbcFeatures.java failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let direct = features(pg.port);
+    assert!(direct.contains("lo read: hello large object"), "{direct}");
+    for mode in ["transaction", "session"] {
+        let px = start_pgmux(&pgmux_config(
+            pg,
+            &format!("pool_mode = \"{mode}\""),
+            "pool_size = 4",
+        ));
+        assert_eq!(features(px.port), direct, "{mode} mode");
+    }
 }

@@ -752,43 +752,6 @@ fn psycopg3_prepared_statements_work_with_20_connections_on_2_server_connections
     assert_eq!(rows, format!("{}|{CLIENTS}", CLIENTS * 10));
 }
 
-/// The JDBC driver and a Java runtime, installed from Debian's packages when missing.
-fn jdbc() -> (PathBuf, PathBuf) {
-    let jar = PathBuf::from("/usr/share/java/postgresql.jar");
-    let has_java = Command::new("java")
-        .arg("-version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_java || !jar.exists() {
-        let install = || {
-            support::process::run(
-                Command::new("apt-get")
-                    .args(["install", "-y", "--no-install-recommends"])
-                    .args(["default-jre-headless", "libpostgresql-jdbc-java"])
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
-                Duration::from_secs(900),
-                "apt-get install java and the JDBC driver",
-            )
-        };
-        let mut out = install();
-        if !out.status.success() {
-            // The package lists may be missing or stale.
-            support::process::run(
-                Command::new("apt-get").arg("update"),
-                Duration::from_secs(900),
-                "apt-get update",
-            );
-            out = install();
-        }
-        assert!(
-            out.status.success(),
-            "installing java and libpostgresql-jdbc-java failed (run scripts/install-deps.sh): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    (PathBuf::from("java"), jar)
-}
-
 #[test]
 fn jdbc_server_prepared_statements_work_with_20_threads_on_2_server_connections() {
     let (java, jar) = jdbc();

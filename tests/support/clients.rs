@@ -157,3 +157,40 @@ fn target_dir() -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
+
+/// The JDBC driver and a Java runtime, installed from Debian's packages when missing.
+pub fn jdbc() -> (PathBuf, PathBuf) {
+    let jar = PathBuf::from("/usr/share/java/postgresql.jar");
+    let has_java = Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_java || !jar.exists() {
+        let install = || {
+            super::process::run(
+                Command::new("apt-get")
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(["default-jre-headless", "libpostgresql-jdbc-java"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+                Duration::from_secs(900),
+                "apt-get install java and the JDBC driver",
+            )
+        };
+        let mut out = install();
+        if !out.status.success() {
+            // The package lists may be missing or stale.
+            super::process::run(
+                Command::new("apt-get").arg("update"),
+                Duration::from_secs(900),
+                "apt-get update",
+            );
+            out = install();
+        }
+        assert!(
+            out.status.success(),
+            "installing java and libpostgresql-jdbc-java failed (run scripts/install-deps.sh): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (PathBuf::from("java"), jar)
+}

@@ -38,8 +38,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use clients::{
-    connect, connect_with_task, current_user_through, db_message, pgbench, psql, psql_with_input,
-    python, try_connect, url,
+    connect, connect_with_task, current_user_through, db_message, jdbc, pgbench, psql,
+    psql_with_input, python, try_connect, url,
 };
 pub use pgmux::{
     pgmux_bin, pgmux_command, pgmux_config, pgmux_config_with_replicas, start_pgmux, with_workers,
