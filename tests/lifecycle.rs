@@ -145,6 +145,37 @@ primary = "127.0.0.1:5432/app"
     assert!(text(&out.stderr).contains("proxy.listne"), "{out:?}");
 }
 
+/// `log_format = "json"`: every line pgmux writes is one JSON object, with the
+/// event's time, level and message, and its fields (a refused login's error here).
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "log_format = \"json\"", ""));
+    let refused = try_connect(&px.url(APP_USER, "not the password", APP_DB)).await;
+    assert!(refused.is_err(), "a wrong password logs in");
+    assert!(
+        px.wait_for_log("login refused", PATIENCE),
+        "no refused login logged:\n{}",
+        px.log()
+    );
+    let log = px.log();
+    let mut refusals = 0;
+    for line in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}\n{log}"));
+        for key in ["timestamp", "level"] {
+            assert!(event[key].is_string(), "no {key}: {line}");
+        }
+        assert!(event["fields"]["message"].is_string(), "no message: {line}");
+        if event["fields"]["message"] == "login refused" {
+            refusals += 1;
+            let error = event["fields"]["error"].as_str().unwrap_or_default();
+            assert!(error.contains("28P01"), "{line}");
+        }
+    }
+    assert_eq!(refusals, 1, "{log}");
+}
+
 #[test]
 fn shard_of_an_unsharded_database_is_shard_0() {
     let config = shipped_config();
