@@ -401,6 +401,52 @@ fn sql_execute_runs_the_clients_protocol_level_statement() {
     assert_eq!(a.simple("EXECUTE foobar('again')"), ["aagain"]);
 }
 
+/// `EXPLAIN … EXECUTE name` of a protocol-level statement (what sqlx's `describe`
+/// runs to learn which columns may be null) explains the client's own statement,
+/// on whichever connection it runs, also after the statement left that connection.
+#[test]
+fn explain_execute_explains_the_clients_protocol_level_statement() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "max_prepared_statements = 2",
+        "pool_size = 1",
+    ));
+    let (mut a, mut b) = (
+        extended::Wire::connect(px.port),
+        extended::Wire::connect(px.port),
+    );
+    a.prepare("s_1", "select relname from pg_class where relname = $1");
+    b.prepare("s_1", "select proname from pg_proc");
+    let plan = |rows: Vec<String>| rows.join("\n");
+
+    let a_plan = plan(a.simple("EXPLAIN (COSTS OFF) EXECUTE s_1('pg_type')"));
+    assert!(a_plan.contains("pg_class"), "{a_plan}");
+    let b_plan = plan(b.simple("explain execute S_1;"));
+    assert!(b_plan.contains("pg_proc"), "{b_plan}");
+
+    a.prepare(
+        "explain_s_1",
+        "EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE s_1('pg_type')",
+    );
+    let json = plan(a.execute("explain_s_1", &[]));
+    assert!(json.contains("\"pg_class\""), "{json}");
+    // Other statements push both of a's out of the connection's two slots.
+    for k in 0..3 {
+        b.prepare(&format!("other{k}"), &format!("select {k}"));
+        assert_eq!(b.execute(&format!("other{k}"), &[]), [k.to_string()]);
+    }
+    let again = plan(a.execute("explain_s_1", &[]));
+    assert_eq!(again, json);
+    let analyzed = plan(a.simple("EXPLAIN ANALYZE VERBOSE EXECUTE s_1('pg_proc')"));
+    assert!(analyzed.contains("pg_class"), "{analyzed}");
+
+    a.prepare("", "EXPLAIN EXECUTE nobody_prepared_this");
+    let missing = a.try_execute("", &[]);
+    assert_eq!(missing.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert!(plan(a.simple("EXPLAIN EXECUTE s_1('x')")).contains("pg_class"));
+}
+
 #[tokio::test]
 async fn statements_beyond_max_prepared_statements_are_evicted_and_prepared_again() {
     let pg = shared_primary();
