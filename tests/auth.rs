@@ -487,6 +487,58 @@ async fn a_gssenc_request_is_answered_n_and_the_login_proceeds_on_the_same_socke
     assert_eq!(row.get::<_, i32>(0), 42);
 }
 
+/// A client asking for protocol 3.2 with an option pgmux does not know is told, as
+/// Postgres 15 tells it, that 3.0 is spoken and which option was not recognised;
+/// the login goes on. libpq 18 asks for 3.2 with `max_protocol_version=latest`.
+#[test]
+fn a_newer_protocol_version_is_negotiated_down_to_3_0_and_the_login_goes_on() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let mut tcp = wire::tcp(px.port);
+    let mut body = Vec::new();
+    for (k, v) in [
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("_pq_.made_up", "1"),
+    ] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    tcp.write_all(&wire::request((3 << 16) | 2, &body)).unwrap();
+    let m = read_message(&mut tcp).expect("read NegotiateProtocolVersion");
+    assert_eq!(m.tag, b'v', "{m:?}");
+    let mut want = Vec::new();
+    want.extend_from_slice(&(3i32 << 16).to_be_bytes());
+    want.extend_from_slice(&1i32.to_be_bytes());
+    want.extend_from_slice(b"_pq_.made_up\0");
+    assert_eq!(m.body, want);
+    let m = read_message(&mut tcp).expect("read the authentication request");
+    assert_eq!(m.auth_code(), Some(10), "{m:?}");
+
+    // libpq 18 (psycopg's binary wheel) accepts the answer and logs in.
+    let script = format!(
+        "import psycopg\n\
+         c = psycopg.connect('host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} \
+         dbname={APP_DB} max_protocol_version=latest')\n\
+         print(c.pgconn.protocol_version, c.execute('select 6 * 7').fetchone()[0])\n",
+        px.port
+    );
+    let out = support::process::run(
+        std::process::Command::new(python()).args(["-c", &script]),
+        std::time::Duration::from_secs(60),
+        "python with psycopg",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 42");
+}
+
 #[test]
 fn a_gssenc_request_then_an_ssl_request_are_both_refused_and_startup_goes_on() {
     let pg = shared_primary();

@@ -205,14 +205,15 @@ pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
     out.put_i32(secret);
 }
 
-/// NegotiateProtocolVersion: the newest minor version pgmux supports (0) and the
-/// protocol options it did not recognise.
+/// NegotiateProtocolVersion: the newest version pgmux speaks (3.0) and the protocol
+/// options it did not recognise. The version goes out whole, major and minor, as
+/// Postgres sends it: libpq reads a bare minor 0 as a downgrade below 3.0 and fails.
 pub fn negotiate_protocol_version<'a>(
     out: &mut BytesMut,
     unsupported: impl Iterator<Item = &'a str>,
 ) {
     message(out, b'v', |b| {
-        b.put_i32(0);
+        b.put_i32(3 << 16);
         let count_at = b.len();
         b.put_i32(0);
         let mut n = 0i32;
