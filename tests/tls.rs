@@ -122,6 +122,79 @@ fn tls_require_serves_tls_clients_that_verify_the_certificate() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), APP_USER);
 }
 
+/// A client that opens with a TLS handshake instead of an SSLRequest (libpq 17 and
+/// later with `sslnegotiation=direct`) is served over TLS, as by Postgres 17; one
+/// that did not negotiate ALPN `postgresql` is refused with 08P01 over that TLS.
+#[tokio::test]
+async fn direct_tls_is_served_and_needs_alpn_postgresql() {
+    let pg = shared_primary();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let px = start_pgmux(&pgmux_config(pg, &tls_section("require", &certs), ""));
+
+    // libpq 18, from psycopg's binary wheel.
+    let script = format!(
+        "import psycopg\n\
+         c = psycopg.connect('{} password={APP_PASSWORD}')\n\
+         print(c.pgconn.ssl_in_use, c.execute('select current_user').fetchone()[0])\n",
+        conninfo(
+            &px,
+            APP_USER,
+            &format!(
+                "sslnegotiation=direct sslmode=verify-full sslrootcert={}",
+                certs.ca.display()
+            )
+        )
+    );
+    let out = support::process::run(
+        std::process::Command::new(python()).args(["-c", &script]),
+        std::time::Duration::from_secs(60),
+        "python with psycopg",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("True {APP_USER}")
+    );
+
+    // The same handshake without ALPN.
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(&certs.ca).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("the handshake itself succeeds");
+    let mut reply = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut reply),
+    )
+    .await
+    .expect("pgmux closes the connection")
+    .ok();
+    assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("C08P01"), "{text}");
+    assert!(text.contains("ALPN"), "{text}");
+}
+
 #[tokio::test]
 async fn tls_require_refuses_plain_text_clients_with_28000() {
     let pg = shared_primary();

@@ -97,6 +97,37 @@ async fn refuse(stream: &mut MaybeTls, err: PgError) -> LoginError {
     LoginError::Refused(err)
 }
 
+/// A TLS handshake record: what a client with `sslnegotiation=direct` (libpq 17 and
+/// later) sends first, instead of an SSLRequest.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// With `[tls]` on, a connection that opens with a TLS handshake is accepted as TLS
+/// at once, as Postgres 17 does; the client must have negotiated ALPN `postgresql`,
+/// which tells a Postgres client from anything else speaking TLS to this port.
+async fn direct_tls(shared: &Shared, stream: MaybeTls) -> Result<MaybeTls, LoginError> {
+    let (MaybeTls::Plain(tcp), Some(acceptor)) = (&stream, shared.tls_acceptor()) else {
+        return Ok(stream);
+    };
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? != 1 || first[0] != TLS_HANDSHAKE {
+        return Ok(stream);
+    }
+    let MaybeTls::Plain(tcp) = stream else {
+        unreachable!("matched Plain above")
+    };
+    let tls = acceptor.accept(tcp).await?;
+    let alpn = tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_POSTGRESQL);
+    let mut stream = MaybeTls::from(tls);
+    if !alpn {
+        let e = PgError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            "received direct SSL connection request without ALPN protocol negotiation extension",
+        );
+        return Err(refuse(&mut stream, e).await);
+    }
+    Ok(stream)
+}
+
 async fn read_first_packet(
     stream: &mut MaybeTls,
 ) -> Result<Result<FirstPacket, PgError>, LoginError> {
@@ -144,6 +175,7 @@ async fn login(
     cfg: &Arc<Config>,
     mut stream: MaybeTls,
 ) -> Result<Option<(Session, ClientSlot)>, LoginError> {
+    stream = direct_tls(shared, stream).await?;
     let params: StartupParams = loop {
         let packet = match read_first_packet(&mut stream).await? {
             Ok(p) => p,

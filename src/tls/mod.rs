@@ -37,7 +37,7 @@ pub use stream::MaybeTls;
 /// The ALPN protocol name Postgres 17 registers for its connections. libpq 17 offers it
 /// and a Postgres 17 server refuses a client that offers only other protocols; older
 /// servers ignore ALPN.
-const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
