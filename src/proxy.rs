@@ -68,7 +68,7 @@ impl Drop for ClientSlot {
 pub struct Shared {
     config: ArcSwap<Config>,
     users: ArcSwap<HashMap<String, Arc<UserEntry>>>,
-    tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    tls: ArcSwapOption<crate::tls::ClientTls>,
     upstream_tls: ArcSwapOption<tokio_rustls::TlsConnector>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
@@ -152,7 +152,7 @@ impl Shared {
         self.users.load().get(name).cloned()
     }
 
-    pub fn tls_acceptor(&self) -> Option<Arc<tokio_rustls::TlsAcceptor>> {
+    pub fn tls_acceptor(&self) -> Option<Arc<crate::tls::ClientTls>> {
         self.tls.load_full()
     }
 
@@ -252,7 +252,7 @@ fn build_tls(
     config: &Config,
 ) -> Result<
     (
-        Option<tokio_rustls::TlsAcceptor>,
+        Option<crate::tls::ClientTls>,
         Option<tokio_rustls::TlsConnector>,
     ),
     crate::tls::TlsError,

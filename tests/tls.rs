@@ -162,37 +162,107 @@ async fn direct_tls_is_served_and_needs_alpn_postgresql() {
     );
 
     // The same handshake without ALPN.
+    let mut tls = direct_tls_client(&px, &certs, false);
+    tls.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+    ]))
+    .unwrap();
+    let m = read_message(&mut tls).expect("read the refusal");
+    assert_eq!(m.sqlstate().as_deref(), Some("08P01"), "{m:?}");
+    assert!(m.field(b'M').unwrap().contains("ALPN"), "{m:?}");
+}
+
+/// A TLS connection to pgmux opened with the handshake itself (no SSLRequest),
+/// trusting the test CA, offering ALPN `postgresql` when `alpn`.
+fn direct_tls_client(
+    px: &Pgmux,
+    certs: &Certs,
+    alpn: bool,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls::pki_types::CertificateDer::from_pem_file(&certs.ca).unwrap())
         .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
-        .await
-        .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .expect("the handshake itself succeeds");
-    let mut reply = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut reply),
-    )
-    .await
-    .expect("pgmux closes the connection")
-    .ok();
-    assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
-    let text = String::from_utf8_lossy(&reply);
-    assert!(text.contains("C08P01"), "{text}");
-    assert!(text.contains("ALPN"), "{text}");
+    if alpn {
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+    }
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    rustls::StreamOwned::new(conn, wire::tcp(px.port))
+}
+
+/// Over TLS pgmux offers SCRAM-SHA-256-PLUS, bound to its certificate, as Postgres
+/// does: libpq's `channel_binding=require` logs in, and a client that says it could
+/// bind but thinks the server cannot (gs2 flag `y`) is refused with 28000, since
+/// someone between them must have removed PLUS from the offer.
+#[test]
+fn scram_channel_binding_is_offered_over_tls_and_a_downgrade_is_refused() {
+    let pg = shared_primary();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let px = start_pgmux(&pgmux_config(pg, &tls_section("prefer", &certs), ""));
+
+    let bound = conninfo(
+        &px,
+        APP_USER,
+        &format!(
+            "sslmode=verify-full sslrootcert={} channel_binding=require",
+            certs.ca.display()
+        ),
+    );
+    let out = psql(
+        &["-d", &bound, "-At", "-c", "select current_user"],
+        &[("PGPASSWORD", APP_PASSWORD)],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), APP_USER);
+    let wrong = psql(
+        &["-d", &bound, "-At", "-c", "select 1"],
+        &[("PGPASSWORD", "not-the-password")],
+    );
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"),
+        "{wrong:?}"
+    );
+    // In plain text there is nothing to bind to, and libpq gives up by itself.
+    let plain = psql(
+        &[
+            "-d",
+            &conninfo(&px, APP_USER, "sslmode=disable channel_binding=require"),
+            "-c",
+            "select 1",
+        ],
+        &[("PGPASSWORD", APP_PASSWORD)],
+    );
+    assert!(!plain.status.success(), "{plain:?}");
+
+    let mut tls = direct_tls_client(&px, &certs, true);
+    tls.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+    ]))
+    .unwrap();
+    let m = read_message(&mut tls).expect("read AuthenticationSASL");
+    assert_eq!(m.auth_code(), Some(10), "{m:?}");
+    assert_eq!(&m.body[4..], b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+    let first = b"y,,n=,r=0123456789abcdef";
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    body.extend_from_slice(first);
+    tls.write_all(&wire::tagged(b'p', &body)).unwrap();
+    let m = read_message(&mut tls).expect("read the refusal");
+    assert_eq!(m.sqlstate().as_deref(), Some("28000"), "{m:?}");
+    assert!(m.field(b'M').unwrap().contains("channel binding"), "{m:?}");
 }
 
 #[tokio::test]

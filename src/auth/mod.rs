@@ -28,9 +28,15 @@ pub enum AuthError {
     /// The client picked a SASL mechanism pgmux does not offer.
     #[error("unsupported SASL mechanism: pgmux offers only SCRAM-SHA-256")]
     UnsupportedMechanism,
-    /// The client asked for channel binding (`p=` in its gs2 header).
-    #[error("SCRAM channel binding (SCRAM-SHA-256-PLUS) is not supported by pgmux; connect with channel_binding=prefer or disable")]
-    ChannelBindingNotSupported,
+    /// The client could bind the exchange to TLS but believes pgmux cannot (gs2 flag
+    /// `y`), while pgmux offered SCRAM-SHA-256-PLUS: someone between them may have
+    /// removed it from the offer.
+    #[error("SCRAM channel binding negotiation error: the client supports channel binding but thinks pgmux does not, and pgmux offered SCRAM-SHA-256-PLUS")]
+    ChannelBindingNegotiation,
+    /// The client's `tls-server-end-point` data is not the hash of pgmux's certificate:
+    /// its TLS connection ends elsewhere.
+    #[error("SCRAM channel binding check failed")]
+    ChannelBindingCheck,
     /// The server could not prove it knows the password: it is not the server we meant.
     #[error("the server's SCRAM signature is wrong: it does not hold this password's verifier")]
     ServerSignatureMismatch,

@@ -26,9 +26,11 @@
 //! Postgres' rules, followed here (see `src/backend/libpq/auth-scram.c` and the docs,
 //! "SCRAM-SHA-256 Authentication", section 54.3.1): the username in `n=` is ignored
 //! (the startup packet names the user); authorization identities (`a=`) are refused;
-//! without TLS channel binding only `n` and `y` gs2 flags are valid, and pgmux never
-//! advertises `SCRAM-SHA-256-PLUS`, so `p=` is refused; passwords are SASLprep'ed,
-//! falling back to the raw bytes when that fails.
+//! over TLS pgmux offers `SCRAM-SHA-256-PLUS` first, bound to its certificate
+//! (`tls-server-end-point`, RFC 5929); the gs2 flag must match the mechanism chosen
+//! (`p=tls-server-end-point` for PLUS, `n` or `y` without), and `y` is refused where
+//! PLUS was offered (a downgrade); passwords are SASLprep'ed, falling back to the raw
+//! bytes when that fails.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -44,6 +46,12 @@ use super::{constant_time_eq, AuthError};
 
 /// The SASL mechanism name, as advertised in `AuthenticationSASL`.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+
+/// The same bound to the TLS connection: offered only over TLS.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The only channel binding type Postgres (and so pgmux) supports.
+const END_POINT_HEADER: &str = "p=tls-server-end-point,,";
 
 /// Iterations for secrets pgmux derives itself (Postgres' default `scram_iterations`).
 pub const DEFAULT_ITERATIONS: u32 = 4096;
@@ -160,20 +168,28 @@ impl std::fmt::Debug for ScramSecret {
 // Server side: pgmux verifying a client
 // ---------------------------------------------------------------------------------
 
-/// The server side of one SCRAM-SHA-256 exchange, without channel binding.
+/// The server side of one SCRAM-SHA-256 exchange, with or without channel binding.
 ///
-/// Feed it the `SASLInitialResponse` payload, then the `SASLResponse` payload; any
-/// error ends the exchange (later calls return [`AuthError::OutOfOrder`]).
+/// Offer [`ScramServer::mechanisms`], pass the client's choice to
+/// [`ScramServer::select`], then feed it the `SASLInitialResponse` payload and the
+/// `SASLResponse` payload; any error ends the exchange (later calls return
+/// [`AuthError::OutOfOrder`]).
 pub struct ScramServer {
     secret: ScramSecret,
+    /// The `tls-server-end-point` data of the client's TLS connection, when it has
+    /// one pgmux can bind to.
+    end_point: Option<Arc<[u8]>>,
+    /// The client chose SCRAM-SHA-256-PLUS.
+    plus: bool,
     state: ServerState,
 }
 
 enum ServerState {
     AwaitingClientFirst,
     AwaitingClientFinal {
-        /// "n,," or "y,,": the client-final's `c=` must repeat it.
-        gs2_header: String,
+        /// What the client-final's `c=` must hold, base64-encoded: the gs2 header,
+        /// followed by the end-point data under PLUS.
+        binding: String,
         client_first_bare: String,
         server_first: String,
         /// Client nonce followed by ours.
@@ -183,10 +199,55 @@ enum ServerState {
 }
 
 impl ScramServer {
+    /// An exchange over a connection without channel binding.
     pub fn new(secret: ScramSecret) -> ScramServer {
+        ScramServer::with_end_point(secret, None)
+    }
+
+    /// An exchange over a TLS connection whose certificate hashes to `end_point`
+    /// (`None`: plain text, or a certificate whose hash cannot be told).
+    pub fn with_end_point(secret: ScramSecret, end_point: Option<Arc<[u8]>>) -> ScramServer {
         ScramServer {
             secret,
+            end_point,
+            plus: false,
             state: ServerState::AwaitingClientFirst,
+        }
+    }
+
+    /// The mechanisms to offer, the preferred first (as Postgres lists them).
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.end_point.is_some() {
+            &[MECHANISM_PLUS, MECHANISM]
+        } else {
+            &[MECHANISM]
+        }
+    }
+
+    /// The mechanism the client chose from [`ScramServer::mechanisms`].
+    pub fn select(&mut self, mechanism: &[u8]) -> Result<(), AuthError> {
+        self.plus = match mechanism {
+            m if m == MECHANISM.as_bytes() => false,
+            m if m == MECHANISM_PLUS.as_bytes() && self.end_point.is_some() => true,
+            _ => return Err(AuthError::UnsupportedMechanism),
+        };
+        Ok(())
+    }
+
+    /// Postgres' rules for the gs2 flag against the mechanism chosen.
+    fn check_gs2_flag(&self, gs2_header: &str) -> Result<(), AuthError> {
+        match gs2_header.as_bytes()[0] {
+            b'n' | b'y' if self.plus => Err(AuthError::Malformed(
+                "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
+            )),
+            b'y' if self.end_point.is_some() => Err(AuthError::ChannelBindingNegotiation),
+            b'p' if !self.plus => Err(AuthError::Malformed(
+                "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+            )),
+            b'p' if gs2_header != END_POINT_HEADER => Err(AuthError::Malformed(
+                "unsupported SCRAM channel-binding type (pgmux supports tls-server-end-point)",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -201,6 +262,7 @@ impl ScramServer {
         };
         let message = utf8(client_first)?;
         let (gs2_header, client_first_bare) = split_gs2_header(message)?;
+        self.check_gs2_flag(gs2_header)?;
 
         let mut attributes = Attributes::new(client_first_bare);
         match attributes.next()? {
@@ -220,8 +282,12 @@ impl ScramServer {
             self.secret.iterations
         );
         let reply = server_first.clone().into_bytes();
+        let mut binding = gs2_header.as_bytes().to_vec();
+        if self.plus {
+            binding.extend_from_slice(self.end_point.as_deref().unwrap_or_default());
+        }
         self.state = ServerState::AwaitingClientFinal {
-            gs2_header: gs2_header.to_owned(),
+            binding: BASE64.encode(binding),
             client_first_bare: client_first_bare.to_owned(),
             server_first,
             nonce,
@@ -233,7 +299,7 @@ impl ScramServer {
     /// server-final-message (`v=…`) and the client's ClientKey.
     pub fn client_final(&mut self, client_final: &[u8]) -> Result<(Vec<u8>, [u8; 32]), AuthError> {
         let ServerState::AwaitingClientFinal {
-            gs2_header,
+            binding,
             client_first_bare,
             server_first,
             nonce,
@@ -260,13 +326,12 @@ impl ScramServer {
         let mut attributes = Attributes::new(without_proof);
         let channel_binding =
             attributes.expect(b'c', "expected the channel binding attribute c=")?;
-        let channel_binding = BASE64
-            .decode(channel_binding)
-            .map_err(|_| AuthError::Malformed("channel binding is not base64"))?;
-        if channel_binding != gs2_header.as_bytes() {
-            return Err(AuthError::Malformed(
-                "channel binding does not repeat the client-first gs2 header",
-            ));
+        if channel_binding != binding {
+            return Err(if self.plus {
+                AuthError::ChannelBindingCheck
+            } else {
+                AuthError::Malformed("channel binding does not repeat the client-first gs2 header")
+            });
         }
         let echoed_nonce = attributes.expect(b'r', "expected the nonce attribute r=")?;
         if echoed_nonce != nonce {
@@ -498,11 +563,8 @@ fn split_gs2_header(message: &str) -> Result<(&str, &str), AuthError> {
     let (Some(flag), Some(authzid), Some(bare)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Malformed("truncated gs2 header"));
     };
-    match flag {
-        // "y": the client could bind but believes we cannot; we indeed do not offer it.
-        "n" | "y" => {}
-        flag if flag.starts_with("p=") => return Err(AuthError::ChannelBindingNotSupported),
-        _ => return Err(AuthError::Malformed("invalid channel binding flag")),
+    if !matches!(flag, "n" | "y") && !flag.starts_with("p=") {
+        return Err(AuthError::Malformed("invalid channel binding flag"));
     }
     if !authzid.is_empty() {
         return Err(AuthError::Malformed(

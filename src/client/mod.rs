@@ -104,18 +104,19 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// With `[tls]` on, a connection that opens with a TLS handshake is accepted as TLS
 /// at once, as Postgres 17 does; the client must have negotiated ALPN `postgresql`,
 /// which tells a Postgres client from anything else speaking TLS to this port.
-async fn direct_tls(shared: &Shared, stream: MaybeTls) -> Result<MaybeTls, LoginError> {
-    let (MaybeTls::Plain(tcp), Some(acceptor)) = (&stream, shared.tls_acceptor()) else {
-        return Ok(stream);
+/// Returns the stream, and the channel binding data of the TLS connection, if any.
+async fn direct_tls(shared: &Shared, stream: MaybeTls) -> Result<Encrypted, LoginError> {
+    let (MaybeTls::Plain(tcp), Some(tls_cfg)) = (&stream, shared.tls_acceptor()) else {
+        return Ok((stream, None));
     };
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await? != 1 || first[0] != TLS_HANDSHAKE {
-        return Ok(stream);
+        return Ok((stream, None));
     }
     let MaybeTls::Plain(tcp) = stream else {
         unreachable!("matched Plain above")
     };
-    let tls = acceptor.accept(tcp).await?;
+    let tls = tls_cfg.acceptor.accept(tcp).await?;
     let alpn = tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_POSTGRESQL);
     let mut stream = MaybeTls::from(tls);
     if !alpn {
@@ -125,8 +126,12 @@ async fn direct_tls(shared: &Shared, stream: MaybeTls) -> Result<MaybeTls, Login
         );
         return Err(refuse(&mut stream, e).await);
     }
-    Ok(stream)
+    Ok((stream, tls_cfg.end_point.clone()))
 }
+
+/// A client's stream, with the `tls-server-end-point` data SCRAM-SHA-256-PLUS binds
+/// its login to when it is encrypted by a certificate that gives one.
+type Encrypted = (MaybeTls, Option<Arc<[u8]>>);
 
 async fn read_first_packet(
     stream: &mut MaybeTls,
@@ -173,9 +178,9 @@ async fn read_first_packet(
 async fn login(
     shared: &Arc<Shared>,
     cfg: &Arc<Config>,
-    mut stream: MaybeTls,
+    stream: MaybeTls,
 ) -> Result<Option<(Session, ClientSlot)>, LoginError> {
-    stream = direct_tls(shared, stream).await?;
+    let (mut stream, mut end_point) = direct_tls(shared, stream).await?;
     let params: StartupParams = loop {
         let packet = match read_first_packet(&mut stream).await? {
             Ok(p) => p,
@@ -183,7 +188,7 @@ async fn login(
         };
         match packet {
             FirstPacket::SslRequest => {
-                let acceptor = match (&stream, shared.tls_acceptor()) {
+                let tls_cfg = match (&stream, shared.tls_acceptor()) {
                     (MaybeTls::Plain(_), Some(a)) => a,
                     // As Postgres: no encryption over a Unix-domain socket.
                     (MaybeTls::Plain(_), None) | (MaybeTls::Unix(_), _) => {
@@ -204,8 +209,9 @@ async fn login(
                 };
                 // Bytes sent before the handshake would be read as if encrypted: the
                 // handshake fails on them, as Postgres refuses them (CVE-2021-23214).
-                let tls = acceptor.accept(tcp).await?;
+                let tls = tls_cfg.acceptor.accept(tcp).await?;
                 stream = MaybeTls::from(tls);
+                end_point = tls_cfg.end_point.clone();
             }
             FirstPacket::GssEncRequest => stream.write_all(b"N").await?,
             FirstPacket::Cancel { pid, secret } => {
@@ -285,7 +291,7 @@ async fn login(
     let mut out = authenticate(
         shared,
         method,
-        &mut stream,
+        (&mut stream, end_point),
         &mut buf,
         &user_name,
         user.as_deref(),
@@ -516,10 +522,22 @@ fn auth_failed(user: &str) -> PgError {
     )
 }
 
+/// A SCRAM exchange the client broke, as Postgres reports it: a message that breaks
+/// the protocol is 08P01, channel binding that fails is 28000.
+fn scram_error(e: AuthError) -> PgError {
+    let code = match e {
+        AuthError::ChannelBindingCheck | AuthError::ChannelBindingNegotiation => {
+            SqlState::INVALID_AUTHORIZATION
+        }
+        _ => SqlState::PROTOCOL_VIOLATION,
+    };
+    PgError::fatal(code, e.to_string())
+}
+
 async fn authenticate(
     shared: &Shared,
     method: AuthMethod,
-    stream: &mut MaybeTls,
+    (stream, end_point): (&mut MaybeTls, Option<Arc<[u8]>>),
     buf: &mut BytesMut,
     user_name: &str,
     user: Option<&UserEntry>,
@@ -565,8 +583,8 @@ async fn authenticate(
         let scram_secret = secret
             .and_then(|s| s.scram.clone())
             .unwrap_or_else(|| shared.mock_scram_secret(user_name));
-        let mut server = ScramServer::new(scram_secret.clone());
-        build::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+        let mut server = ScramServer::with_end_point(scram_secret.clone(), end_point);
+        build::auth_sasl(&mut out, server.mechanisms());
         stream.write_all(&out).await?;
         let body = expect_password(stream, buf).await?;
         let parsed = crate::protocol::msg::cstr(&body)
@@ -578,20 +596,20 @@ async fn authenticate(
             );
             return Err(refuse(stream, e).await);
         };
-        if mech != b"SCRAM-SHA-256" {
+        if server.select(mech).is_err() {
             let e = PgError::fatal(
                 SqlState::PROTOCOL_VIOLATION,
                 "client selected an invalid SASL authentication mechanism",
             )
-            .with_hint("pgmux offers SCRAM-SHA-256 without channel binding");
+            .with_hint(format!(
+                "pgmux offers {} on this connection",
+                server.mechanisms().join(" and ")
+            ));
             return Err(refuse(stream, e).await);
         }
         let first = match server.client_first(data) {
             Ok(f) => f,
-            Err(e) => {
-                let e = PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
-                return Err(refuse(stream, e).await);
-            }
+            Err(e) => return Err(refuse(stream, scram_error(e)).await),
         };
         out.clear();
         build::auth_sasl_continue(&mut out, &first);
@@ -601,10 +619,11 @@ async fn authenticate(
             Ok(r) if user.is_some() => r,
             // As Postgres: a message that breaks the exchange is a protocol violation,
             // whoever the user; only a proof that does not match is a wrong password.
-            Err(e @ AuthError::Malformed(_)) => {
-                let e = PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
-                return Err(refuse(stream, e).await);
-            }
+            Err(
+                e @ (AuthError::Malformed(_)
+                | AuthError::ChannelBindingCheck
+                | AuthError::ChannelBindingNegotiation),
+            ) => return Err(refuse(stream, scram_error(e)).await),
             _ => return Err(refuse(stream, auth_failed(user_name)).await),
         };
         if let Some(u) = user {

@@ -17,6 +17,7 @@
 //! the server's certificate (see [`unverified`]); `verify-full` checks the chain against
 //! `upstream_tls.ca` and the certificate's name against the host pgmux dialled.
 
+mod end_point;
 mod stream;
 mod unverified;
 
@@ -82,18 +83,31 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
-/// Server-side TLS for clients that send SSLRequest. Loads the certificate chain (leaf
-/// first) and the private key (PKCS8, PKCS1 or SEC1 PEM); refuses a key that does not
-/// match the certificate.
-pub fn client_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+/// TLS towards clients: the acceptor, and the channel binding data its certificate
+/// gives SCRAM-SHA-256-PLUS.
+pub struct ClientTls {
+    pub acceptor: TlsAcceptor,
+    /// RFC 5929 `tls-server-end-point` of the certificate; `None` when its signature
+    /// does not tell the hash, and no channel binding is offered.
+    pub end_point: Option<Arc<[u8]>>,
+}
+
+/// Server-side TLS for clients. Loads the certificate chain (leaf first) and the
+/// private key (PKCS8, PKCS1 or SEC1 PEM); refuses a key that does not match the
+/// certificate.
+pub fn client_acceptor(cfg: &TlsConfig) -> Result<ClientTls, TlsError> {
     let chain = load_certs(&cfg.cert)?;
+    let end_point = end_point::end_point_data(&chain[0]).map(Arc::from);
     let key = load_key(&cfg.key)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(ClientTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        end_point,
+    })
 }
 
 /// Client-side TLS towards Postgres servers: `None` when `mode = "disable"`.
@@ -211,6 +225,7 @@ mod tests {
             key: cert.key.clone(),
         })
         .unwrap()
+        .acceptor
     }
 
     /// Accepts one connection, completes the TLS handshake and echoes what it reads

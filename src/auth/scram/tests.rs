@@ -133,12 +133,104 @@ fn tokio_postgres_client_with_wrong_password_is_refused() {
 }
 
 #[test]
-fn channel_binding_request_is_refused() {
+fn channel_binding_data_without_plus_is_refused() {
     let mut server = ScramServer::new(ScramSecret::from_password("pw"));
+    assert_eq!(server.mechanisms(), [MECHANISM]);
+    assert!(matches!(
+        server.select(MECHANISM_PLUS.as_bytes()),
+        Err(AuthError::UnsupportedMechanism)
+    ));
+    server.select(MECHANISM.as_bytes()).unwrap();
     let client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(vec![1; 32]));
     assert!(matches!(
         server.client_first(client.message()),
-        Err(AuthError::ChannelBindingNotSupported)
+        Err(AuthError::Malformed(_))
+    ));
+}
+
+/// A server over TLS whose certificate hashes to `end_point`, with `mechanism` chosen.
+fn bound_server(secret: &ScramSecret, end_point: &[u8], mechanism: &str) -> ScramServer {
+    let mut server = ScramServer::with_end_point(secret.clone(), Some(Arc::from(end_point)));
+    assert_eq!(server.mechanisms(), [MECHANISM_PLUS, MECHANISM]);
+    server.select(mechanism.as_bytes()).unwrap();
+    server
+}
+
+/// One exchange of tokio-postgres' client with `binding`; the ClientKey recovered.
+fn bound_exchange(
+    server: &mut ScramServer,
+    binding: ChannelBinding,
+) -> Result<[u8; 32], AuthError> {
+    let mut client = ScramSha256::new(b"pw", binding);
+    let server_first = server.client_first(client.message())?;
+    client.update(&server_first).unwrap();
+    let (server_final, key) = server.client_final(client.message())?;
+    client
+        .finish(&server_final)
+        .expect("the client accepts the server's signature");
+    Ok(key)
+}
+
+#[test]
+fn plus_bound_to_the_certificates_hash_authenticates() {
+    let secret = ScramSecret::from_password("pw");
+    let mut server = bound_server(&secret, &[7; 48], MECHANISM_PLUS);
+    let key = bound_exchange(
+        &mut server,
+        ChannelBinding::tls_server_end_point(vec![7; 48]),
+    )
+    .unwrap();
+    assert_eq!(sha256(&key), secret.stored_key);
+}
+
+#[test]
+fn plus_bound_to_another_certificate_fails_the_check() {
+    let secret = ScramSecret::from_password("pw");
+    let mut server = bound_server(&secret, &[7; 32], MECHANISM_PLUS);
+    assert!(matches!(
+        bound_exchange(
+            &mut server,
+            ChannelBinding::tls_server_end_point(vec![8; 32])
+        ),
+        Err(AuthError::ChannelBindingCheck)
+    ));
+}
+
+#[test]
+fn plus_without_binding_data_is_malformed() {
+    let secret = ScramSecret::from_password("pw");
+    for binding in [ChannelBinding::unsupported(), ChannelBinding::unrequested()] {
+        let mut server = bound_server(&secret, &[7; 32], MECHANISM_PLUS);
+        assert!(matches!(
+            bound_exchange(&mut server, binding),
+            Err(AuthError::Malformed(_))
+        ));
+    }
+}
+
+#[test]
+fn without_plus_over_tls_n_logs_in_and_y_is_a_downgrade() {
+    let secret = ScramSecret::from_password("pw");
+    let mut server = bound_server(&secret, &[7; 32], MECHANISM);
+    bound_exchange(&mut server, ChannelBinding::unsupported()).unwrap();
+    let mut server = bound_server(&secret, &[7; 32], MECHANISM);
+    assert!(matches!(
+        bound_exchange(&mut server, ChannelBinding::unrequested()),
+        Err(AuthError::ChannelBindingNegotiation)
+    ));
+    // Without TLS, `y` is the client's honest view.
+    let mut server = ScramServer::new(secret.clone());
+    server.select(MECHANISM.as_bytes()).unwrap();
+    bound_exchange(&mut server, ChannelBinding::unrequested()).unwrap();
+}
+
+#[test]
+fn plus_of_another_binding_type_is_malformed() {
+    let secret = ScramSecret::from_password("pw");
+    let mut server = bound_server(&secret, &[7; 32], MECHANISM_PLUS);
+    assert!(matches!(
+        server.client_first(b"p=tls-unique,,n=,r=abc"),
+        Err(AuthError::Malformed(_))
     ));
 }
 
