@@ -526,17 +526,7 @@ fn a_newer_protocol_version_is_negotiated_down_to_3_0_and_the_login_goes_on() {
          print(c.pgconn.protocol_version, c.execute('select 6 * 7').fetchone()[0])\n",
         px.port
     );
-    let out = support::process::run(
-        std::process::Command::new(python()).args(["-c", &script]),
-        std::time::Duration::from_secs(60),
-        "python with psycopg",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3 42");
+    assert_eq!(run_python(&script), "3 42");
 }
 
 #[test]

@@ -358,21 +358,35 @@ fn deallocate_of_a_protocol_statement_works_over_the_extended_protocol_and_pipel
     assert_eq!(code(w.try_execute("s1", &[])).as_deref(), Some("26000"));
 }
 
-/// SQL `EXECUTE` of a protocol-level statement (asyncpg's `prepare(name=…)`, then
-/// `fetchval('EXECUTE name')`) runs the client's own statement: by simple Query, and
-/// inside unnamed and named statements, which prepare it again wherever it is gone.
-#[test]
-fn sql_execute_runs_the_clients_protocol_level_statement() {
+/// Two clients on one server connection that holds two prepared statements.
+fn two_clients_on_two_slots() -> (Pgmux, extended::Wire, extended::Wire) {
     let pg = shared_primary();
     let px = start_pgmux(&pgmux_config(
         pg,
         "max_prepared_statements = 2",
         "pool_size = 1",
     ));
-    let (mut a, mut b) = (
+    let (a, b) = (
         extended::Wire::connect(px.port),
         extended::Wire::connect(px.port),
     );
+    (px, a, b)
+}
+
+/// Prepares and runs three statements of `client`'s own, `other0` to `other2`.
+fn prepare_three_others(client: &mut extended::Wire) {
+    for k in 0..3 {
+        client.prepare(&format!("other{k}"), &format!("select {k}"));
+        assert_eq!(client.execute(&format!("other{k}"), &[]), [k.to_string()]);
+    }
+}
+
+/// SQL `EXECUTE` of a protocol-level statement (asyncpg's `prepare(name=…)`, then
+/// `fetchval('EXECUTE name')`) runs the client's own statement: by simple Query, and
+/// inside unnamed and named statements, which prepare it again wherever it is gone.
+#[test]
+fn sql_execute_runs_the_clients_protocol_level_statement() {
+    let (_px, mut a, mut b) = two_clients_on_two_slots();
     a.prepare("foobar", "select 'a' || $1::text");
     b.prepare("foobar", "select 'b'");
 
@@ -384,10 +398,7 @@ fn sql_execute_runs_the_clients_protocol_level_statement() {
     assert_eq!(a.execute("via_execute", &[]), ["az"]);
 
     // Other statements push both of a's out of the connection's two slots.
-    for k in 0..3 {
-        b.prepare(&format!("other{k}"), &format!("select {k}"));
-        assert_eq!(b.execute(&format!("other{k}"), &[]), [k.to_string()]);
-    }
+    prepare_three_others(&mut b);
     assert_eq!(a.execute("via_execute", &[]), ["az"]);
     for k in 0..3 {
         assert_eq!(b.execute(&format!("other{k}"), &[]), [k.to_string()]);
@@ -406,16 +417,7 @@ fn sql_execute_runs_the_clients_protocol_level_statement() {
 /// on whichever connection it runs, also after the statement left that connection.
 #[test]
 fn explain_execute_explains_the_clients_protocol_level_statement() {
-    let pg = shared_primary();
-    let px = start_pgmux(&pgmux_config(
-        pg,
-        "max_prepared_statements = 2",
-        "pool_size = 1",
-    ));
-    let (mut a, mut b) = (
-        extended::Wire::connect(px.port),
-        extended::Wire::connect(px.port),
-    );
+    let (_px, mut a, mut b) = two_clients_on_two_slots();
     a.prepare("s_1", "select relname from pg_class where relname = $1");
     b.prepare("s_1", "select proname from pg_proc");
     let plan = |rows: Vec<String>| rows.join("\n");
@@ -432,10 +434,7 @@ fn explain_execute_explains_the_clients_protocol_level_statement() {
     let json = plan(a.execute("explain_s_1", &[]));
     assert!(json.contains("\"pg_class\""), "{json}");
     // Other statements push both of a's out of the connection's two slots.
-    for k in 0..3 {
-        b.prepare(&format!("other{k}"), &format!("select {k}"));
-        assert_eq!(b.execute(&format!("other{k}"), &[]), [k.to_string()]);
-    }
+    prepare_three_others(&mut b);
     let again = plan(a.execute("explain_s_1", &[]));
     assert_eq!(again, json);
     let analyzed = plan(a.simple("EXPLAIN ANALYZE VERBOSE EXECUTE s_1('pg_proc')"));

@@ -146,20 +146,7 @@ async fn direct_tls_is_served_and_needs_alpn_postgresql() {
             )
         )
     );
-    let out = support::process::run(
-        std::process::Command::new(python()).args(["-c", &script]),
-        std::time::Duration::from_secs(60),
-        "python with psycopg",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("True {APP_USER}")
-    );
+    assert_eq!(run_python(&script), format!("True {APP_USER}"));
 
     // The same handshake without ALPN.
     let mut tls = direct_tls_client(&px, &certs, false);

@@ -102,6 +102,23 @@ pub fn python() -> PathBuf {
     PYTHON.get_or_init(make_venv).clone()
 }
 
+/// Runs a Python `script` with [`python`]; panics with its stderr unless it succeeds,
+/// and returns what it printed, trimmed.
+pub fn run_python(script: &str) -> String {
+    let out = run_with_input(
+        Command::new(python()).args(["-c", script]),
+        None,
+        Duration::from_secs(120),
+        "python",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn make_venv() -> PathBuf {
     let target = target_dir();
     fs::create_dir_all(&target).expect("create the target dir");

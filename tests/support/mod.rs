@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 pub use clients::{
     connect, connect_with_task, current_user_through, db_message, jdbc, pgbench, psql,
-    psql_with_input, python, try_connect, url,
+    psql_with_input, python, run_python, try_connect, url,
 };
 pub use pgmux::{
     pgmux_bin, pgmux_command, pgmux_config, pgmux_config_with_replicas, start_pgmux, with_workers,
