@@ -188,6 +188,50 @@ fn direct_tls_client(
     rustls::StreamOwned::new(conn, wire::tcp(px.port))
 }
 
+/// libpq 17's cancel API (psycopg's `cancel_safe`) sends its CancelRequest over TLS
+/// when the session uses TLS, and counts a close without TLS close_notify as a
+/// failure: pgmux closes as Postgres does, and the cancel succeeds, by SSLRequest
+/// and by direct TLS.
+#[test]
+fn a_cancel_request_over_tls_is_answered_with_a_clean_tls_close() {
+    let pg = shared_primary();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let px = start_pgmux(&pgmux_config(pg, &tls_section("require", &certs), ""));
+    for negotiation in ["postgres", "direct"] {
+        let script = format!(
+            r#"
+import threading, time, psycopg
+info = '{} password={APP_PASSWORD}'
+c = psycopg.connect(info, autocommit=True)
+watch = psycopg.connect(info, autocommit=True)
+got = []
+def run():
+    try:
+        c.execute('select pg_sleep(60)')
+        got.append('ran')
+    except psycopg.Error as e:
+        got.append(e.sqlstate)
+t = threading.Thread(target=run)
+t.start()
+deadline = time.time() + 60
+while not watch.execute("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'").fetchone()[0]:
+    assert time.time() < deadline, 'the statement never started'
+    time.sleep(0.05)
+c.cancel_safe(timeout=30)
+t.join(60)
+print(got[0], c.execute('select 1').fetchone()[0])
+"#,
+            conninfo(
+                &px,
+                APP_USER,
+                &format!("sslmode=require sslnegotiation={negotiation}")
+            )
+        );
+        assert_eq!(run_python(&script), "57014 1", "{negotiation}");
+    }
+}
+
 /// Over TLS pgmux offers SCRAM-SHA-256-PLUS, bound to its certificate, as Postgres
 /// does: libpq's `channel_binding=require` logs in, and a client that says it could
 /// bind but thinks the server cannot (gs2 flag `y`) is refused with 28000, since

@@ -93,7 +93,7 @@ async fn refuse(stream: &mut MaybeTls, err: PgError) -> LoginError {
     let mut out = BytesMut::new();
     err.encode(&mut out);
     let _ = stream.write_all(&out).await;
-    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
     LoginError::Refused(err)
 }
 
@@ -219,6 +219,9 @@ async fn login(
                     .cancels
                     .cancel(pid, secret, cfg.proxy.server_connect_timeout)
                     .await;
+                // Over TLS, a close without close_notify is an error to libpq 17's
+                // cancel API (psycopg's `cancel_safe`): end the session as Postgres does.
+                let _ = stream.shutdown().await;
                 return Ok(None);
             }
             FirstPacket::Startup(p) => break p,
