@@ -246,7 +246,27 @@ async fn set_config_with_a_parameter_pins_and_is_cleaned_after() {
         )
         .await
         .unwrap();
-    let pin = PinCheck::new(&url, &client).await;
+    pinned_then_cleaned(&url, client).await;
+}
+
+/// A DO block runs out of pgmux's sight: one that changes a session setting pins its
+/// client, whose server connection is cleaned before anybody else gets it.
+#[tokio::test]
+async fn a_do_block_that_changes_a_setting_pins_and_is_cleaned_after() {
+    let px = pgmux_with_pool(2);
+    let url = app_url(&px);
+    let client = connect(&url).await;
+    client
+        .batch_execute("DO $$ BEGIN IF true THEN SET statement_timeout = '5432ms'; END IF; END $$")
+        .await
+        .unwrap();
+    pinned_then_cleaned(&url, client).await;
+}
+
+/// `client` set statement_timeout to 5432ms: it keeps it on the one server connection
+/// it is pinned to, which shows the default to new clients once it has left.
+async fn pinned_then_cleaned(url: &str, client: tokio_postgres::Client) {
+    let pin = PinCheck::new(url, &client).await;
     for round in 0..ROUNDS {
         pin.round(&client, round).await;
         let (got, _) = setting_and_pid(&client, "statement_timeout").await;
@@ -257,7 +277,7 @@ async fn set_config_with_a_parameter_pins_and_is_cleaned_after() {
     drop(client);
 
     // Both connections, the pinned one included, show the default to new clients.
-    let (a, b) = (&connect(&url).await, &connect(&url).await);
+    let (a, b) = (&connect(url).await, &connect(url).await);
     let came_back = poll_until_async(CLEANUP_DEADLINE, || async move {
         a.batch_execute("BEGIN").await.unwrap();
         b.batch_execute("BEGIN").await.unwrap();

@@ -13,6 +13,7 @@
 //! scans.
 
 mod cache;
+mod do_block;
 mod execute;
 mod fingerprint;
 mod lex;
@@ -39,6 +40,7 @@ pub enum PinReason {
     SessionCharacteristics,
     SetConfig,
     UntrackedSettings,
+    DoBlockSettings,
 }
 
 impl PinReason {
@@ -54,6 +56,7 @@ impl PinReason {
             PinReason::UntrackedSettings => {
                 "settings changed in a transaction whose outcome pgmux could not follow"
             }
+            PinReason::DoBlockSettings => "settings changed inside a DO block",
         }
     }
 }
@@ -348,11 +351,12 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
             Some(w) => fx.deallocate.push(Deallocate::Name(w.name())),
             None => {}
         }
-    } else if (first.is("do") || first.is("call"))
-        && contains_ci(stmt, b"advisory")
-        && has_session_advisory_lock(stmt)
-    {
-        fx.pin.get_or_insert(PinReason::AdvisoryLock);
+    } else if first.is("do") || first.is("call") {
+        if contains_ci(stmt, b"advisory") && has_session_advisory_lock(stmt) {
+            fx.pin.get_or_insert(PinReason::AdvisoryLock);
+        } else if first.is("do") && do_block::changes_settings(stmt) {
+            fx.pin.get_or_insert(PinReason::DoBlockSettings);
+        }
     }
 }
 
