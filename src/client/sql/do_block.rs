@@ -1,19 +1,21 @@
-//! `DO` blocks: their body runs on the server, where pgmux cannot follow what it sets.
-//! A body that changes session settings (a `SET` or `RESET` statement, `set_config`,
-//! or such a statement built as a string for `EXECUTE`) would leave them on a server
-//! connection other clients get next, so its client is pinned instead. `SET LOCAL`
-//! and `UPDATE … SET` change no session setting and pin nothing.
+//! `DO` blocks: their body runs on the server, where pgmux cannot follow what it
+//! leaves behind. A body holding a statement that changes the session (a `SET` or
+//! `RESET`, `set_config`, a temporary table, `LISTEN`, SQL `PREPARE`…, also as a
+//! string run by `EXECUTE`) would leave that on a server connection other clients get
+//! next, so its client is pinned instead. `SET LOCAL`, `UPDATE … SET` and other
+//! statements without session effects pin nothing.
 
 use std::borrow::Cow;
 
 use super::lex::{contains_ci, skip_token, Statements, Word, Words};
+use super::{analyze_one, Effects};
 
-/// Whether the `DO` statement `stmt` may change session settings.
-pub(super) fn changes_settings(stmt: &[u8]) -> bool {
+/// Whether the `DO` statement `stmt` may change its session.
+pub(super) fn changes_session(stmt: &[u8]) -> bool {
     let Some(body) = body(stmt) else {
         return false;
     };
-    contains_ci(&body, b"set_config") || Statements::new(&body).any(sets_or_resets)
+    contains_ci(&body, b"set_config") || Statements::new(&body).any(changes_in)
 }
 
 /// The code of a `DO [LANGUAGE name] 'code'` statement: the first string constant,
@@ -53,46 +55,35 @@ fn unescape(inner: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether one statement of a body starts a `SET` (not `LOCAL`) or `RESET`, after
-/// the block words that may come before it, or runs a string that does (`EXECUTE
-/// 'SET …'`, `EXECUTE format('SET …')`).
-fn sets_or_resets(stmt: &[u8]) -> bool {
+/// Words after which a statement of a PL/pgSQL body may start.
+const BLOCK_WORDS: [&str; 4] = ["begin", "then", "else", "loop"];
+
+/// Whether one statement of a body (with the block words before it) has session
+/// effects, or runs a string that does (`EXECUTE '…'`, `EXECUTE format('…')`).
+fn changes_in(stmt: &[u8]) -> bool {
     let words: Vec<&[u8]> = Words::new(stmt).collect();
     words.iter().enumerate().any(|(i, w)| {
-        let at_start = i == 0
-            || ["begin", "then", "else", "loop"]
-                .iter()
-                .any(|k| Word(words[i - 1]).is(k));
-        let word = Word(w);
-        let not_local = |next: Option<&&[u8]>| {
-            !next.is_some_and(|n| {
-                let n = Word(n);
-                n.is("local") || n.is("transaction") || n.is("constraints")
-            })
-        };
-        (at_start && (word.is("reset") || (word.is("set") && not_local(words.get(i + 1)))))
-            || (w.first() == Some(&b'\'')
-                && i > 0
-                && (Word(words[i - 1]).is("execute") || Word(words[i - 1]).is("format"))
-                && dynamic_set(w))
+        let prev = i.checked_sub(1).map(|p| Word(words[p]));
+        let at_start = prev
+            .as_ref()
+            .is_none_or(|p| BLOCK_WORDS.iter().any(|k| p.is(k)));
+        let runs_string =
+            w.first() == Some(&b'\'') && prev.is_some_and(|p| p.is("execute") || p.is("format"));
+        if at_start {
+            let at = w.as_ptr() as usize - stmt.as_ptr() as usize;
+            has_effects(&stmt[at..])
+        } else if runs_string {
+            has_effects(&unescape(&w[1..w.len().saturating_sub(1).max(1)]))
+        } else {
+            false
+        }
     })
 }
 
-/// A string constant holding a `SET` or `RESET` statement, for `EXECUTE`.
-fn dynamic_set(literal: &[u8]) -> bool {
-    let text = literal[1..].trim_ascii_start();
-    let starts = |kw: &[u8]| {
-        text.get(..kw.len())
-            .is_some_and(|t| t.eq_ignore_ascii_case(kw))
-            && text
-                .get(kw.len())
-                .is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_')
-    };
-    starts(b"reset")
-        || (starts(b"set")
-            && !Words::new(&text[3..])
-                .next()
-                .is_some_and(|n| Word(n).is("local")))
+fn has_effects(stmt: &[u8]) -> bool {
+    let mut fx = Effects::default();
+    analyze_one(stmt, &mut fx);
+    !fx.is_empty()
 }
 
 #[cfg(test)]
@@ -100,7 +91,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_changed_in_a_body_are_seen() {
+    fn session_changes_in_a_body_are_seen() {
         for sql in [
             "DO $$ BEGIN PERFORM set_config('work_mem', '11MB', false); END $$",
             "do $$begin set search_path = app; end$$",
@@ -108,15 +99,18 @@ mod tests {
             "DO 'BEGIN RESET ALL; END'",
             "DO $$ BEGIN EXECUTE 'SET search_path = ' || quote_ident('x'); END $$",
             "DO $$ BEGIN EXECUTE format('set %I = 1', 'x'); END $$",
+            "DO $$ BEGIN CREATE TEMP TABLE scratch (a int); END $$",
+            "DO $$ BEGIN EXECUTE 'LISTEN chan'; END $$",
+            "DO $$ BEGIN IF true THEN EXECUTE 'PREPARE p AS SELECT 1'; END IF; END $$",
             "DO $$ DECLARE n int; BEGIN n := 1; SET SESSION statement_timeout = 5; END $$",
             "DO 'BEGIN EXECUTE ''RESET work_mem''; END'",
         ] {
-            assert!(changes_settings(sql.as_bytes()), "{sql}");
+            assert!(changes_session(sql.as_bytes()), "{sql}");
         }
     }
 
     #[test]
-    fn bodies_that_set_no_session_setting_are_left_alone() {
+    fn bodies_that_change_no_session_are_left_alone() {
         for sql in [
             "DO $$ BEGIN UPDATE t SET a = 1; END $$",
             "DO $$ BEGIN SET LOCAL work_mem = '8MB'; END $$",
@@ -125,10 +119,11 @@ mod tests {
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'mood') THEN CREATE TYPE mood AS ENUM ('settled'); END IF; END $$",
             "DO $$ BEGIN EXECUTE 'UPDATE t SET a = 2'; EXECUTE 'SET LOCAL x = 1'; END $$",
             "DO $$ BEGIN RAISE NOTICE 'set it'; END $$",
+            "DO $$ BEGIN CREATE TABLE IF NOT EXISTS kept (a int); END $$",
             "DO",
             "DO $$ unterminated",
         ] {
-            assert!(!changes_settings(sql.as_bytes()), "{sql}");
+            assert!(!changes_session(sql.as_bytes()), "{sql}");
         }
     }
 }

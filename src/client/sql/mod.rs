@@ -40,7 +40,7 @@ pub enum PinReason {
     SessionCharacteristics,
     SetConfig,
     UntrackedSettings,
-    DoBlockSettings,
+    DoBlock,
 }
 
 impl PinReason {
@@ -56,7 +56,7 @@ impl PinReason {
             PinReason::UntrackedSettings => {
                 "settings changed in a transaction whose outcome pgmux could not follow"
             }
-            PinReason::DoBlockSettings => "settings changed inside a DO block",
+            PinReason::DoBlock => "session state changed inside a DO block",
         }
     }
 }
@@ -354,8 +354,8 @@ fn analyze_one(stmt: &[u8], fx: &mut Effects) {
     } else if first.is("do") || first.is("call") {
         if contains_ci(stmt, b"advisory") && has_session_advisory_lock(stmt) {
             fx.pin.get_or_insert(PinReason::AdvisoryLock);
-        } else if first.is("do") && do_block::changes_settings(stmt) {
-            fx.pin.get_or_insert(PinReason::DoBlockSettings);
+        } else if first.is("do") && do_block::changes_session(stmt) {
+            fx.pin.get_or_insert(PinReason::DoBlock);
         }
     }
 }
@@ -364,7 +364,8 @@ fn analyze_set<'a>(stmt: &'a [u8], mut words: Words<'a>, fx: &mut Effects) {
     let Some(mut w) = words.next() else {
         return;
     };
-    if Word(w).is("local") || Word(w).is("transaction") {
+    // Each of these lasts until the transaction ends.
+    if Word(w).is("local") || Word(w).is("transaction") || Word(w).is("constraints") {
         return;
     }
     if Word(w).is("session") {
@@ -664,6 +665,8 @@ mod tests {
         let fx = analyze(b"SET TIME ZONE 'UTC'");
         assert!(matches!(&fx.sets[0].1, SetOp::Set { name, .. } if name == "timezone"));
         assert!(ops(b"SET LOCAL work_mem = '1MB'").is_empty());
+        assert!(ops(b"SET CONSTRAINTS ALL DEFERRED").is_empty());
+        assert!(ops(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").is_empty());
         assert_eq!(
             ops(b"SET work_mem TO DEFAULT"),
             vec![SetOp::Reset {
