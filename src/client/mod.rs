@@ -123,7 +123,8 @@ async fn direct_tls(shared: &Shared, stream: MaybeTls) -> Result<Encrypted, Logi
         let e = PgError::fatal(
             SqlState::PROTOCOL_VIOLATION,
             "received direct SSL connection request without ALPN protocol negotiation extension",
-        );
+        )
+        .with_hint("offer ALPN \"postgresql\" (libpq 17 and later do), or connect with sslnegotiation=postgres");
         return Err(refuse(&mut stream, e).await);
     }
     Ok((stream, tls_cfg.end_point.clone()))
@@ -528,13 +529,16 @@ fn auth_failed(user: &str) -> PgError {
 /// A SCRAM exchange the client broke, as Postgres reports it: a message that breaks
 /// the protocol is 08P01, channel binding that fails is 28000.
 fn scram_error(e: AuthError) -> PgError {
-    let code = match e {
-        AuthError::ChannelBindingCheck | AuthError::ChannelBindingNegotiation => {
-            SqlState::INVALID_AUTHORIZATION
+    let hint = match e {
+        AuthError::ChannelBindingCheck => {
+            "the client's TLS connection does not end at pgmux; connect to pgmux directly, not through another TLS endpoint"
         }
-        _ => SqlState::PROTOCOL_VIOLATION,
+        AuthError::ChannelBindingNegotiation => {
+            "something between the client and pgmux removed SCRAM-SHA-256-PLUS from the offer; connect to pgmux directly"
+        }
+        _ => return PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()),
     };
-    PgError::fatal(code, e.to_string())
+    PgError::fatal(SqlState::INVALID_AUTHORIZATION, e.to_string()).with_hint(hint)
 }
 
 async fn authenticate(
