@@ -127,7 +127,7 @@ fn prepared(c: &mut Criterion) {
     rest.put_i16(1);
     rest.put_i32(0);
     c.bench_function("prepared/statement_new", |b| {
-        b.iter(|| Statement::new(black_box(&rest), 0))
+        b.iter(|| Statement::new(black_box(&rest), b"", 0))
     });
 }
 

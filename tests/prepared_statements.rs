@@ -358,6 +358,36 @@ fn deallocate_of_a_protocol_statement_works_over_the_extended_protocol_and_pipel
     assert_eq!(code(w.try_execute("s1", &[])).as_deref(), Some("26000"));
 }
 
+/// Clients whose `search_path` differ get the same text prepared as different
+/// statements, each against its own schema's table, on the one server connection
+/// they share. Sharing one, Postgres would parse it again under the other path and
+/// refuse to run it when its columns then differ (0A000), which it never does to a
+/// client of its own.
+#[test]
+fn the_same_text_under_another_search_path_is_another_statement() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let (mut a, mut b) = (
+        extended::Wire::connect(px.port),
+        extended::Wire::connect(px.port),
+    );
+    a.simple(
+        "drop schema if exists path_a, path_b cascade; \
+         create schema path_a; create table path_a.t (x int); insert into path_a.t values (1); \
+         create schema path_b; create table path_b.t (y text, z text); \
+         insert into path_b.t values ('b', 'bb')",
+    );
+    a.simple("set search_path = path_a");
+    b.simple("set search_path = path_b");
+    a.prepare("s", "select * from t");
+    b.prepare("s", "select * from t");
+    for _ in 0..3 {
+        assert_eq!(a.execute("s", &[]), ["1"]);
+        assert_eq!(b.execute("s", &[]), ["b"]);
+    }
+    a.simple("drop schema path_a, path_b cascade");
+}
+
 /// Two clients on one server connection that holds two prepared statements.
 fn two_clients_on_two_slots() -> (Pgmux, extended::Wire, extended::Wire) {
     let pg = shared_primary();

@@ -58,13 +58,22 @@ pub struct Statement {
 }
 
 impl Statement {
-    pub fn new(parse_rest: &[u8], epoch: u64) -> Statement {
+    /// The statement of a Parse body, for clients whose settings name tables the same
+    /// way (`scope`: see `Session::parse_scope`). The same text parsed under another
+    /// `search_path` is another statement on the server: Postgres parses a prepared
+    /// statement again when the path has changed since, and refuses to run it when
+    /// its result columns then differ (0A000).
+    pub fn new(parse_rest: &[u8], scope: &[u8], epoch: u64) -> Statement {
         let (a, b) = keys();
-        let mut h1 = a.build_hasher();
-        h1.write(parse_rest);
-        let mut h2 = b.build_hasher();
-        h2.write(parse_rest);
-        let id = ((h1.finish() as u128) << 64) | h2.finish() as u128;
+        let hash = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            h.write(parse_rest);
+            // With its length, a scope never runs into the text of another pair.
+            h.write_usize(scope.len());
+            h.write(scope);
+            h.finish()
+        };
+        let id = ((hash(a) as u128) << 64) | hash(b) as u128;
         let mut name = BytesMut::with_capacity(38);
         name.put_slice(b"pgmux_");
         name.put_slice(format!("{id:032x}").as_bytes());
@@ -195,19 +204,22 @@ mod tests {
 
     #[test]
     fn same_text_same_name_different_text_different_name() {
-        let a = Statement::new(b"select 1\0\0\0", 0);
-        let b = Statement::new(b"select 1\0\0\0", 3);
-        let c = Statement::new(b"select 2\0\0\0", 0);
+        let a = Statement::new(b"select 1\0\0\0", b"", 0);
+        let b = Statement::new(b"select 1\0\0\0", b"", 3);
+        let c = Statement::new(b"select 2\0\0\0", b"", 0);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert_eq!(a.server_name.len(), 38);
+        let d = Statement::new(b"select 1\0\0\0", b"SET search_path = a", 0);
+        assert_ne!(a.server_name, d.server_name);
+        assert_ne!(a.id, d.id);
     }
 
     #[test]
     fn least_recently_used_is_evicted() {
         let mut set = PreparedSet::new(2);
         let s: Vec<Statement> = (0..3)
-            .map(|i| Statement::new(format!("q{i}\0\0\0").as_bytes(), 0))
+            .map(|i| Statement::new(format!("q{i}\0\0\0").as_bytes(), b"", 0))
             .collect();
         assert_eq!(set.insert(&s[0], 0), None);
         assert_eq!(set.insert(&s[1], 0), None);
@@ -221,10 +233,10 @@ mod tests {
     #[test]
     fn a_copy_parsed_before_the_clients_parse_is_stale() {
         let mut set = PreparedSet::new(4);
-        let before = Statement::new(b"insert into t values ($1)\0\0\0", 2);
+        let before = Statement::new(b"insert into t values ($1)\0\0\0", b"", 2);
         assert_eq!(set.insert(&before, 2), None);
         assert!(set.touch(&before));
-        let after = Statement::new(b"insert into t values ($1)\0\0\0", 3);
+        let after = Statement::new(b"insert into t values ($1)\0\0\0", b"", 3);
         assert!(!set.touch(&after), "parsed before the client's Parse");
         assert_eq!(set.insert(&after, 3), None, "replaced, not evicted");
         assert!(set.touch(&after));
@@ -236,7 +248,7 @@ mod tests {
     fn what_was_taken_goes_back_unless_recorded_again() {
         let mut set = PreparedSet::new(4);
         let s: Vec<Statement> = (0..3)
-            .map(|i| Statement::new(format!("q{i}\0\0\0").as_bytes(), 0))
+            .map(|i| Statement::new(format!("q{i}\0\0\0").as_bytes(), b"", 0))
             .collect();
         set.insert(&s[0], 0);
         set.insert(&s[1], 0);
@@ -250,7 +262,7 @@ mod tests {
         set.insert(&s[1], 5);
         set.put_back(all);
         assert_eq!(set.len(), 3);
-        let newer = Statement::new(b"q1\0\0\0", 5);
+        let newer = Statement::new(b"q1\0\0\0", b"", 5);
         assert!(set.touch(&newer), "the entry recorded since is kept");
     }
 }

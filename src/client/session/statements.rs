@@ -15,6 +15,20 @@ use super::{Blocked, Closed, Fixup, Session};
 use crate::server::ServerConn;
 
 impl Session {
+    /// What, besides its text, decides which tables a statement's names resolve to:
+    /// the client's `search_path` and who it is (`$user` in the path), when it set
+    /// them. Clients that differ there get statements of their own on the server.
+    fn parse_scope(&self) -> Vec<u8> {
+        let mut scope = Vec::new();
+        for name in ["search_path", "role", "session_authorization"] {
+            if let Some(stmt) = self.settings.get(name) {
+                scope.extend_from_slice(stmt.as_bytes());
+                scope.push(0);
+            }
+        }
+        scope
+    }
+
     /// Parse: a named statement is kept under a name of pgmux's own on the server.
     pub(super) fn on_parse(&mut self, frame: &[u8], body: &[u8]) -> Result<(), Blocked> {
         let Some(p) = msg::Parse::decode(body) else {
@@ -68,7 +82,8 @@ impl Session {
             None
         };
         let (named, on_run) = if !p.name.is_empty() && self.renames() {
-            let mut stmt = Statement::new(&rest, self.pool.parses.tick());
+            let scope = self.parse_scope();
+            let mut stmt = Statement::new(&rest, &scope, self.pool.parses.tick());
             stmt.runs = runs.clone();
             stmt.plain = plain;
             stmt.on_run = on_run;
