@@ -362,9 +362,10 @@ fn deallocate_of_a_protocol_statement_works_over_the_extended_protocol_and_pipel
 /// statements, each against its own schema's table, on the one server connection
 /// they share. Sharing one, Postgres would parse it again under the other path and
 /// refuse to run it when its columns then differ (0A000), which it never does to a
-/// client of its own.
+/// client of its own. Likewise for `DateStyle`, which Postgres applies when it parses
+/// a literal date: a shared statement would give one client the other's date.
 #[test]
-fn the_same_text_under_another_search_path_is_another_statement() {
+fn the_same_text_under_other_parse_settings_is_another_statement() {
     let pg = shared_primary();
     let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
     let (mut a, mut b) = (
@@ -386,6 +387,19 @@ fn the_same_text_under_another_search_path_is_another_statement() {
         assert_eq!(b.execute("s", &[]), ["b"]);
     }
     a.simple("drop schema path_a, path_b cascade");
+
+    let (mut dmy, mut mdy) = (
+        extended::Wire::connect(px.port),
+        extended::Wire::connect(px.port),
+    );
+    dmy.simple("set datestyle = 'ISO, DMY'");
+    mdy.simple("set datestyle = 'ISO, MDY'");
+    dmy.prepare("d", "select '01/02/2020'::date::text");
+    mdy.prepare("d", "select '01/02/2020'::date::text");
+    for _ in 0..3 {
+        assert_eq!(dmy.execute("d", &[]), ["2020-02-01"]);
+        assert_eq!(mdy.execute("d", &[]), ["2020-01-02"]);
+    }
 }
 
 /// Two clients on one server connection that holds two prepared statements.

@@ -15,12 +15,26 @@ use super::{Blocked, Closed, Fixup, Session};
 use crate::server::ServerConn;
 
 impl Session {
-    /// What, besides its text, decides which tables a statement's names resolve to:
-    /// the client's `search_path` and who it is (`$user` in the path), when it set
-    /// them. Clients that differ there get statements of their own on the server.
+    /// What, besides its text, decides what a statement means when Postgres parses
+    /// it, when the client set it: which tables its names resolve to (`search_path`,
+    /// and who the client is, `$user` in the path), how its constants read
+    /// (`DateStyle`, `TimeZone` and `IntervalStyle` are applied when a literal date,
+    /// timestamp or interval is parsed; `standard_conforming_strings` decides what a
+    /// backslash in a string is) and how its bytes read (`client_encoding`). Clients
+    /// that differ there get statements of their own on the server.
     fn parse_scope(&self) -> Vec<u8> {
+        const PARSE_SETTINGS: [&str; 8] = [
+            "search_path",
+            "role",
+            "session_authorization",
+            "datestyle",
+            "timezone",
+            "intervalstyle",
+            "standard_conforming_strings",
+            "client_encoding",
+        ];
         let mut scope = Vec::new();
-        for name in ["search_path", "role", "session_authorization"] {
+        for name in PARSE_SETTINGS {
             if let Some(stmt) = self.settings.get(name) {
                 scope.extend_from_slice(stmt.as_bytes());
                 scope.push(0);
