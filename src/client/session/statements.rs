@@ -19,11 +19,13 @@ impl Session {
     /// it, when the client set it: which tables its names resolve to (`search_path`,
     /// and who the client is, `$user` in the path), how its constants read
     /// (`DateStyle`, `TimeZone` and `IntervalStyle` are applied when a literal date,
-    /// timestamp or interval is parsed; `standard_conforming_strings` decides what a
-    /// backslash in a string is) and how its bytes read (`client_encoding`). Clients
-    /// that differ there get statements of their own on the server.
+    /// timestamp or interval is parsed, `lc_monetary` to money and `xmloption` to
+    /// XML; `standard_conforming_strings` decides what a backslash in a string is,
+    /// `transform_null_equals` what `= NULL` is) and how its bytes read
+    /// (`client_encoding`). Clients that differ there get statements of their own on
+    /// the server.
     fn parse_scope(&self) -> Vec<u8> {
-        const PARSE_SETTINGS: [&str; 8] = [
+        const PARSE_SETTINGS: [&str; 11] = [
             "search_path",
             "role",
             "session_authorization",
@@ -32,6 +34,9 @@ impl Session {
             "intervalstyle",
             "standard_conforming_strings",
             "client_encoding",
+            "lc_monetary",
+            "xmloption",
+            "transform_null_equals",
         ];
         let mut scope = Vec::new();
         for name in PARSE_SETTINGS {
