@@ -58,11 +58,10 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// The statement of a Parse body, for clients whose settings name tables the same
-    /// way (`scope`: see `Session::parse_scope`). The same text parsed under another
-    /// `search_path` is another statement on the server: Postgres parses a prepared
-    /// statement again when the path has changed since, and refuses to run it when
-    /// its result columns then differ (0A000).
+    /// The statement of a Parse body, for clients whose settings make Postgres parse
+    /// it the same way (`scope`: see `Session::parse_scope`). The same text under
+    /// another `search_path` or `DateStyle` is another statement on the server: its
+    /// names may mean other tables, its literal dates other days.
     pub fn new(parse_rest: &[u8], scope: &[u8], epoch: u64) -> Statement {
         let (a, b) = keys();
         let hash = |state: &std::collections::hash_map::RandomState| {
