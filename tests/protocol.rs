@@ -379,6 +379,24 @@ async fn a_client_that_leaves_before_syncing_a_batch_has_it_rolled_back() {
     );
 }
 
+/// A statement may have 65535 parameters: Postgres reads the counts of Parse and
+/// Bind as unsigned. pgmux took the count for a negative one and closed the
+/// connection as a protocol violation.
+#[test]
+fn a_statement_with_65535_parameters_runs_unnamed_and_prepared() {
+    let px = pgmux("", "pool_size = 1");
+    let script = format!(
+        "import psycopg\n\
+         c = psycopg.connect('{}', autocommit=True)\n\
+         n = 65535\n\
+         q = 'select array_length(array[' + ','.join(['%s::int'] * n) + '], 1)'\n\
+         print(c.execute(q, list(range(n))).fetchone()[0], \
+               c.execute(q, list(range(n)), prepare=True).fetchone()[0])\n",
+        app_url(&px)
+    );
+    assert_eq!(run_python(&script), "65535 65535");
+}
+
 #[test]
 fn copy_from_stdin_and_to_stdout_work_in_the_simple_protocol() {
     fresh_table("copy_simple");

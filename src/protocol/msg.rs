@@ -29,8 +29,9 @@ impl<'a> Parse<'a> {
         if types.len() < 2 {
             return None;
         }
-        let n = i16::from_be_bytes([types[0], types[1]]);
-        if n < 0 || types.len() != 2 + 4 * n as usize {
+        // Counts are unsigned on the wire, as Postgres reads them: up to 65535.
+        let n = usize::from(u16::from_be_bytes([types[0], types[1]]));
+        if types.len() != 2 + 4 * n {
             return None;
         }
         Some(Parse { name, rest, query })
@@ -63,15 +64,19 @@ impl<'a> Bind<'a> {
         let i16_at = |b: &[u8], at: usize| -> Option<i16> {
             Some(i16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
         };
+        // Counts are unsigned on the wire (up to 65535); format codes are signed.
+        let count_at = |b: &[u8], at: usize| -> Option<usize> {
+            Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?).into())
+        };
         let r = self.rest;
-        let nfmt = usize::try_from(i16_at(r, 0)?).ok()?;
+        let nfmt = count_at(r, 0)?;
         let format = match nfmt {
             0 => 0,
             1 => i16_at(r, 2)?,
             _ => i16_at(r, 2 + 2 * index)?,
         };
         let mut at = 2 + 2 * nfmt;
-        let nparams = usize::try_from(i16_at(r, at)?).ok()?;
+        let nparams = count_at(r, at)?;
         if index >= nparams {
             return None;
         }
@@ -196,6 +201,24 @@ mod tests {
     fn parse_with_a_wrong_type_count_is_malformed() {
         assert!(Parse::decode(b"s\0q\0\0\x02\0\0\0\x17").is_none());
         assert!(Parse::decode(b"s\0q\0").is_none());
+    }
+
+    /// Postgres reads the counts unsigned: a statement may have 65535 parameters.
+    #[test]
+    fn counts_up_to_65535() {
+        let mut body = b"s\0q\0\xff\xff".to_vec();
+        body.extend(std::iter::repeat_n(0u8, 4 * 65535));
+        assert!(Parse::decode(&body).is_some());
+
+        let mut bind = b"\0s\0\0\x01\0\x01\xff\xff".to_vec();
+        for i in 0..65535u32 {
+            bind.extend_from_slice(&4i32.to_be_bytes());
+            bind.extend_from_slice(&i.to_be_bytes());
+        }
+        bind.extend_from_slice(&[0, 0]);
+        let b = Bind::decode(&bind).unwrap();
+        assert_eq!(b.param(65534), Some((1, Some(&65534u32.to_be_bytes()[..]))));
+        assert_eq!(b.param(65535), None);
     }
 
     #[test]
