@@ -567,81 +567,111 @@ async fn authenticate(
         }
     };
     if use_md5 {
-        let salt: [u8; 4] = rand::random();
-        build::auth_md5(&mut out, salt);
-        stream.write_all(&out).await?;
-        let body = expect_password(stream, buf).await?;
-        // As Postgres: the message holds one string and its terminator, no more.
-        if body.iter().position(|&b| b == 0) != Some(body.len().wrapping_sub(1)) {
-            let e = PgError::fatal(SqlState::PROTOCOL_VIOLATION, "invalid password packet size")
-                .with_hint("the password message must hold one zero-terminated string");
-            return Err(refuse(stream, e).await);
-        }
-        out.clear();
-        let hash = secret
-            .and_then(|s| s.md5_hash.as_deref())
-            .unwrap_or_default();
-        if user.is_none() || !crate::auth::md5::verify(hash, salt, &body) {
-            return Err(refuse(stream, auth_failed(user_name)).await);
-        }
+        md5_exchange(stream, buf, &mut out, user_name, user).await?;
     } else {
-        // Unknown users go through the same exchange with a made-up secret, so a
-        // client cannot tell which user names exist.
-        let scram_secret = secret
-            .and_then(|s| s.scram.clone())
-            .unwrap_or_else(|| shared.mock_scram_secret(user_name));
-        let mut server = ScramServer::with_end_point(scram_secret.clone(), end_point);
-        build::auth_sasl(&mut out, server.mechanisms());
-        stream.write_all(&out).await?;
-        let body = expect_password(stream, buf).await?;
-        let parsed = crate::protocol::msg::cstr(&body)
-            .and_then(|(mech, rest)| (rest.len() >= 4).then(|| (mech, &rest[4..])));
-        let Some((mech, data)) = parsed else {
-            let e = PgError::fatal(
-                SqlState::PROTOCOL_VIOLATION,
-                "malformed SASLInitialResponse",
-            );
-            return Err(refuse(stream, e).await);
-        };
-        if server.select(mech).is_err() {
-            let e = PgError::fatal(
-                SqlState::PROTOCOL_VIOLATION,
-                "client selected an invalid SASL authentication mechanism",
-            )
-            .with_hint(format!(
-                "pgmux offers {} on this connection",
-                server.mechanisms().join(" and ")
-            ));
-            return Err(refuse(stream, e).await);
-        }
-        let first = match server.client_first(data) {
-            Ok(f) => f,
-            Err(e) => return Err(refuse(stream, scram_error(e)).await),
-        };
-        out.clear();
-        build::auth_sasl_continue(&mut out, &first);
-        stream.write_all(&out).await?;
-        let body = expect_password(stream, buf).await?;
-        let (last, client_key) = match server.client_final(&body) {
-            Ok(r) if user.is_some() => r,
-            // As Postgres: a message that breaks the exchange is a protocol violation,
-            // whoever the user; only a proof that does not match is a wrong password.
-            Err(
-                e @ (AuthError::Malformed(_)
-                | AuthError::ChannelBindingCheck
-                | AuthError::ChannelBindingNegotiation),
-            ) => return Err(refuse(stream, scram_error(e)).await),
-            _ => return Err(refuse(stream, auth_failed(user_name)).await),
-        };
-        if let Some(u) = user {
-            u.offer_scram_keys(client_key, scram_secret.server_key);
-        }
-        out.clear();
-        build::auth_sasl_final(&mut out, &last);
+        scram_exchange(shared, (stream, end_point), buf, &mut out, user_name, user).await?;
     }
     // Sent together with the login reply that follows, in one write.
     build::auth_ok(&mut out);
     Ok(out)
+}
+
+/// The md5 exchange: the salted hash of the user's password, or a refusal. Leaves
+/// `out` empty for the login reply.
+async fn md5_exchange(
+    stream: &mut MaybeTls,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    user_name: &str,
+    user: Option<&UserEntry>,
+) -> Result<(), LoginError> {
+    let salt: [u8; 4] = rand::random();
+    build::auth_md5(out, salt);
+    stream.write_all(out).await?;
+    let body = expect_password(stream, buf).await?;
+    // As Postgres: the message holds one string and its terminator, no more.
+    if body.iter().position(|&b| b == 0) != Some(body.len().wrapping_sub(1)) {
+        let e = PgError::fatal(SqlState::PROTOCOL_VIOLATION, "invalid password packet size")
+            .with_hint("the password message must hold one zero-terminated string");
+        return Err(refuse(stream, e).await);
+    }
+    out.clear();
+    let hash = user
+        .map(|u| &u.secret)
+        .and_then(|s| s.md5_hash.as_deref())
+        .unwrap_or_default();
+    if user.is_none() || !crate::auth::md5::verify(hash, salt, &body) {
+        return Err(refuse(stream, auth_failed(user_name)).await);
+    }
+    Ok(())
+}
+
+/// The SCRAM exchange, bound to the TLS connection when it gives `end_point` data
+/// and the client chooses SCRAM-SHA-256-PLUS. Unknown users go through the same
+/// exchange with a made-up secret, so a client cannot tell which user names exist.
+/// Leaves the server-final message in `out`.
+async fn scram_exchange(
+    shared: &Shared,
+    (stream, end_point): (&mut MaybeTls, Option<Arc<[u8]>>),
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    user_name: &str,
+    user: Option<&UserEntry>,
+) -> Result<(), LoginError> {
+    let scram_secret = user
+        .map(|u| &u.secret)
+        .and_then(|s| s.scram.clone())
+        .unwrap_or_else(|| shared.mock_scram_secret(user_name));
+    let server_key = scram_secret.server_key;
+    let mut server = ScramServer::with_end_point(scram_secret, end_point);
+    build::auth_sasl(out, server.mechanisms());
+    stream.write_all(out).await?;
+    let body = expect_password(stream, buf).await?;
+    let parsed = crate::protocol::msg::cstr(&body)
+        .and_then(|(mech, rest)| (rest.len() >= 4).then(|| (mech, &rest[4..])));
+    let Some((mech, data)) = parsed else {
+        let e = PgError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse",
+        );
+        return Err(refuse(stream, e).await);
+    };
+    if server.select(mech).is_err() {
+        let e = PgError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        )
+        .with_hint(format!(
+            "pgmux offers {} on this connection",
+            server.mechanisms().join(" and ")
+        ));
+        return Err(refuse(stream, e).await);
+    }
+    let first = match server.client_first(data) {
+        Ok(f) => f,
+        Err(e) => return Err(refuse(stream, scram_error(e)).await),
+    };
+    out.clear();
+    build::auth_sasl_continue(out, &first);
+    stream.write_all(out).await?;
+    let body = expect_password(stream, buf).await?;
+    let (last, client_key) = match server.client_final(&body) {
+        Ok(r) if user.is_some() => r,
+        // As Postgres: a message that breaks the exchange is a protocol violation,
+        // whoever the user; only a proof that does not match is a wrong password.
+        Err(
+            e @ (AuthError::Malformed(_)
+            | AuthError::ChannelBindingCheck
+            | AuthError::ChannelBindingNegotiation),
+        ) => return Err(refuse(stream, scram_error(e)).await),
+        _ => return Err(refuse(stream, auth_failed(user_name)).await),
+    };
+    if let Some(u) = user {
+        u.offer_scram_keys(client_key, server_key);
+    }
+    out.clear();
+    build::auth_sasl_final(out, &last);
+    Ok(())
 }
 
 /// The `server_version` of [`fallback_parameters`]. Drivers read it at connect
