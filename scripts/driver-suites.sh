@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs drivers' own test suites through pgmux: asyncpg, psycopg2, pg8000 and PyGreSQL
 # (their sdists from PyPI carry their tests), SQLAlchemy's PostgreSQL dialect tests over
-# psycopg 3 and asyncpg, and tokio-postgres' and postgres' (the Rust crates from
+# psycopg 3 and asyncpg, Django's whole test suite over psycopg 3 (its sdist carries
+# it), Go's pgx v4, pgconn and lib/pq (Debian's -dev packages carry their sources and
+# tests), and tokio-postgres' and postgres' (the Rust crates from
 # crates.io carry theirs; they expect the server on 127.0.0.1:5433, where a second
 # pgmux listens, with `postgres` trusted and three users that log in by password). A throwaway Postgres and pgmux live in one temp dir, removed
 # on exit. Not part of scripts/test.sh: the suites take minutes, and some of their
 # tests need things a pooler cannot give (below). Compare a run through pgmux with
 # one straight to Postgres (MODE=direct) to tell the two apart.
 #
-#   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 pygresql sqlalchemy rust
+#   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 pygresql sqlalchemy
+#                                                django go rust
 #
 # Environment: MODE=session|transaction|unpipelined|pipelining|tls|direct (default
 # transaction, with server_pipelining as by default; unpipelined: transaction mode
@@ -50,9 +53,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE="${MODE:-transaction}"
 PG_BIN="${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}"
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 pygresql sqlalchemy rust)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 pygresql sqlalchemy django go rust)
 ASYNCPG=0.30.0 PSYCOPG2=2.9.10 PG8000=1.31.6 PYGRESQL=6.2.3 SQLALCHEMY=2.0.36 PSYCOPG=3.2.3
-TOKIO_POSTGRES=0.7.12 POSTGRES=0.19.9
+TOKIO_POSTGRES=0.7.12 POSTGRES=0.19.9 DJANGO=5.1.4
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'driver-suites.sh: %s\n' "$*" >&2; exit 1; }
@@ -95,8 +98,11 @@ as_postgres "$PG_BIN/pg_ctl" -D "$tmp/pg/data" -l "$tmp/pg/log" -w -t 60 start \
 psql_pg() { psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
 psql_pg -d postgres -c "alter user postgres password 'pw'"
 # PyGreSQL's tests leave views behind, which SQLAlchemy's reflection tests would see.
-DATABASES=(postgres psycopg2_test test pygresql_test testdb asyncpg_intro_test)
-for db in "${DATABASES[@]:1:3}"; do psql_pg -d postgres -c "create database $db"; done
+# Django's test databases are made here, as pgmux serves only the databases it knows;
+# its runs keep them (--keepdb).
+DATABASES=(postgres psycopg2_test test pygresql_test testdb asyncpg_intro_test pgx_test test_default test_other)
+for db in "${DATABASES[@]:1:3}" "${DATABASES[@]:6}"; do psql_pg -d postgres -c "create database $db"; done
+psql_pg -d pgx_test -c "create extension hstore" -c "create domain uint64 as numeric(20,0)"
 psql_pg -d test -c "create schema test_schema; create schema test_schema_2; create extension hstore"
 for u in pass_user md5_user scram_user; do psql_pg -d postgres -c "create user $u password 'password'"; done
 
@@ -154,14 +160,15 @@ python3 -m venv "$tmp/venv"
 # shellcheck disable=SC1091
 . "$tmp/venv/bin/activate"
 pip install -q "asyncpg==$ASYNCPG" "psycopg2-binary==$PSYCOPG2" "pg8000==$PG8000" "pygresql==$PYGRESQL" \
-    "sqlalchemy==$SQLALCHEMY" "psycopg[binary]==$PSYCOPG" greenlet pytest pytest-timeout \
+    "sqlalchemy==$SQLALCHEMY" "psycopg[binary,pool]==$PSYCOPG" greenlet pytest pytest-timeout \
     pytest-benchmark distro pytz uvloop
 (cd "$tmp" && pip download -q --no-binary :all: --no-deps \
     "asyncpg==$ASYNCPG" "psycopg2==$PSYCOPG2" "pg8000==$PG8000" "pygresql==$PYGRESQL" \
-    "sqlalchemy==$SQLALCHEMY" &&
+    "sqlalchemy==$SQLALCHEMY" "django==$DJANGO" &&
     for f in *.tar.gz; do tar xzf "$f"; done)
 
 results=()
+count() { grep -cE "$1" "$2" || true; } # PATTERN FILE: lines that match, 0 for none
 run() { # NAME DIR ARGS...: pytest in DIR, its last line kept
     local name="$1" dir="$2"
     shift 2
@@ -204,6 +211,57 @@ for suite in "${SUITES[@]}"; do
                 [ "$driver" = asyncpg ] && [ -n "$query" ] && query="?ssl=require"
                 run "sqlalchemy-$driver" "$tmp/sqlalchemy-$SQLALCHEMY" test/dialect/postgresql \
                     --dburi "postgresql+$driver://postgres:pw@127.0.0.1:$port/test$query"
+            done
+            ;;
+        django)
+            say "django"
+            django_dir="$(ls -d "$tmp"/[Dd]jango-"$DJANGO")"
+            pip install -q -e "$django_dir"
+            cat >"$django_dir/tests/pgmux_suite_settings.py" <<EOF
+def db(name):
+    return {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": "postgres",
+            "PASSWORD": "pw", "HOST": "127.0.0.1", "PORT": $port, "TEST": {"NAME": "test_" + name}}
+DATABASES = {"default": db("default"), "other": db("other")}
+SECRET_KEY = "pgmux"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+USE_TZ = False
+EOF
+            (cd "$django_dir/tests" && timeout 3600 python runtests.py --settings=pgmux_suite_settings \
+                --parallel 1 --keepdb --noinput >"$tmp/django.log" 2>&1) || true
+            grep -E '^(FAIL|ERROR): ' "$tmp/django.log" | sed 's/^/FAILED /' >&2 || true
+            results+=("django: $(grep -E '^Ran ' "$tmp/django.log" | tail -n 1), $(grep -E '^(OK|FAILED)' "$tmp/django.log" | tail -n 1)")
+            ;;
+        go)
+            say "pgx v4, pgconn and lib/pq"
+            pkgs=(golang-go golang-github-jackc-pgx-v4-dev golang-github-jackc-pgmock-dev
+                golang-github-lib-pq-dev golang-github-masterminds-semver-dev)
+            dpkg-query -W -f='${Status}\n' "${pkgs[@]}" 2>/dev/null | grep -c 'install ok installed' |
+                grep -qx "${#pkgs[@]}" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null
+            # GOPATH mode over a copy of Debian's sources, so that nothing is written under
+            # /usr. pgx imports semver by its module path.
+            gopath="$tmp/gopath"
+            mkdir -p "$gopath/src/github.com/jackc" "$gopath/src/github.com/lib" "$gopath/src/github.com/Masterminds/semver"
+            cp -r /usr/share/gocode/src/github.com/jackc/{pgx,pgconn} "$gopath/src/github.com/jackc/"
+            cp -r /usr/share/gocode/src/github.com/lib/pq "$gopath/src/github.com/lib/"
+            ln -s /usr/share/gocode/src/github.com/Masterminds/semver "$gopath/src/github.com/Masterminds/semver/v3"
+            url="postgres://postgres:pw@127.0.0.1:$port/pgx_test${ssl_query}"
+            # pgconn's stmtcache tests are left out: they count the server's
+            # pg_prepared_statements, which in transaction mode are pgmux's.
+            for pkg in jackc/pgx/v4 jackc/pgconn lib/pq; do
+                name="go-${pkg//\//-}"
+                target=.
+                [ "$pkg" = jackc/pgx/v4 ] && target=./...
+                # lib/pq takes its server from libpq's variables; pgconn's tests of
+                # config parsing must not see them (the URL has it all).
+                pq_env=(-u PGPASSWORD -u PGSSLMODE)
+                [ "$pkg" = lib/pq ] && pq_env=(PGHOST=127.0.0.1 PGPORT="$port" PGUSER=postgres PGDATABASE=pgx_test)
+                (cd "$gopath/src/github.com/$pkg" && GO111MODULE=off GOFLAGS= GOPATH="$gopath:/usr/share/gocode" \
+                    GOCACHE="$tmp/gocache" PGX_TEST_DATABASE="$url" PGX_TEST_CONN_STRING="$url" \
+                    PGX_TEST_TCP_CONN_STRING="$url" PGX_TEST_PGBOUNCER_CONN_STRING="$url" \
+                    env "${pq_env[@]}" timeout 1800 go test -count=1 "$target" >"$tmp/$name.log" 2>&1) || true
+                grep -E '^--- FAIL' "$tmp/$name.log" | sed 's/^--- FAIL: /FAILED /' >&2 || true
+                results+=("$name: $(count '^ok ' "$tmp/$name.log") packages ok, $(count '^FAIL[[:space:]]' "$tmp/$name.log") failed")
             done
             ;;
         rust)

@@ -222,3 +222,44 @@ async fn what_one_user_may_set_at_login_another_is_still_refused() {
         "debug1"
     );
 }
+
+/// Postgres applies `options` first and the other startup parameters after them,
+/// wherever `options` stands in the packet. Go's lib/pq sends its parameters in a
+/// random order, `client_encoding=UTF8` among them, and its users' `options` must not
+/// win over it one login in two.
+#[test]
+fn startup_parameters_win_over_options_wherever_options_stand() {
+    let px = start_pgmux(&pgmux_config(
+        shared_primary(),
+        "auth_method = \"trust\"",
+        "pool_size = 1",
+    ));
+    let params = [
+        ("user", APP_USER),
+        ("database", APP_DB),
+        ("work_mem", "5MB"),
+        ("client_encoding", "UTF8"),
+        (
+            "options",
+            "-c work_mem=3MB -c client_encoding=SQL_ASCII -c statement_timeout=4321",
+        ),
+    ];
+    let (mut client, said) = wire::RawClient::login_trust_with(px.port, &params);
+    let reported: Vec<&[u8]> = said
+        .iter()
+        .filter(|m| m.tag == b'S' && m.body.starts_with(b"client_encoding\0"))
+        .map(|m| &m.body[b"client_encoding\0".len()..])
+        .collect();
+    assert_eq!(reported, [&b"UTF8\0"[..]]);
+    for (setting, value) in [
+        ("work_mem", "5MB"),
+        ("client_encoding", "UTF8"),
+        ("statement_timeout", "4321ms"),
+    ] {
+        assert_eq!(
+            client.query(&format!("show {setting}")),
+            Ok(vec![value.to_string()]),
+            "{setting}"
+        );
+    }
+}

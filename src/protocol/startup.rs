@@ -75,14 +75,29 @@ impl StartupParams {
 
     /// Session settings the client asked for: every parameter except the ones that
     /// select the connection, with `options=-c name=value` (and `--name=value`) expanded.
+    /// One entry a setting, with the value Postgres would keep: it applies `options`
+    /// first and the other parameters after them, wherever `options` stands in the
+    /// packet (drivers such as Go's lib/pq send their parameters in random order), and
+    /// a later value over an earlier one.
     pub fn session_settings(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for (k, v) in &self.pairs {
-            match k.as_str() {
-                "user" | "database" | "replication" => {}
-                "options" => out.extend(parse_options(v)),
-                _ if k.starts_with("_pq_.") => {}
-                _ => out.push((k.to_ascii_lowercase(), v.clone())),
+        let options = self
+            .pairs
+            .iter()
+            .filter(|(k, _)| k == "options")
+            .flat_map(|(_, v)| parse_options(v));
+        let parameters = self
+            .pairs
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(k.as_str(), "user" | "database" | "replication" | "options")
+                    && !k.starts_with("_pq_.")
+            })
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (name, value) in options.chain(parameters) {
+            match out.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(&name)) {
+                Some(kept) => kept.1 = value,
+                None => out.push((name, value)),
             }
         }
         out
@@ -291,6 +306,40 @@ mod tests {
         assert_eq!(
             p.session_settings(),
             vec![("search_path".to_string(), "x".to_string())]
+        );
+    }
+
+    #[test]
+    fn parameters_override_options_wherever_options_stand() {
+        let mut b = BytesMut::new();
+        build::startup(
+            &mut b,
+            &[
+                ("user", "app"),
+                ("client_encoding", "UTF8"),
+                (
+                    "options",
+                    "-c client_encoding=SQL_ASCII -c work_mem=1MB -c Work_Mem=2MB",
+                ),
+                ("DateStyle", "ISO, DMY"),
+                ("datestyle", "ISO, MDY"),
+            ],
+        );
+        let FirstPacket::Startup(p) = parse_first_packet(&b).unwrap() else {
+            panic!("not a startup packet");
+        };
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            p.session_settings(),
+            pairs(&[
+                ("client_encoding", "UTF8"),
+                ("work_mem", "2MB"),
+                ("datestyle", "ISO, MDY"),
+            ])
         );
     }
 
