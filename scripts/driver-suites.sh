@@ -44,6 +44,14 @@
 #   after the client had written all 4 MB into the kernel's socket buffers (the
 #   client kept its core, or shared it with pgmux alone); pgmux forwarded the first
 #   rows at once, and passes the error on as soon as it is read.
+# - django: 3 tests of file permissions that root passes (test_permissions_error,
+#   test_readonly_root, test_no_write_access), and test_aauthenticate_sensitive_variables
+#   (its traceback shows the password under this Python).
+# - go: lib/pq's TestHasCorrectRootGroupPermissions (root again); in transaction mode
+#   its TestPing, which terminates the server backend its client used by its pid.
+#   pgx's large-object tests leave their connections open inside a transaction until
+#   the test binary exits, so they hold three server connections: with a pool_size of
+#   three or less the tests after them wait out query_wait_timeout.
 # - rust: skipped with MODE=direct (the crates' tests want their own pg_hba rules).
 # - MODE=tls: asyncpg's TestConnectionGC tests (an unclosed TLS transport outlives the
 #   collection they expect); PyGreSQL's 4 test_attribute_ssl_* (they expect no TLS).
@@ -222,7 +230,7 @@ def db(name):
     return {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": "postgres",
             "PASSWORD": "pw", "HOST": "127.0.0.1", "PORT": $port, "TEST": {"NAME": "test_" + name}}
 DATABASES = {"default": db("default"), "other": db("other")}
-SECRET_KEY = "pgmux"
+SECRET_KEY = "django_tests_secret_key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = False
