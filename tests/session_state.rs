@@ -154,12 +154,10 @@ fn a_startup_application_name_is_reported_as_printable_ascii() {
         ("application_name", "caf\u{e9}\u{1}x"),
     ];
     let (mut client, said) = wire::RawClient::login_trust_with(px.port, &params);
-    let reported: Vec<&[u8]> = said
-        .iter()
-        .filter(|m| m.tag == b'S' && m.body.starts_with(b"application_name\0"))
-        .map(|m| &m.body[b"application_name\0".len()..])
-        .collect();
-    assert_eq!(reported, [&b"caf???x\0"[..]]);
+    assert_eq!(
+        wire::parameter_statuses(&said, "application_name"),
+        ["caf???x"]
+    );
     assert_eq!(
         client.query("show application_name"),
         Ok(vec!["caf???x".to_string()])

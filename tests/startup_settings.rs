@@ -245,12 +245,7 @@ fn startup_parameters_win_over_options_wherever_options_stand() {
         ),
     ];
     let (mut client, said) = wire::RawClient::login_trust_with(px.port, &params);
-    let reported: Vec<&[u8]> = said
-        .iter()
-        .filter(|m| m.tag == b'S' && m.body.starts_with(b"client_encoding\0"))
-        .map(|m| &m.body[b"client_encoding\0".len()..])
-        .collect();
-    assert_eq!(reported, [&b"UTF8\0"[..]]);
+    assert_eq!(wire::parameter_statuses(&said, "client_encoding"), ["UTF8"]);
     for (setting, value) in [
         ("work_mem", "5MB"),
         ("client_encoding", "UTF8"),

@@ -100,6 +100,18 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
+/// The values the ParameterStatus messages among `said` report for `name`, in order.
+pub fn parameter_statuses(said: &[Message], name: &str) -> Vec<String> {
+    said.iter()
+        .filter(|m| m.tag == b'S')
+        .filter_map(|m| {
+            let mut fields = m.body.split(|&b| b == 0);
+            (fields.next()? == name.as_bytes())
+                .then(|| String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned())
+        })
+        .collect()
+}
+
 impl Message {
     /// The SQLSTATE of an ErrorResponse (`E`) or NoticeResponse (`N`).
     pub fn sqlstate(&self) -> Option<String> {
