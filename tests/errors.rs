@@ -75,6 +75,17 @@ async fn a_statement_running_past_query_timeout_is_cancelled_with_57014() {
     assert_error(&err, "ERROR", SqlState::QUERY_CANCELED);
     let err = client.query("select pg_sleep(5)", &[]).await.unwrap_err();
     assert_error(&err, "ERROR", SqlState::QUERY_CANCELED);
+    // The server's words ("due to user request") would send the user looking for a
+    // cancel nobody made.
+    let db = db_error(&err);
+    assert_eq!(
+        db.message(),
+        "canceling statement due to query_timeout (300ms)"
+    );
+    assert!(
+        db.hint().is_some_and(|h| h.contains("raise query_timeout")),
+        "{db:?}"
+    );
 
     assert_eq!(simple_value(&client, "select 1").await, "1");
     assert!(runs_in_a_fresh_transaction(&client).await);

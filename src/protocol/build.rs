@@ -155,6 +155,34 @@ pub fn error_renaming(out: &mut BytesMut, body: &[u8], from: &[u8], to: &[u8]) -
     true
 }
 
+/// Re-encodes ErrorResponse `body` with `message` as its message (`M`) and `hint` as
+/// its hint (`H`, added when it had none); the other fields pass unchanged.
+pub fn error_restated(out: &mut BytesMut, body: &[u8], message: &str, hint: &str) {
+    self::message(out, b'E', |out| {
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            let Some((value, tail)) = super::msg::cstr(tail).filter(|_| kind != 0) else {
+                break;
+            };
+            if kind != b'H' {
+                out.put_u8(kind);
+                put_cstr(
+                    out,
+                    if kind == b'M' {
+                        message.as_bytes()
+                    } else {
+                        value
+                    },
+                );
+            }
+            rest = tail;
+        }
+        out.put_u8(b'H');
+        put_cstr(out, hint.as_bytes());
+        out.put_u8(0);
+    });
+}
+
 pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
     out.put_slice(&[b'Z', 0, 0, 0, 5, status.as_byte()]);
 }
@@ -374,5 +402,24 @@ mod tests {
         assert!(!error_renaming(&mut none, body, b"pgmux_cd", b"s1"));
         assert!(!error_renaming(&mut none, body, b"", b"s1"));
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn error_restated_replaces_the_message_and_the_hint() {
+        let restated = |body: &[u8]| {
+            let mut out = BytesMut::new();
+            error_restated(&mut out, body, "new words", "do this");
+            let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+            assert_eq!(len + 1, out.len());
+            out[5..].to_vec()
+        };
+        assert_eq!(
+            restated(b"SERROR\0C57014\0Mold words\0Hold hint\0Rproc\0\0"),
+            b"SERROR\0C57014\0Mnew words\0Rproc\0Hdo this\0\0"
+        );
+        assert_eq!(
+            restated(b"SERROR\0C57014\0Mold words\0\0"),
+            b"SERROR\0C57014\0Mnew words\0Hdo this\0\0"
+        );
     }
 }

@@ -102,6 +102,21 @@ impl Session {
                     } else {
                         self.cwbuf.truncate(mark);
                     }
+                } else if self.timeout_cancel_sent
+                    && msg::ErrorFields::parse(body).code == Some(b"57014")
+                {
+                    // The server can only say that a cancel request came; the client
+                    // should hear that it was pgmux's query_timeout, and what to do.
+                    self.cwbuf.put_slice(&rbuf[forward_from..pos]);
+                    let limit = self.limits.query_timeout.get();
+                    build::error_restated(
+                        &mut self.cwbuf,
+                        body,
+                        &format!("canceling statement due to query_timeout ({limit:?})"),
+                        "the statement ran longer than pgmux's query_timeout; make it faster, or raise query_timeout",
+                    );
+                    forward_from = pos + len;
+                    rewritten = true;
                 }
             }
             if tag == be::READY_FOR_QUERY && !swallow && self.retell_due() {
