@@ -528,3 +528,21 @@ fn only_a_statement_known_to_be_short_has_another_sent_behind_it() {
         "a new statement was handed on"
     );
 }
+
+/// A driver's batch (pgx's `SendBatch`, JDBC's `executeBatch`) is one unit of many
+/// unnamed statements, sent before any reply is read: every statement is answered,
+/// and other clients meanwhile. Over TLS, where pgmux reads furthest ahead of the
+/// server, its cost per statement is checked too (tests/tls.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_100000_unnamed_statements_in_one_unit_is_answered_whole() {
+    let px = start_pgmux(&pgmux_config(
+        shared_primary(),
+        "auth_method = \"trust\"",
+        "pool_size = 2",
+    ));
+    let other = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
+        .await
+        .expect("connect to pgmux");
+    support::protocol::unnamed_batch(stream, 100_000, &other).await;
+}

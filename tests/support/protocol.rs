@@ -265,3 +265,90 @@ pub fn flush() -> Vec<u8> {
 pub fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
+
+/// Logs in to pgmux (`auth_method = "trust"`) over `stream`, then sends one unit of
+/// `n` unnamed statements (Parse, Bind, Execute each, one Sync) behind a `pg_sleep(1)`
+/// that keeps the server busy while pgmux reads them, as a driver's batch does; checks
+/// that `other` is answered meanwhile and that every statement's reply comes, all
+/// within [`DEADLINE`].
+pub async fn unnamed_batch<S>(stream: S, n: usize, other: &Client)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut replies = Replies {
+        rd,
+        buf: Vec::new(),
+    };
+    wr.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+    ]))
+    .await
+    .expect("send the startup message");
+    while replies.next().await != b'Z' {}
+
+    let mut msgs = vec![parse("", "select pg_sleep(1)"), bind(""), execute()];
+    for i in 0..n {
+        msgs.extend([parse("", &format!("select {i}")), bind(""), execute()]);
+    }
+    msgs.push(sync());
+    let batch = concat(&msgs);
+    let writer = tokio::spawn(async move {
+        wr.write_all(&batch).await.expect("send the batch");
+        wr
+    });
+    let answer = tokio::time::timeout(DEADLINE, other.query_one("select 42", &[]))
+        .await
+        .expect("another client is answered while the batch is read")
+        .expect("select 42");
+    assert_eq!(answer.get::<_, i32>(0), 42);
+
+    // The batch is one step for the deadline: a cost that grows with the square of
+    // its size shows as replies that keep coming, too slowly.
+    let completes = tokio::time::timeout(DEADLINE, async {
+        let mut completes = 0;
+        loop {
+            match replies.next().await {
+                b'C' => completes += 1,
+                b'Z' => return completes,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the batch's replies all come within the deadline");
+    assert_eq!(completes, n + 1);
+    drop(writer.await.expect("the batch's writer ends"));
+}
+
+/// Messages read off a stream, each read within [`DEADLINE`].
+struct Replies<R> {
+    rd: R,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Replies<R> {
+    /// The tag of the next message; panics on an ErrorResponse or a close.
+    async fn next(&mut self) -> u8 {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes"));
+                let end = 1 + usize::try_from(len).expect("a sane length");
+                if self.buf.len() >= end {
+                    let tag = self.buf[0];
+                    assert_ne!(tag, b'E', "{:?}", String::from_utf8_lossy(&self.buf[..end]));
+                    self.buf.drain(..end);
+                    return tag;
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let read = tokio::time::timeout(DEADLINE, self.rd.read(&mut chunk))
+                .await
+                .expect("pgmux's replies keep coming")
+                .expect("read pgmux's replies");
+            assert!(read > 0, "pgmux closed the connection");
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+    }
+}

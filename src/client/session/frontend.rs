@@ -258,6 +258,9 @@ impl Session {
     }
 
     pub(super) fn expect(&mut self, tag: u8, swallow: bool, parsed: Option<u128>) {
+        if self.fixups.is_empty() {
+            self.fixups_in_order = true;
+        }
         self.fixups.push_back(Fixup {
             unit: self.sent_units,
             tag,
@@ -287,13 +290,17 @@ impl Session {
     }
 
     /// Whether a Parse of a unit before the one being sent, matching `which`, is still
-    /// unanswered.
+    /// unanswered. Runs for each Bind: a unit of thousands of unnamed statements (a
+    /// driver's batch) must not read its own fixups each time, so the scan stops where
+    /// the units already sent end.
     fn parse_unanswered(&self, which: impl Fn(&Fixup) -> bool) -> bool {
-        !self.fixups.is_empty()
-            && self
-                .fixups
-                .iter()
-                .any(|f| f.tag == b'1' && f.unit < self.sent_units && which(f))
+        let sent_before = |f: &&Fixup| f.unit < self.sent_units;
+        let matches = |f: &Fixup| f.tag == b'1' && which(f);
+        if self.fixups_in_order {
+            self.fixups.iter().take_while(sent_before).any(matches)
+        } else {
+            self.fixups.iter().filter(sent_before).any(matches)
+        }
     }
 
     /// Prepares `stmt` on the held server connection if it is not there yet.

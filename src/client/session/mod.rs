@@ -261,6 +261,10 @@ pub struct Session {
     /// Units pgmux itself sent (settings re-apply) whose replies the client must not see.
     hidden_units: u32,
     fixups: VecDeque<Fixup>,
+    /// The fixups' units never decrease from front to back, so those of units already
+    /// sent are a prefix. Only a COPY whose Syncs Postgres ignored renumbers units
+    /// (`sent_units` goes back), until the fixups of then have been answered.
+    fixups_in_order: bool,
     pinned: Option<PinReason>,
     /// After a failed checkout mid-pipeline: drop messages until the client's Sync.
     discard_until_sync: bool,
@@ -339,6 +343,7 @@ impl Session {
             tx: TxStatus::Idle,
             hidden_units: 0,
             fixups: VecDeque::new(),
+            fixups_in_order: true,
             pinned: None,
             discard_until_sync: false,
             head_is_plain: false,
