@@ -544,5 +544,24 @@ async fn a_batch_of_100000_unnamed_statements_in_one_unit_is_answered_whole() {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
         .await
         .expect("connect to pgmux");
-    support::protocol::unnamed_batch(stream, 100_000, &other).await;
+    support::protocol::unnamed_batch(stream, 100_000, support::protocol::Batch::OneUnit, &other)
+        .await;
+}
+
+/// Units pipelined by the thousand, each failing: at each ErrorResponse pgmux asks
+/// whether the unit answered has a skip mark, and read every unit's fixups behind it
+/// to answer, so 100,000 failing units took 32 s instead of 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_failing_units_pipelined_are_all_answered() {
+    let px = start_pgmux(&pgmux_config(
+        shared_primary(),
+        "auth_method = \"trust\"",
+        "pool_size = 2",
+    ));
+    let other = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
+        .await
+        .expect("connect to pgmux");
+    let failing = support::protocol::Batch::FailingUnits;
+    support::protocol::unnamed_batch(stream, 100_000, failing, &other).await;
 }

@@ -675,5 +675,5 @@ async fn a_batch_of_150000_unnamed_statements_over_tls_holds_up_no_other_client(
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .expect("the TLS handshake");
-    support::protocol::unnamed_batch(tls, 150_000, &other).await;
+    support::protocol::unnamed_batch(tls, 150_000, support::protocol::Batch::OneUnit, &other).await;
 }

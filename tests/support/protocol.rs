@@ -266,12 +266,21 @@ pub fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
-/// Logs in to pgmux (`auth_method = "trust"`) over `stream`, then sends one unit of
-/// `n` unnamed statements (Parse, Bind, Execute each, one Sync) behind a `pg_sleep(1)`
-/// that keeps the server busy while pgmux reads them, as a driver's batch does; checks
-/// that `other` is answered meanwhile and that every statement's reply comes, all
-/// within [`DEADLINE`].
-pub async fn unnamed_batch<S>(stream: S, n: usize, other: &Client)
+/// How [`unnamed_batch`] sends its statements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// One unit, one Sync at its end, as a driver's batch.
+    OneUnit,
+    /// A unit each, pipelined, each failing (division by zero) on execution.
+    FailingUnits,
+}
+
+/// Logs in to pgmux (`auth_method = "trust"`) over `stream`, then sends `n` unnamed
+/// statements (Parse, Bind, Execute each) shaped as `batch` says, behind a
+/// `pg_sleep(1)` that keeps the server busy while pgmux reads them; checks that
+/// `other` is answered meanwhile and that every statement's reply comes, all within
+/// [`DEADLINE`].
+pub async fn unnamed_batch<S>(stream: S, n: usize, batch: Batch, other: &Client)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -288,14 +297,20 @@ where
     .expect("send the startup message");
     while replies.next().await != b'Z' {}
 
+    let each_unit = batch == Batch::FailingUnits;
     let mut msgs = vec![parse("", "select pg_sleep(1)"), bind(""), execute()];
     for i in 0..n {
-        msgs.extend([parse("", &format!("select {i}")), bind(""), execute()]);
+        if each_unit {
+            msgs.push(sync());
+            msgs.extend([parse("", &format!("select {i}/0")), bind(""), execute()]);
+        } else {
+            msgs.extend([parse("", &format!("select {i}")), bind(""), execute()]);
+        }
     }
     msgs.push(sync());
-    let batch = concat(&msgs);
+    let bytes = concat(&msgs);
     let writer = tokio::spawn(async move {
-        wr.write_all(&batch).await.expect("send the batch");
+        wr.write_all(&bytes).await.expect("send the batch");
         wr
     });
     let answer = tokio::time::timeout(DEADLINE, other.query_one("select 42", &[]))
@@ -306,19 +321,25 @@ where
 
     // The batch is one step for the deadline: a cost that grows with the square of
     // its size shows as replies that keep coming, too slowly.
-    let completes = tokio::time::timeout(DEADLINE, async {
-        let mut completes = 0;
-        loop {
+    let units = if each_unit { n + 1 } else { 1 };
+    let (completes, errors) = tokio::time::timeout(DEADLINE, async {
+        let (mut completes, mut errors, mut readies) = (0, 0, 0);
+        while readies < units {
             match replies.next().await {
                 b'C' => completes += 1,
-                b'Z' => return completes,
+                b'E' => errors += 1,
+                b'Z' => readies += 1,
                 _ => {}
             }
         }
+        (completes, errors)
     })
     .await
     .expect("the batch's replies all come within the deadline");
-    assert_eq!(completes, n + 1);
+    match batch {
+        Batch::OneUnit => assert_eq!((completes, errors), (n + 1, 0)),
+        Batch::FailingUnits => assert_eq!((completes, errors), (1, n)),
+    }
     drop(writer.await.expect("the batch's writer ends"));
 }
 
@@ -329,7 +350,7 @@ struct Replies<R> {
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Replies<R> {
-    /// The tag of the next message; panics on an ErrorResponse or a close.
+    /// The tag of the next message; panics on a close.
     async fn next(&mut self) -> u8 {
         loop {
             if self.buf.len() >= 5 {
@@ -337,7 +358,6 @@ impl<R: tokio::io::AsyncRead + Unpin> Replies<R> {
                 let end = 1 + usize::try_from(len).expect("a sane length");
                 if self.buf.len() >= end {
                     let tag = self.buf[0];
-                    assert_ne!(tag, b'E', "{:?}", String::from_utf8_lossy(&self.buf[..end]));
                     self.buf.drain(..end);
                     return tag;
                 }

@@ -295,12 +295,7 @@ impl Session {
                 let severity = msg::ErrorFields::parse(body).severity;
                 if matches!(severity, Some(b"FATAL" | b"PANIC")) {
                     conn.closing = true;
-                } else if (self.in_flight() == 0 && self.unsynced)
-                    || self
-                        .fixups
-                        .iter()
-                        .any(|f| f.skip_mark && f.unit == self.recv_units)
-                {
+                } else if (self.in_flight() == 0 && self.unsynced) || self.skip_mark_pending() {
                     // An error of extended-protocol messages not yet synced, or ahead
                     // of the unit's skip mark: a Query sent before the Sync is skipped,
                     // whether it is on its way or still to come.

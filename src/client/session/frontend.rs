@@ -303,6 +303,21 @@ impl Session {
         }
     }
 
+    /// Whether the unit being answered has a skip mark still unanswered. Runs for each
+    /// ErrorResponse: with thousands of units pipelined behind, and one error each, the
+    /// scan stops where the units after the one being answered begin.
+    pub(super) fn skip_mark_pending(&self) -> bool {
+        let this_unit = |f: &Fixup| f.skip_mark && f.unit == self.recv_units;
+        if self.fixups_in_order {
+            self.fixups
+                .iter()
+                .take_while(|f| f.unit <= self.recv_units)
+                .any(this_unit)
+        } else {
+            self.fixups.iter().any(this_unit)
+        }
+    }
+
     /// Prepares `stmt` on the held server connection if it is not there yet.
     pub(super) fn ensure_prepared(&mut self, stmt: &Statement) {
         if let Some(runs) = &stmt.runs {
