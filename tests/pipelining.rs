@@ -565,3 +565,22 @@ async fn a_hundred_thousand_failing_units_pipelined_are_all_answered() {
     let failing = support::protocol::Batch::FailingUnits;
     support::protocol::unnamed_batch(stream, 100_000, failing, &other).await;
 }
+
+/// Settings changes pipelined by the thousand: pgmux follows each until its reply
+/// says it ran and its implicit transaction committed. Each reply read all the changes
+/// pending behind it: 60,000 pipelined `SET`s took 9 s instead of 1.2. The last one
+/// is the client's setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_pipelined_sets_are_followed_to_the_last() {
+    let px = start_pgmux(&pgmux_config(
+        shared_primary(),
+        "auth_method = \"trust\"",
+        "pool_size = 2",
+    ));
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
+        .await
+        .expect("connect to pgmux");
+    let n = 100_000;
+    let shown = support::protocol::pipelined_sets(stream, n).await;
+    assert_eq!(shown, format!("{}kB", 64 + (n - 1) % 100));
+}

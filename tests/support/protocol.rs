@@ -288,6 +288,7 @@ where
     let mut replies = Replies {
         rd,
         buf: Vec::new(),
+        last_row: None,
     };
     wr.write_all(&wire::startup_message(&[
         ("user", APP_USER),
@@ -343,10 +344,57 @@ where
     drop(writer.await.expect("the batch's writer ends"));
 }
 
+/// Logs in to pgmux (`auth_method = "trust"`) over `stream` and pipelines `n`
+/// autocommit `SET work_mem` Queries behind a `pg_sleep(1)`, then `SHOW work_mem`;
+/// returns what that shows, once every reply has come within [`DEADLINE`].
+pub async fn pipelined_sets<S>(stream: S, n: usize) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut replies = Replies {
+        rd,
+        buf: Vec::new(),
+        last_row: None,
+    };
+    wr.write_all(&wire::startup_message(&[
+        ("user", APP_USER),
+        ("database", APP_DB),
+    ]))
+    .await
+    .expect("send the startup message");
+    while replies.next().await != b'Z' {}
+    let mut msgs = vec![query("select pg_sleep(1)")];
+    msgs.extend((0..n).map(|i| query(&format!("set work_mem = '{}kB'", 64 + i % 100))));
+    msgs.push(query("show work_mem"));
+    let bytes = concat(&msgs);
+    let writer = tokio::spawn(async move {
+        wr.write_all(&bytes).await.expect("send the queries");
+        wr
+    });
+    let shown = tokio::time::timeout(DEADLINE, async {
+        let mut readies = 0;
+        loop {
+            match replies.next().await {
+                b'Z' if readies == n + 1 => return replies.last_row.take(),
+                b'Z' => readies += 1,
+                b'E' => panic!("an error among the pipelined SETs"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the replies all come within the deadline");
+    drop(writer.await.expect("the writer ends"));
+    shown.expect("SHOW work_mem returned a row")
+}
+
 /// Messages read off a stream, each read within [`DEADLINE`].
 struct Replies<R> {
     rd: R,
     buf: Vec<u8>,
+    /// The first column of the last DataRow read, as text.
+    last_row: Option<String>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Replies<R> {
@@ -358,6 +406,11 @@ impl<R: tokio::io::AsyncRead + Unpin> Replies<R> {
                 let end = 1 + usize::try_from(len).expect("a sane length");
                 if self.buf.len() >= end {
                     let tag = self.buf[0];
+                    if tag == b'D' && end >= 11 {
+                        // One column: its length (4 bytes) after the count (2).
+                        self.last_row =
+                            Some(String::from_utf8_lossy(&self.buf[11..end]).into_owned());
+                    }
                     self.buf.drain(..end);
                     return tag;
                 }

@@ -359,7 +359,7 @@ impl Session {
                     // answers those after its end.
                     let ignored = sent.saturating_sub(self.recv_units);
                     self.sent_units -= ignored;
-                    self.fixups_in_order &= ignored == 0;
+                    self.units_in_order &= ignored == 0;
                     for _ in 0..ignored {
                         self.unit_kinds.pop_front();
                     }
@@ -367,7 +367,7 @@ impl Session {
                     // Extended protocol: Postgres ignores Syncs during COPY FROM STDIN,
                     // so none of those already sent will be answered.
                     self.copy_in = true;
-                    self.fixups_in_order &= self.sent_units == self.recv_units;
+                    self.units_in_order &= self.sent_units == self.recv_units;
                     self.sent_units = self.recv_units;
                     self.unit_kinds.clear();
                     self.unsynced = true;

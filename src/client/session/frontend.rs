@@ -258,9 +258,7 @@ impl Session {
     }
 
     pub(super) fn expect(&mut self, tag: u8, swallow: bool, parsed: Option<u128>) {
-        if self.fixups.is_empty() {
-            self.fixups_in_order = true;
-        }
+        self.note_units_in_order();
         self.fixups.push_back(Fixup {
             unit: self.sent_units,
             tag,
@@ -289,6 +287,14 @@ impl Session {
         }
     }
 
+    /// Before a fixup or a change is queued: with none queued, whatever a COPY
+    /// renumbered has been answered.
+    fn note_units_in_order(&mut self) {
+        if self.fixups.is_empty() && self.pending_sets.is_empty() {
+            self.units_in_order = true;
+        }
+    }
+
     /// Whether a Parse of a unit before the one being sent, matching `which`, is still
     /// unanswered. Runs for each Bind: a unit of thousands of unnamed statements (a
     /// driver's batch) must not read its own fixups each time, so the scan stops where
@@ -296,7 +302,7 @@ impl Session {
     fn parse_unanswered(&self, which: impl Fn(&Fixup) -> bool) -> bool {
         let sent_before = |f: &&Fixup| f.unit < self.sent_units;
         let matches = |f: &Fixup| f.tag == b'1' && which(f);
-        if self.fixups_in_order {
+        if self.units_in_order {
             self.fixups.iter().take_while(sent_before).any(matches)
         } else {
             self.fixups.iter().filter(sent_before).any(matches)
@@ -308,7 +314,7 @@ impl Session {
     /// scan stops where the units after the one being answered begin.
     pub(super) fn skip_mark_pending(&self) -> bool {
         let this_unit = |f: &Fixup| f.skip_mark && f.unit == self.recv_units;
-        if self.fixups_in_order {
+        if self.units_in_order {
             self.fixups
                 .iter()
                 .take_while(|f| f.unit <= self.recv_units)
@@ -370,6 +376,7 @@ impl Session {
         }
         // Called before the message's unit is counted as sent: it is the next one.
         let unit = self.sent_units + 1;
+        self.note_units_in_order();
         self.pending_sets
             .extend(fx.sets.into_iter().map(|(i, op)| Change {
                 unit,

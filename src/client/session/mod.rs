@@ -232,7 +232,9 @@ pub struct Session {
     settings: Settings,
     /// Settings changes sent: each counts only once the transaction it ran in has
     /// committed, not at the end of an earlier transaction still in the pipeline.
-    pending_sets: Vec<Change>,
+    /// In the order of their places, but after a COPY whose Syncs Postgres ignored
+    /// (see `units_in_order`).
+    pending_sets: VecDeque<Change>,
     /// Bookkeeping few sessions need (boxed: every idle client pays for the task's
     /// size), made on first use.
     rare: Option<Box<Rare>>,
@@ -261,10 +263,12 @@ pub struct Session {
     /// Units pgmux itself sent (settings re-apply) whose replies the client must not see.
     hidden_units: u32,
     fixups: VecDeque<Fixup>,
-    /// The fixups' units never decrease from front to back, so those of units already
-    /// sent are a prefix. Only a COPY whose Syncs Postgres ignored renumbers units
-    /// (`sent_units` goes back), until the fixups of then have been answered.
-    fixups_in_order: bool,
+    /// The units of `fixups` and of `pending_sets` never decrease from front to back,
+    /// so those of the units already sent, or of the statement being answered, are a
+    /// prefix: with thousands pipelined, each message reads only those. Only a COPY
+    /// whose Syncs Postgres ignored renumbers units (`sent_units` goes back), until
+    /// the fixups and changes of then have been answered.
+    units_in_order: bool,
     pinned: Option<PinReason>,
     /// After a failed checkout mid-pipeline: drop messages until the client's Sync.
     discard_until_sync: bool,
@@ -328,7 +332,7 @@ impl Session {
             cancel,
             settings: startup.clone(),
             startup,
-            pending_sets: Vec::new(),
+            pending_sets: VecDeque::new(),
             rare: None,
             settings_uncertain: false,
             changes_failed: false,
@@ -343,7 +347,7 @@ impl Session {
             tx: TxStatus::Idle,
             hidden_units: 0,
             fixups: VecDeque::new(),
-            fixups_in_order: true,
+            units_in_order: true,
             pinned: None,
             discard_until_sync: false,
             head_is_plain: false,

@@ -58,9 +58,12 @@ impl Session {
     pub(super) fn change_result(&mut self, conn: &mut ServerConn, tag: Option<&[u8]>) {
         let here = (self.recv_units + 1, self.recv_at);
         let mut savepoint = false;
-        for c in self.pending_sets.iter_mut().filter(|c| c.place() == here) {
-            c.ran = true;
-            savepoint |= matches!(c.op, SetOp::RollbackTo(_));
+        let upto = self.sets_upto(here);
+        for c in self.pending_sets.range_mut(..upto) {
+            if c.place() == here {
+                c.ran = true;
+                savepoint |= matches!(c.op, SetOp::RollbackTo(_));
+            }
         }
         match tag {
             // Also the tag of COMMIT AND CHAIN; the next transaction goes on.
@@ -75,8 +78,31 @@ impl Session {
     /// failed will keep none.
     pub(super) fn change_failed(&mut self) {
         let here = (self.recv_units + 1, self.recv_at);
-        self.pending_sets.retain(|c| c.place() != here);
+        let upto = self.sets_upto(here);
+        self.retain_sets(upto, |c| c.place() != here);
         self.changes_failed = true;
+    }
+
+    /// How many of the pending changes, from the front, can have a place up to
+    /// `place`: with thousands of changes pipelined behind, each reply reads only
+    /// those of its own statement (all of them when they are out of order).
+    fn sets_upto(&self, place: (u64, u32)) -> usize {
+        if self.units_in_order {
+            self.pending_sets
+                .iter()
+                .take_while(|c| c.place() <= place)
+                .count()
+        } else {
+            self.pending_sets.len()
+        }
+    }
+
+    /// `retain` over the first `upto` pending changes only.
+    fn retain_sets(&mut self, upto: usize, keep: impl Fn(&Change) -> bool) {
+        let head: Vec<Change> = self.pending_sets.drain(..upto).filter(keep).collect();
+        for c in head.into_iter().rev() {
+            self.pending_sets.push_front(c);
+        }
     }
 
     /// ReadyForQuery (the unit counted as received): what the server skipped after an
@@ -85,7 +111,8 @@ impl Session {
     pub(super) fn changes_at_ready(&mut self, conn: &mut ServerConn) {
         let done = self.recv_units;
         if !self.pending_sets.is_empty() {
-            self.pending_sets.retain(|c| c.ran || c.unit > done);
+            let upto = self.sets_upto((done, u32::MAX));
+            self.retain_sets(upto, |c| c.ran || c.unit > done);
             if self.tx == TxStatus::Idle {
                 let kept = !self.changes_failed;
                 self.transaction_ended(conn, (done, u32::MAX), kept);
