@@ -529,12 +529,9 @@ fn only_a_statement_known_to_be_short_has_another_sent_behind_it() {
     );
 }
 
-/// A driver's batch (pgx's `SendBatch`, JDBC's `executeBatch`) is one unit of many
-/// unnamed statements, sent before any reply is read: every statement is answered,
-/// and other clients meanwhile. Over TLS, where pgmux reads furthest ahead of the
-/// server, its cost per statement is checked too (tests/tls.rs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_of_100000_unnamed_statements_in_one_unit_is_answered_whole() {
+/// pgmux with `auth_method = "trust"` over a pool of two, a client of it, and a
+/// connection to it for a hand-written client.
+async fn trusting_pgmux() -> (Pgmux, tokio_postgres::Client, tokio::net::TcpStream) {
     let px = start_pgmux(&pgmux_config(
         shared_primary(),
         "auth_method = \"trust\"",
@@ -544,6 +541,16 @@ async fn a_batch_of_100000_unnamed_statements_in_one_unit_is_answered_whole() {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
         .await
         .expect("connect to pgmux");
+    (px, other, stream)
+}
+
+/// A driver's batch (pgx's `SendBatch`, JDBC's `executeBatch`) is one unit of many
+/// unnamed statements, sent before any reply is read: every statement is answered,
+/// and other clients meanwhile. Over TLS, where pgmux reads furthest ahead of the
+/// server, its cost per statement is checked too (tests/tls.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_100000_unnamed_statements_in_one_unit_is_answered_whole() {
+    let (_px, other, stream) = trusting_pgmux().await;
     support::protocol::unnamed_batch(stream, 100_000, support::protocol::Batch::OneUnit, &other)
         .await;
 }
@@ -553,15 +560,7 @@ async fn a_batch_of_100000_unnamed_statements_in_one_unit_is_answered_whole() {
 /// to answer, so 100,000 failing units took 32 s instead of 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_failing_units_pipelined_are_all_answered() {
-    let px = start_pgmux(&pgmux_config(
-        shared_primary(),
-        "auth_method = \"trust\"",
-        "pool_size = 2",
-    ));
-    let other = connect(&px.url(APP_USER, APP_PASSWORD, APP_DB)).await;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
-        .await
-        .expect("connect to pgmux");
+    let (_px, other, stream) = trusting_pgmux().await;
     let failing = support::protocol::Batch::FailingUnits;
     support::protocol::unnamed_batch(stream, 100_000, failing, &other).await;
 }
@@ -572,14 +571,7 @@ async fn a_hundred_thousand_failing_units_pipelined_are_all_answered() {
 /// is the client's setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_pipelined_sets_are_followed_to_the_last() {
-    let px = start_pgmux(&pgmux_config(
-        shared_primary(),
-        "auth_method = \"trust\"",
-        "pool_size = 2",
-    ));
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", px.port))
-        .await
-        .expect("connect to pgmux");
+    let (_px, _other, stream) = trusting_pgmux().await;
     let n = 100_000;
     let shown = support::protocol::pipelined_sets(stream, n).await;
     assert_eq!(shown, format!("{}kB", 64 + (n - 1) % 100));

@@ -284,19 +284,7 @@ pub async fn unnamed_batch<S>(stream: S, n: usize, batch: Batch, other: &Client)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let (rd, mut wr) = tokio::io::split(stream);
-    let mut replies = Replies {
-        rd,
-        buf: Vec::new(),
-        last_row: None,
-    };
-    wr.write_all(&wire::startup_message(&[
-        ("user", APP_USER),
-        ("database", APP_DB),
-    ]))
-    .await
-    .expect("send the startup message");
-    while replies.next().await != b'Z' {}
+    let (mut replies, mut wr) = Replies::login(stream).await;
 
     let each_unit = batch == Batch::FailingUnits;
     let mut msgs = vec![parse("", "select pg_sleep(1)"), bind(""), execute()];
@@ -351,19 +339,7 @@ pub async fn pipelined_sets<S>(stream: S, n: usize) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let (rd, mut wr) = tokio::io::split(stream);
-    let mut replies = Replies {
-        rd,
-        buf: Vec::new(),
-        last_row: None,
-    };
-    wr.write_all(&wire::startup_message(&[
-        ("user", APP_USER),
-        ("database", APP_DB),
-    ]))
-    .await
-    .expect("send the startup message");
-    while replies.next().await != b'Z' {}
+    let (mut replies, mut wr) = Replies::login(stream).await;
     let mut msgs = vec![query("select pg_sleep(1)")];
     msgs.extend((0..n).map(|i| query(&format!("set work_mem = '{}kB'", 64 + i % 100))));
     msgs.push(query("show work_mem"));
@@ -395,6 +371,26 @@ struct Replies<R> {
     buf: Vec<u8>,
     /// The first column of the last DataRow read, as text.
     last_row: Option<String>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> Replies<tokio::io::ReadHalf<S>> {
+    /// Logs in over `stream` (`auth_method = "trust"`): its replies, and its write half.
+    async fn login(stream: S) -> (Self, tokio::io::WriteHalf<S>) {
+        let (rd, mut wr) = tokio::io::split(stream);
+        let mut replies = Replies {
+            rd,
+            buf: Vec::new(),
+            last_row: None,
+        };
+        wr.write_all(&wire::startup_message(&[
+            ("user", APP_USER),
+            ("database", APP_DB),
+        ]))
+        .await
+        .expect("send the startup message");
+        while replies.next().await != b'Z' {}
+        (replies, wr)
+    }
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Replies<R> {
