@@ -15,7 +15,7 @@ use crate::server::ServerConn;
 
 use super::handoff::{write_following, Handoff};
 use super::io::{write_all, write_now, write_to_server};
-use super::{Blocked, End, Fixup, Rare, Session, StmtDrop};
+use super::{Blocked, End, Rare, Session, StmtDrop};
 use crate::uring::HIGH_WATER;
 
 /// Client input up to this size reserves the server's output buffer in one go.
@@ -257,21 +257,6 @@ impl Session {
         self.unit_kinds.push_back(kind);
     }
 
-    pub(super) fn expect(&mut self, tag: u8, swallow: bool, parsed: Option<u128>) {
-        self.note_units_in_order();
-        self.fixups.push_back(Fixup {
-            unit: self.sent_units,
-            tag,
-            swallow,
-            parsed,
-            client_name: None,
-            unnamed: false,
-            held_unnamed: false,
-            closed: None,
-            skip_mark: false,
-        });
-    }
-
     /// A simple Query or FunctionCall sent after extended-protocol messages not yet
     /// synced runs only if those succeed: after an error Postgres skips every message
     /// up to the Sync, and answers them all with the Sync's one ReadyForQuery. To
@@ -284,43 +269,6 @@ impl Session {
         self.expect(b'3', true, None);
         if let Some(f) = self.fixups.back_mut() {
             f.skip_mark = true;
-        }
-    }
-
-    /// Before a fixup or a change is queued: with none queued, whatever a COPY
-    /// renumbered has been answered.
-    fn note_units_in_order(&mut self) {
-        if self.fixups.is_empty() && self.pending_sets.is_empty() {
-            self.units_in_order = true;
-        }
-    }
-
-    /// Whether a Parse of a unit before the one being sent, matching `which`, is still
-    /// unanswered. Runs for each Bind: a unit of thousands of unnamed statements (a
-    /// driver's batch) must not read its own fixups each time, so the scan stops where
-    /// the units already sent end.
-    fn parse_unanswered(&self, which: impl Fn(&Fixup) -> bool) -> bool {
-        let sent_before = |f: &&Fixup| f.unit < self.sent_units;
-        let matches = |f: &Fixup| f.tag == b'1' && which(f);
-        if self.units_in_order {
-            self.fixups.iter().take_while(sent_before).any(matches)
-        } else {
-            self.fixups.iter().filter(sent_before).any(matches)
-        }
-    }
-
-    /// Whether the unit being answered has a skip mark still unanswered. Runs for each
-    /// ErrorResponse: with thousands of units pipelined behind, and one error each, the
-    /// scan stops where the units after the one being answered begin.
-    pub(super) fn skip_mark_pending(&self) -> bool {
-        let this_unit = |f: &Fixup| f.skip_mark && f.unit == self.recv_units;
-        if self.units_in_order {
-            self.fixups
-                .iter()
-                .take_while(|f| f.unit <= self.recv_units)
-                .any(this_unit)
-        } else {
-            self.fixups.iter().any(this_unit)
         }
     }
 

@@ -21,6 +21,7 @@
 
 mod backend;
 mod checkout;
+mod fixup;
 mod frontend;
 mod handoff;
 mod io;
@@ -50,6 +51,7 @@ use crate::server::prepared::{PreparedSet, Statement};
 use crate::server::{CancelGate, Settings};
 use crate::tls::MaybeTls;
 
+use fixup::{Closed, Fixup};
 pub(crate) use frontend::message_limit;
 use io::{from_server, read_some, server_full, sleep_until, write_all, FromServer};
 use outcome::Change;
@@ -85,32 +87,6 @@ pub(super) enum Blocked {
     Fatal(PgError),
 }
 
-/// What to do with one reply of a Parse or Close pgmux sent.
-#[derive(Debug, Clone)]
-struct Fixup {
-    /// The unit (count of Syncs/Queries sent before it) the request belongs to.
-    unit: u64,
-    tag: u8,
-    swallow: bool,
-    /// A named Parse: the statement is on the server only once its ParseComplete comes.
-    parsed: Option<u128>,
-    /// The client's own Parse of this name: without a ParseComplete, the name stays
-    /// free, as in Postgres.
-    client_name: Option<Bytes>,
-    /// The client's own unnamed Parse: without a ParseComplete, the client has no
-    /// unnamed statement, as in Postgres (which drops the old one before parsing).
-    unnamed: bool,
-    /// pgmux's Parse of the client's unnamed statement onto this connection: without a
-    /// ParseComplete, the server's unnamed statement is not the client's.
-    held_unnamed: bool,
-    /// The client's Close of a statement: without a CloseComplete (skipped after an
-    /// error), the client still has it, as in Postgres.
-    closed: Option<Closed>,
-    /// pgmux's Close of a portal nobody has, sent between extended-protocol messages
-    /// not yet synced and a Query or FunctionCall (see `Session::mark_skip_point`).
-    skip_mark: bool,
-}
-
 /// Portals and what running each does to the session.
 type ExecuteRuns = Vec<(Bytes, Box<sql::Effects>)>;
 
@@ -143,12 +119,6 @@ struct Rare {
 struct StmtDrop {
     stmts: Statements,
     copies: PreparedSet,
-}
-
-#[derive(Debug, Clone)]
-enum Closed {
-    Named(Bytes, Arc<Statement>),
-    Unnamed,
 }
 
 /// The client's unnamed statement. Postgres keeps it until the next unnamed Parse or

@@ -1,0 +1,99 @@
+//! The replies pgmux expects to the Parses and Closes it sends itself or follows for
+//! the client (its fixups), in the order they will come, and the questions asked of
+//! them per message. Those questions read only the fixups of the units concerned, at
+//! the front: a batch or a pipeline of thousands must not cost each message all of
+//! them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::server::prepared::Statement;
+
+use super::Session;
+
+/// What to do with one reply of a Parse or Close pgmux sent.
+#[derive(Debug, Clone)]
+pub(super) struct Fixup {
+    /// The unit (count of Syncs/Queries sent before it) the request belongs to.
+    pub(super) unit: u64,
+    pub(super) tag: u8,
+    pub(super) swallow: bool,
+    /// A named Parse: the statement is on the server only once its ParseComplete comes.
+    pub(super) parsed: Option<u128>,
+    /// The client's own Parse of this name: without a ParseComplete, the name stays
+    /// free, as in Postgres.
+    pub(super) client_name: Option<Bytes>,
+    /// The client's own unnamed Parse: without a ParseComplete, the client has no
+    /// unnamed statement, as in Postgres (which drops the old one before parsing).
+    pub(super) unnamed: bool,
+    /// pgmux's Parse of the client's unnamed statement onto this connection: without a
+    /// ParseComplete, the server's unnamed statement is not the client's.
+    pub(super) held_unnamed: bool,
+    /// The client's Close of a statement: without a CloseComplete (skipped after an
+    /// error), the client still has it, as in Postgres.
+    pub(super) closed: Option<Closed>,
+    /// pgmux's Close of a portal nobody has, sent between extended-protocol messages
+    /// not yet synced and a Query or FunctionCall (see `Session::mark_skip_point`).
+    pub(super) skip_mark: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Closed {
+    Named(Bytes, Arc<Statement>),
+    Unnamed,
+}
+
+impl Session {
+    pub(super) fn expect(&mut self, tag: u8, swallow: bool, parsed: Option<u128>) {
+        self.note_units_in_order();
+        self.fixups.push_back(Fixup {
+            unit: self.sent_units,
+            tag,
+            swallow,
+            parsed,
+            client_name: None,
+            unnamed: false,
+            held_unnamed: false,
+            closed: None,
+            skip_mark: false,
+        });
+    }
+
+    /// Before a fixup or a change is queued: with none queued, whatever a COPY
+    /// renumbered has been answered.
+    pub(super) fn note_units_in_order(&mut self) {
+        if self.fixups.is_empty() && self.pending_sets.is_empty() {
+            self.units_in_order = true;
+        }
+    }
+
+    /// Whether a Parse of a unit before the one being sent, matching `which`, is still
+    /// unanswered. Runs for each Bind: a unit of thousands of unnamed statements (a
+    /// driver's batch) must not read its own fixups each time, so the scan stops where
+    /// the units already sent end.
+    pub(super) fn parse_unanswered(&self, which: impl Fn(&Fixup) -> bool) -> bool {
+        let sent_before = |f: &&Fixup| f.unit < self.sent_units;
+        let matches = |f: &Fixup| f.tag == b'1' && which(f);
+        if self.units_in_order {
+            self.fixups.iter().take_while(sent_before).any(matches)
+        } else {
+            self.fixups.iter().filter(sent_before).any(matches)
+        }
+    }
+
+    /// Whether the unit being answered has a skip mark still unanswered. Runs for each
+    /// ErrorResponse: with thousands of units pipelined behind, and one error each, the
+    /// scan stops where the units after the one being answered begin.
+    pub(super) fn skip_mark_pending(&self) -> bool {
+        let this_unit = |f: &Fixup| f.skip_mark && f.unit == self.recv_units;
+        if self.units_in_order {
+            self.fixups
+                .iter()
+                .take_while(|f| f.unit <= self.recv_units)
+                .any(this_unit)
+        } else {
+            self.fixups.iter().any(this_unit)
+        }
+    }
+}
