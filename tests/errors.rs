@@ -240,6 +240,57 @@ async fn a_message_of_unknown_type_gets_fatal_08p01_and_only_that_client_is_clos
     connect(&app_url(&px)).await;
 }
 
+/// What a confused client sends as if it were connecting again, a startup packet, an
+/// SSLRequest or a CancelRequest, starts with a zero byte that starts no message. It
+/// is refused as it comes (as Postgres refuses it), not read as the length of a
+/// message that never ends; inside a transaction, that is rolled back and its server
+/// freed.
+#[tokio::test]
+async fn a_startup_packet_or_ssl_request_after_login_gets_fatal_08p01_at_once() {
+    fresh_table("connect_again");
+    let px = pgmux("auth_method = \"trust\"", "pool_size = 1");
+    let mut startup = 196_608_i32.to_be_bytes().to_vec();
+    startup.extend_from_slice(b"user\0app\0\0");
+    let startup = [&(startup.len() as i32 + 4).to_be_bytes()[..], &startup].concat();
+    let ssl_request = [8_i32.to_be_bytes(), 80_877_103_i32.to_be_bytes()].concat();
+    let cancel = [16, 80_877_102, 1, 2].map(i32::to_be_bytes).concat();
+    for (what, bytes) in [
+        ("startup", startup),
+        ("SSLRequest", ssl_request),
+        ("cancel", cancel),
+    ] {
+        let mut raw = Raw::login(px.port).await;
+        raw.send(&query("begin; insert into connect_again values (1)"))
+            .await;
+        raw.until_ready().await;
+        raw.send(&bytes).await;
+        let msgs = raw.until_closed().await;
+        assert_eq!(tags(&msgs), "E", "{what}: {msgs:?}");
+        assert_eq!(msgs[0].error(), ("FATAL".into(), "08P01".into()), "{what}");
+    }
+
+    let client = connect(&app_url(&px)).await;
+    assert_eq!(
+        simple_value(&client, "select count(*) from connect_again").await,
+        "0"
+    );
+}
+
+/// Sync and Flush have no body; one with bytes after its tag is malformed.
+#[tokio::test]
+async fn a_sync_or_flush_with_a_body_gets_fatal_08p01() {
+    let px = pgmux("auth_method = \"trust\"", "pool_size = 1");
+    for tag in [b'S', b'H'] {
+        let mut raw = Raw::login(px.port).await;
+        raw.send(&tagged(tag, b"abcd")).await;
+        let msgs = raw.until_closed().await;
+        assert_eq!(tags(&msgs), "E", "{msgs:?}");
+        assert_eq!(msgs[0].error(), ("FATAL".into(), "08P01".into()));
+    }
+    let client = connect(&app_url(&px)).await;
+    assert_eq!(simple_value(&client, "select 1").await, "1");
+}
+
 #[tokio::test]
 async fn garbage_instead_of_a_startup_packet_gets_fatal_08p01() {
     let px = pgmux("", "");

@@ -219,6 +219,39 @@ fn a_name_in_use_cannot_be_prepared_again_and_a_failed_parse_leaves_it_free() {
     assert_eq!(w.execute("dup", &[]), ["5"]);
 }
 
+/// A driver that parses a name again and closes it in the same batch (a statement
+/// cache that replaces an entry) gets the 42P05 under its own name, though the Close
+/// is read before the server's refusal comes back.
+#[test]
+fn a_name_parsed_again_then_closed_in_one_batch_is_named_as_the_client_named_it() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+
+    let mut out = Vec::new();
+    for text in ["select 1", "select 2"] {
+        let mut body = Vec::new();
+        extended::cstr(&mut body, "dup");
+        extended::cstr(&mut body, text);
+        body.extend_from_slice(&0i16.to_be_bytes());
+        extended::message(&mut out, b'P', &body);
+    }
+    extended::message(&mut out, b'S', &[]);
+    extended::message(&mut out, b'C', b"Sdup\0");
+    extended::message(&mut out, b'S', &[]);
+    w.send(&out);
+
+    let refused = w.until_ready();
+    let (code, message) = refused.error.expect("the second Parse of \"dup\" fails");
+    assert_eq!(code, "42P05");
+    assert_eq!(message, r#"prepared statement "dup" already exists"#);
+    let closed = w.until_ready();
+    assert!(closed.error.is_none(), "{:?}", closed.error);
+
+    w.prepare("dup", "select 3");
+    assert_eq!(w.execute("dup", &[]), ["3"]);
+}
+
 /// The unnamed statement lives until the client's next unnamed Parse or simple Query,
 /// across Syncs (psql's `\gdesc`, libpq's `PQprepare(conn, "", …)` then
 /// `PQexecPrepared`): a later unit uses the client's own, whichever server connection

@@ -68,6 +68,27 @@ pub mod fe {
     pub const COPY_FAIL: u8 = b'f';
     pub const FUNCTION_CALL: u8 = b'F';
     pub const PASSWORD: u8 = b'p';
+
+    /// A message a client may send once logged in.
+    #[inline]
+    pub fn is_known(tag: u8) -> bool {
+        matches!(
+            tag,
+            QUERY
+                | PARSE
+                | BIND
+                | DESCRIBE
+                | EXECUTE
+                | CLOSE
+                | SYNC
+                | FLUSH
+                | TERMINATE
+                | COPY_DATA
+                | COPY_DONE
+                | COPY_FAIL
+                | FUNCTION_CALL
+        )
+    }
 }
 
 /// Backend (server → client) message tags that pgmux looks at.

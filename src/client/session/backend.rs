@@ -198,12 +198,10 @@ impl Session {
     /// `42P05` names the statement as pgmux prepared it, the client knows its own name.
     fn duplicate_parse(&self) -> Option<(Bytes, Bytes)> {
         let f = self.fixups.front()?;
-        if f.tag != be::PARSE_COMPLETE || f.parsed.is_some() {
+        if f.tag != be::PARSE_COMPLETE {
             return None;
         }
-        let client_name = f.client_name.clone()?;
-        let stmt = self.stmts.get(&client_name)?;
-        Some((stmt.server_name.clone(), client_name))
+        Some((f.redefines.clone()?, f.client_name.clone()?))
     }
 
     /// Updates the session's view of the server from one reply; true to hide it.

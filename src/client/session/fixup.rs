@@ -24,6 +24,10 @@ pub(super) struct Fixup {
     /// The client's own Parse of this name: without a ParseComplete, the name stays
     /// free, as in Postgres.
     pub(super) client_name: Option<Bytes>,
+    /// The client's Parse of a name it still uses, sent under the server name of the
+    /// statement the name stands for (`Session::on_parse`): the server's 42P05 names
+    /// that, and the client's Close of the name may come before the reply.
+    pub(super) redefines: Option<Bytes>,
     /// The client's own unnamed Parse: without a ParseComplete, the client has no
     /// unnamed statement, as in Postgres (which drops the old one before parsing).
     pub(super) unnamed: bool,
@@ -53,6 +57,7 @@ impl Session {
             swallow,
             parsed,
             client_name: None,
+            redefines: None,
             unnamed: false,
             held_unnamed: false,
             closed: None,

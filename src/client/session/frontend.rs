@@ -52,6 +52,15 @@ impl Session {
         }
         let mut pos = 0;
         let result = loop {
+            // A byte that starts no frontend message is refused before its "length"
+            // is waited for: a client that sends a startup packet or an SSLRequest
+            // again would otherwise wait for megabytes that never come, as Postgres
+            // does not make it wait.
+            if let Some(&tag) = buf.get(pos) {
+                if !fe::is_known(tag) {
+                    break Err(unknown_type(tag));
+                }
+            }
             let (tag, len) = match complete_frame(&buf[pos..], max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break Ok(()),
@@ -175,6 +184,9 @@ impl Session {
                 self.unsynced = true;
                 self.sent_at = self.sent_at.saturating_add(1);
             }
+            fe::FLUSH | fe::SYNC if !body.is_empty() => {
+                return Err(self.malformed(if tag == fe::SYNC { "Sync" } else { "Flush" }));
+            }
             fe::FLUSH => {
                 if self.server.is_some() {
                     self.swbuf.put_slice(frame);
@@ -223,15 +235,7 @@ impl Session {
                 self.swbuf.put_slice(frame);
                 self.unit_sent(b'F');
             }
-            _ => {
-                return Err(Blocked::Fatal(PgError::fatal(
-                    SqlState::PROTOCOL_VIOLATION,
-                    format!(
-                        "invalid frontend message type {:?}; the connection is closed",
-                        tag as char
-                    ),
-                )));
-            }
+            _ => return Err(unknown_type(tag)),
         }
         Ok(())
     }
@@ -559,6 +563,22 @@ fn single_statement(text: &[u8]) -> bool {
         || text.iter().rposition(|&b| b == b';').is_some_and(|i| {
             text[i + 1..].iter().all(u8::is_ascii_whitespace) && !text[..i].contains(&b';')
         })
+}
+
+fn unknown_type(tag: u8) -> Blocked {
+    Blocked::Fatal(
+        PgError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!(
+                "invalid frontend message type {tag} ({:?}); the connection is closed",
+                tag as char
+            ),
+        )
+        .with_hint(
+            "the client sent a message that does not follow the Postgres protocol: \
+             a bug in the client or its driver",
+        ),
+    )
 }
 
 fn protocol_violation(e: FrameError) -> PgError {

@@ -66,6 +66,7 @@ impl Session {
                 self.expect(b'1', false, None);
                 if let Some(f) = self.fixups.back_mut() {
                     f.client_name = Some(Bytes::copy_from_slice(p.name));
+                    f.redefines = Some(existing.server_name.clone());
                 }
                 self.unsynced = true;
                 self.unit_plain = false;
