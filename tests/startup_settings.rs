@@ -95,6 +95,29 @@ async fn a_setting_postgres_refuses_at_login_is_refused_at_login_with_its_sqlsta
     );
 }
 
+/// An `options` string Postgres cannot read is refused as Postgres refuses it (42601
+/// after the login), not dropped in silence.
+#[tokio::test]
+async fn an_options_string_postgres_cannot_read_is_refused_with_42601() {
+    let px = pgmux_with_pool(1);
+    for (options, message) in [
+        ("-c", "invalid command-line argument for server process: -c"),
+        ("-c%20work_mem", "-c work_mem requires a value"),
+        (
+            "work_mem%3D7MB",
+            "invalid command-line argument for server process: work_mem=7MB",
+        ),
+    ] {
+        let err = try_connect(&url_with_options(&px, options))
+            .await
+            .expect_err("Postgres refuses this login, and so does pgmux");
+        let db = assert_fatal(&err, &SqlState::SYNTAX_ERROR);
+        assert_eq!(db.message(), message);
+    }
+    let client = connect(&url_with_options(&px, "-c%20work_mem%3D7MB")).await;
+    assert_eq!(simple_value(&client, "show work_mem").await, "7MB");
+}
+
 #[tokio::test]
 async fn a_setting_postgres_takes_only_at_connection_start_does_not_refuse_the_login() {
     // Postgres lets this login in; a pooled connection started long before cannot take

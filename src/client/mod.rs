@@ -318,6 +318,12 @@ async fn login(
         pool.offer_scram_keys(keys.0, keys.1);
     }
 
+    if let Some(problem) = params.options_error() {
+        let e = PgError::fatal(SqlState::SYNTAX_ERROR, problem)
+            .with_hint("write each setting in options as -c name=value");
+        stream.write_all(&out).await?;
+        return Err(refuse(&mut stream, e).await);
+    }
     let mut client_values = params.session_settings();
     let clipped = crate::protocol::startup::clean_application_name(&mut client_values);
     let startup_settings = shared.startup_settings.intern(Settings::from_pairs(

@@ -18,6 +18,7 @@ impl SqlState {
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const CONNECTION_EXCEPTION: SqlState = SqlState("08000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
 
     pub fn code(self) -> &'static str {
         self.0

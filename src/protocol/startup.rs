@@ -102,6 +102,45 @@ impl StartupParams {
         }
         out
     }
+
+    /// What Postgres would refuse in the `options` parameter (FATAL 42601, after the
+    /// login): a setting without a value, or a word that is no switch at all.
+    pub fn options_error(&self) -> Option<String> {
+        let mut options = self.pairs.iter().filter(|(k, _)| k == "options");
+        options.find_map(|(_, v)| options_error(v))
+    }
+}
+
+fn options_error(options: &str) -> Option<String> {
+    let words = split_options(options);
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let (shown, setting) = if w == "-c" {
+            match it.next() {
+                Some(s) => (format!("-c {s}"), s.as_str()),
+                None => return Some("invalid command-line argument for server process: -c".into()),
+            }
+        } else if let Some(s) = w.strip_prefix("--") {
+            (w.clone(), s)
+        } else if let Some(s) = w.strip_prefix("-c") {
+            (format!("-c {s}"), s)
+        } else if let Some(flag) = w.strip_prefix('-') {
+            // Postgres' other switches (getopt's "B:bC:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:"),
+            // left alone here: those that take an argument take the next word.
+            if flag.len() == 1 && "BCDdfhkNprStvW".contains(flag) {
+                it.next();
+            }
+            continue;
+        } else {
+            return Some(format!(
+                "invalid command-line argument for server process: {w}"
+            ));
+        };
+        if !setting.contains('=') {
+            return Some(format!("{shown} requires a value"));
+        }
+    }
+    None
 }
 
 /// Postgres keeps `application_name` to an identifier's length, NAMEDATALEN - 1
@@ -139,6 +178,31 @@ pub fn clean_application_name(settings: &mut [(String, String)]) -> Option<(Stri
 /// Expands a libpq `options` string: `-c name=value`, `-cname=value` and
 /// `--name=value`, with backslash escaping spaces as Postgres' pg_split_opts does.
 pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let words = split_options(options);
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else if let Some(s) = w.strip_prefix("-c") {
+            Some(s.to_string())
+        } else {
+            w.strip_prefix("--").map(str::to_string)
+        };
+        if let Some(s) = setting {
+            if let Some((name, value)) = s.split_once('=') {
+                out.push((
+                    name.replace('-', "_").to_ascii_lowercase(),
+                    value.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The words of an `options` string, split at unescaped whitespace.
+fn split_options(options: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut chars = options.chars();
@@ -166,26 +230,7 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
     if in_word {
         words.push(cur);
     }
-    let mut out = Vec::new();
-    let mut it = words.into_iter();
-    while let Some(w) = it.next() {
-        let setting = if w == "-c" {
-            it.next()
-        } else if let Some(s) = w.strip_prefix("-c") {
-            Some(s.to_string())
-        } else {
-            w.strip_prefix("--").map(str::to_string)
-        };
-        if let Some(s) = setting {
-            if let Some((name, value)) = s.split_once('=') {
-                out.push((
-                    name.replace('-', "_").to_ascii_lowercase(),
-                    value.to_string(),
-                ));
-            }
-        }
-    }
-    out
+    words
 }
 
 /// Reads the length of the first packet from its first four bytes.
@@ -341,6 +386,33 @@ mod tests {
                 ("datestyle", "ISO, MDY"),
             ])
         );
+    }
+
+    #[test]
+    fn options_postgres_would_refuse() {
+        for (options, error) in [
+            (
+                "-c",
+                Some("invalid command-line argument for server process: -c"),
+            ),
+            (
+                "-c a=1 -c",
+                Some("invalid command-line argument for server process: -c"),
+            ),
+            ("-c work_mem", Some("-c work_mem requires a value")),
+            ("-cwork_mem", Some("-c work_mem requires a value")),
+            ("--work-mem", Some("--work-mem requires a value")),
+            (
+                "search_path=x",
+                Some("invalid command-line argument for server process: search_path=x"),
+            ),
+            (r"-c a=1 -cb=2 --c-d=3 -c e=x\ y", None),
+            ("-e -c a=1", None),
+            ("-B 100 -c a=1", None),
+            ("", None),
+        ] {
+            assert_eq!(options_error(options).as_deref(), error, "{options:?}");
+        }
     }
 
     #[test]
