@@ -3,15 +3,18 @@
 # (their sdists from PyPI carry their tests), SQLAlchemy's PostgreSQL dialect tests over
 # psycopg 3 and asyncpg, Django's whole test suite over psycopg 3 (its sdist carries
 # it), Go's pgx v4, pgconn and lib/pq (Debian's -dev packages carry their sources and
-# tests), and tokio-postgres' and postgres' (the Rust crates from
+# tests), tokio-postgres' and postgres' (the Rust crates from
 # crates.io carry theirs; they expect the server on 127.0.0.1:5433, where a second
-# pgmux listens, with `postgres` trusted and three users that log in by password). A throwaway Postgres and pgmux live in one temp dir, removed
+# pgmux listens, with `postgres` trusted and three users that log in by password), and
+# sqlx's Postgres tests (its crate carries them; the three helpers they import from
+# sqlx's unpublished sqlx-test crate are written here, and its query! macros describe
+# their statements through pgmux at build time). A throwaway Postgres and pgmux live in one temp dir, removed
 # on exit. Not part of scripts/test.sh: the suites take minutes, and some of their
 # tests need things a pooler cannot give (below). Compare a run through pgmux with
 # one straight to Postgres (MODE=direct) to tell the two apart.
 #
 #   scripts/driver-suites.sh [SUITE...]   SUITE: asyncpg psycopg2 pg8000 pygresql sqlalchemy
-#                                                django go rust
+#                                                django go rust sqlx
 #
 # Environment: MODE=session|transaction|unpipelined|pipelining|tls|direct (default
 # transaction, with server_pipelining as by default; unpipelined: transaction mode
@@ -55,15 +58,18 @@
 # - rust: skipped with MODE=direct (the crates' tests want their own pg_hba rules).
 # - MODE=tls: asyncpg's TestConnectionGC tests (an unclosed TLS transport outlives the
 #   collection they expect); PyGreSQL's 4 test_attribute_ssl_* (they expect no TLS).
+# - sqlx: its migrate and test-attr tests are left out, through pgmux and direct alike:
+#   `#[sqlx::test]` makes a database per test and connects to it, and pgmux serves only
+#   the databases its configuration names.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 MODE="${MODE:-transaction}"
 PG_BIN="${PGMUX_PG_BIN:-/usr/lib/postgresql/15/bin}"
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 pygresql sqlalchemy django go rust)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(asyncpg psycopg2 pg8000 pygresql sqlalchemy django go rust sqlx)
 ASYNCPG=0.30.0 PSYCOPG2=2.9.10 PG8000=1.31.6 PYGRESQL=6.2.3 SQLALCHEMY=2.0.36 PSYCOPG=3.2.3
-TOKIO_POSTGRES=0.7.12 POSTGRES=0.19.9 DJANGO=5.1.4
+TOKIO_POSTGRES=0.7.12 POSTGRES=0.19.9 DJANGO=5.1.4 SQLX=0.8.2
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'driver-suites.sh: %s\n' "$*" >&2; exit 1; }
@@ -103,12 +109,12 @@ pg_port="$(free_port)"
 as_postgres "$PG_BIN/initdb" -D "$tmp/pg/data" -A trust -U postgres >/dev/null
 as_postgres "$PG_BIN/pg_ctl" -D "$tmp/pg/data" -l "$tmp/pg/log" -w -t 60 start \
     -o "-p $pg_port -k $tmp/pg -c listen_addresses=127.0.0.1 -c max_connections=300 -c max_prepared_transactions=10 -c fsync=off" >/dev/null
-psql_pg() { psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
+psql_pg() { PGSSLMODE=disable psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
 psql_pg -d postgres -c "alter user postgres password 'pw'"
 # PyGreSQL's tests leave views behind, which SQLAlchemy's reflection tests would see.
 # Django's test databases are made here, as pgmux serves only the databases it knows;
 # its runs keep them (--keepdb).
-DATABASES=(postgres psycopg2_test test pygresql_test testdb asyncpg_intro_test pgx_test test_default test_other)
+DATABASES=(postgres psycopg2_test test pygresql_test testdb asyncpg_intro_test pgx_test test_default test_other sqlx)
 for db in "${DATABASES[@]:1:3}" "${DATABASES[@]:6}"; do psql_pg -d postgres -c "create database $db"; done
 psql_pg -d pgx_test -c "create extension hstore" -c "create domain uint64 as numeric(20,0)"
 psql_pg -d test -c "create schema test_schema; create schema test_schema_2; create extension hstore"
@@ -177,6 +183,150 @@ pip install -q "asyncpg==$ASYNCPG" "psycopg2-binary==$PSYCOPG2" "pg8000==$PG8000
 
 results=()
 count() { grep -cE "$1" "$2" || true; } # PATTERN FILE: lines that match, 0 for none
+# DIR: the sqlx-test crate that sqlx's Postgres tests import, written here as it is
+# not published: a connection and a pool to DATABASE_URL, and macros that decode a
+# value from a simple query and from a prepared one, and bind it to the prepared one.
+sqlx_test_crate() {
+    mkdir -p "$1/src"
+    cat >"$1/Cargo.toml" <<EOF
+[package]
+name = "sqlx-test"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+sqlx = { path = "../sqlx-$SQLX", default-features = false }
+anyhow = "1"
+paste = "1"
+EOF
+    cat >"$1/src/lib.rs" <<'EOF'
+use sqlx::pool::{Pool, PoolOptions};
+use sqlx::{Connection, Database};
+
+#[doc(hidden)]
+pub use paste as __paste;
+
+pub fn setup_if_needed() {}
+
+fn url() -> anyhow::Result<String> {
+    Ok(std::env::var("DATABASE_URL")?)
+}
+
+pub async fn new<DB: Database>() -> anyhow::Result<DB::Connection> {
+    Ok(DB::Connection::connect(&url()?).await?)
+}
+
+pub async fn pool<DB: Database>() -> anyhow::Result<Pool<DB>> {
+    Ok(PoolOptions::<DB>::new().max_connections(5).connect(&url()?).await?)
+}
+
+#[macro_export]
+macro_rules! test_type {
+    ($name:ident<$ty:ty>($db:ident, $sql:literal, $($text:literal == $value:expr),+ $(,)?)) => {
+        $crate::test_prepared_type!($name<$ty>($db, $sql, $($text == $value),+));
+        $crate::test_unprepared_type!($name<$ty>($db, $($text == $value),+));
+    };
+    ($name:ident<$ty:ty>($db:ident, $($text:literal == $value:expr),+ $(,)?)) => {
+        $crate::test_prepared_type!($name<$ty>($db, $($text == $value),+));
+        $crate::test_unprepared_type!($name<$ty>($db, $($text == $value),+));
+    };
+    ($name:ident($db:ident, $($text:literal == $value:expr),+ $(,)?)) => {
+        $crate::test_type!($name<$name>($db, $($text == $value),+));
+    };
+}
+
+#[macro_export]
+macro_rules! test_decode_type {
+    ($name:ident<$ty:ty>($db:ident, $($text:literal == $value:expr),+ $(,)?)) => {
+        $crate::test_unprepared_type!($name<$ty>($db, $($text == $value),+));
+        $crate::__paste::paste! {
+            #[tokio::test]
+            async fn [< test_prepared_decode_type_ $name >]() -> anyhow::Result<()> {
+                use sqlx::Row;
+                let mut conn = sqlx_test::new::<$db>().await?;
+                $(
+                    let row = sqlx::query(&format!("SELECT {} as _1", $text)).fetch_one(&mut conn).await?;
+                    let got = row.try_get::<$ty, _>("_1")?;
+                    assert!($value == got, "{} decoded as {:?}", $text, got);
+                )+
+                Ok(())
+            }
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! test_unprepared_type {
+    ($name:ident<$ty:ty>($db:ident, $($text:literal == $value:expr),+ $(,)?)) => {
+        $crate::__paste::paste! {
+            #[tokio::test]
+            async fn [< test_unprepared_type_ $name >]() -> anyhow::Result<()> {
+                use futures::TryStreamExt;
+                use sqlx::{Executor, Row};
+                let mut conn = sqlx_test::new::<$db>().await?;
+                $(
+                    let query = format!("SELECT {} as _1", $text);
+                    let row = conn.fetch(&*query).try_next().await?.expect("a row");
+                    let got = row.try_get::<$ty, _>("_1")?;
+                    assert!($value == got, "{} decoded as {:?}", $text, got);
+                )+
+                Ok(())
+            }
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! test_prepared_type {
+    ($name:ident<$ty:ty>($db:ident, $sql:literal, $($text:literal == $value:expr),+ $(,)?)) => {
+        $crate::__paste::paste! {
+            #[tokio::test]
+            async fn [< test_prepared_type_ $name >]() -> anyhow::Result<()> {
+                use sqlx::Row;
+                let mut conn = sqlx_test::new::<$db>().await?;
+                $(
+                    let row = sqlx::query(&format!($sql, $text))
+                        .bind($value).bind($value).fetch_one(&mut conn).await?;
+                    let same: i32 = row.try_get(0)?;
+                    let returned: $ty = row.try_get(1)?;
+                    let round_trip: $ty = row.try_get(2)?;
+                    assert_eq!(same, 1, "{}", $text);
+                    assert!($value == returned, "{} returned {:?}", $text, returned);
+                    assert!($value == round_trip, "{} round trip {:?}", $text, round_trip);
+                )+
+                Ok(())
+            }
+        }
+    };
+    ($name:ident<$ty:ty>($db:ident, $($text:literal == $value:expr),+ $(,)?)) => {
+        $crate::__paste::paste! {
+            #[tokio::test]
+            async fn [< test_prepared_type_ $name >]() -> anyhow::Result<()> {
+                use sqlx::Row;
+                let mut conn = sqlx_test::new::<$db>().await?;
+                $(
+                    let query = format!(
+                        "SELECT {0} is not distinct from $1, $2::text as _1, {0} as _2, $3 as _3",
+                        $text
+                    );
+                    let row = sqlx::query(&query)
+                        .bind($value).bind($value).bind($value).fetch_one(&mut conn).await?;
+                    let same: bool = row.try_get(0)?;
+                    let received: Option<String> = row.try_get(1)?;
+                    let returned: $ty = row.try_get(2)?;
+                    let round_trip: $ty = row.try_get(3)?;
+                    assert!(same, "{}: the server read {:?}", $text, received);
+                    assert!($value == returned, "{} returned {:?}", $text, returned);
+                    assert!($value == round_trip, "{} round trip {:?}", $text, round_trip);
+                )+
+                Ok(())
+            }
+        }
+    };
+}
+EOF
+}
 run() { # NAME DIR ARGS...: pytest in DIR, its last line kept
     local name="$1" dir="$2"
     shift 2
@@ -286,6 +436,31 @@ EOF
                 results+=("$c: $(awk '/^test result/ { p += $4; f += $6; i += $8 }
                     END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$tmp/$c.log")")
             done
+            ;;
+        sqlx)
+            say "sqlx"
+            curl -fsSL "https://static.crates.io/crates/sqlx/sqlx-$SQLX.crate" | tar xz -C "$tmp"
+            sqlx_dir="$tmp/sqlx-$SQLX"
+            # Its toolchain pin names a release this machine cannot fetch.
+            rm -f "$sqlx_dir/rust-toolchain.toml"
+            psql_pg -d sqlx -q -f "$sqlx_dir/tests/postgres/setup.sql" >/dev/null
+            sqlx_test_crate "$tmp/sqlx-test"
+            sed -i 's|^\[dev-dependencies.anyhow\]|[dev-dependencies.sqlx-test]\npath = "../sqlx-test"\n\n&|' \
+                "$sqlx_dir/Cargo.toml"
+            targets=()
+            for t in postgres postgres-types postgres-describe postgres-macros postgres-derives \
+                postgres-error postgres-query-builder; do targets+=(--test "$t"); done
+            (cd "$sqlx_dir" && DATABASE_URL="postgres://postgres:pw@127.0.0.1:$port/sqlx${ssl_query}" \
+                CARGO_TARGET_DIR="$tmp/rust-target" timeout 1800 cargo test --quiet --no-default-features \
+                --features any,postgres,macros,_unstable-all-types,runtime-tokio,tls-rustls "${targets[@]}" \
+                >"$tmp/sqlx.log" 2>&1) || true
+            grep -E '^    [A-Za-z0-9_:]+$' "$tmp/sqlx.log" | sed 's/^ */FAILED /' >&2 || true
+            results+=("sqlx-$SQLX: $(awk '/^test result/ { p += $4; f += $6; i += $8 }
+                END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$tmp/sqlx.log")")
+            if grep -qE '^error(\[|:)' "$tmp/sqlx.log"; then
+                grep -E -A5 '^error(\[|:)' "$tmp/sqlx.log" >&2
+                results+=("sqlx: the tests did not build")
+            fi
             ;;
         *) die "unknown suite $suite" ;;
     esac
