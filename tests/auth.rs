@@ -397,6 +397,49 @@ fn a_terminate_before_the_startup_packet_is_answered_by_a_silent_close() {
     assert_eq!(code, 10, "the next login goes on as usual");
 }
 
+/// A SASLInitialResponse whose length does not match the bytes that follow is
+/// malformed (08P01), not read as far as it goes and taken for a wrong password; an
+/// authorization identity or a mandatory extension, which Postgres does not support,
+/// is refused as Postgres refuses it (0A000).
+#[test]
+fn a_client_first_message_postgres_would_refuse_gets_postgres_sqlstate() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", ""));
+    let initial = |declared: i32, data: &str| {
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&declared.to_be_bytes());
+        body.extend_from_slice(data.as_bytes());
+        wire::tagged(b'p', &body)
+    };
+    let first = "n,,n=,r=0123456789abcdefghijklmn";
+    let len = first.len() as i32;
+    let cases = [
+        (initial(len + 100, first), "08P01", "SASLInitialResponse"),
+        (initial(len - 1, first), "08P01", "SASLInitialResponse"),
+        (initial(-1, ""), "08P01", "SASLInitialResponse"),
+        (
+            initial(len + 5, "n,a=bob,n=,r=0123456789abcdefghijklmn"),
+            "0A000",
+            "authorization identity",
+        ),
+        (
+            initial(len + 6, "n,,m=ext,n=,r=0123456789abcdefghijklmn"),
+            "0A000",
+            "extension",
+        ),
+    ];
+    for user in [APP_USER, "nobody_at_all"] {
+        for (message, code, says) in &cases {
+            let (mut tcp, auth, _) = auth_request(&px, user);
+            assert_eq!(auth, 10);
+            tcp.write_all(message).unwrap();
+            let m = read_message(&mut tcp).unwrap();
+            assert_eq!(m.error(), ("FATAL".into(), (*code).into()), "{user}: {m:?}");
+            assert!(m.field(b'M').unwrap().contains(says), "{m:?}");
+        }
+    }
+}
+
 /// A SCRAM exchange the client breaks is a protocol violation (08P01), as in
 /// Postgres, and says what broke it: another mechanism, a client-final-message
 /// whose nonce or channel binding is not the exchange's, or one that is not a SCRAM

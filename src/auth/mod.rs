@@ -22,6 +22,10 @@ pub enum AuthError {
     /// The peer sent a message that does not follow RFC 5802 / the Postgres protocol.
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
+    /// The peer asked for something RFC 5802 allows and Postgres does not support:
+    /// an authorization identity or a mandatory extension.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The proof or response did not match the secret.
     #[error("password authentication failed")]
     WrongPassword,

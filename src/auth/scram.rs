@@ -268,12 +268,12 @@ impl ScramServer {
         match attributes.next()? {
             // Postgres ignores this name: the startup packet already named the user.
             Some((b'n', _user)) => {}
-            Some((b'm', _)) => return Err(AuthError::Malformed("unsupported mandatory extension")),
+            Some((b'm', _)) => return Err(AuthError::Unsupported(UNSUPPORTED_EXTENSION)),
             _ => return Err(AuthError::Malformed("expected the username attribute n=")),
         }
         let client_nonce = attributes.expect(b'r', "expected the nonce attribute r=")?;
         check_nonce(client_nonce)?;
-        attributes.skip_extensions()?;
+        attributes.skip_extensions(UNSUPPORTED_EXTENSION)?;
 
         let nonce = format!("{client_nonce}{}", random_nonce());
         let server_first = format!(
@@ -309,7 +309,10 @@ impl ScramServer {
                 "client-final-message not expected now",
             ));
         };
+        // Postgres reads an attribute up to a ',' and takes one at the very end as
+        // the attribute's end.
         let message = utf8(client_final)?;
+        let message = message.strip_suffix(',').unwrap_or(message);
 
         // The proof is the last attribute, and base64 never contains ','.
         let proof_at = message
@@ -337,7 +340,7 @@ impl ScramServer {
         if echoed_nonce != nonce {
             return Err(AuthError::Malformed("nonce does not match"));
         }
-        attributes.skip_extensions()?;
+        attributes.skip_extensions(UNSUPPORTED_EXTENSION)?;
 
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let client_signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
@@ -423,7 +426,7 @@ impl ScramClient {
         let mut attributes = Attributes::new(message);
         let nonce = match attributes.next()? {
             Some((b'r', nonce)) => nonce,
-            Some((b'm', _)) => return Err(AuthError::Malformed("unsupported mandatory extension")),
+            Some((b'm', _)) => return Err(AuthError::Unsupported(SERVER_EXTENSION)),
             _ => return Err(AuthError::Malformed("expected the nonce attribute r=")),
         };
         if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
@@ -445,7 +448,7 @@ impl ScramClient {
         if iterations > MAX_UPSTREAM_ITERATIONS {
             return Err(AuthError::Malformed("iteration count above 100000"));
         }
-        attributes.skip_extensions()?;
+        attributes.skip_extensions(SERVER_EXTENSION)?;
 
         let keys = match &self.credential {
             UpstreamCredential::Password(password) => Keys::from_salted_password(
@@ -492,7 +495,7 @@ impl ScramClient {
                 let signature = decode_key(signature).ok_or(AuthError::Malformed(
                     "server signature is not 32 bytes of base64",
                 ))?;
-                attributes.skip_extensions()?;
+                attributes.skip_extensions(SERVER_EXTENSION)?;
                 if constant_time_eq(&signature, &server_signature) {
                     Ok(())
                 } else {
@@ -547,15 +550,19 @@ impl<'a> Attributes<'a> {
     }
 
     /// Optional extensions may follow; they must still be well-formed attributes.
-    fn skip_extensions(mut self) -> Result<(), AuthError> {
+    fn skip_extensions(mut self, unsupported: &'static str) -> Result<(), AuthError> {
         while let Some((name, _)) = self.next()? {
             if name == b'm' {
-                return Err(AuthError::Malformed("unsupported mandatory extension"));
+                return Err(AuthError::Unsupported(unsupported));
             }
         }
         Ok(())
     }
 }
+
+/// Postgres' words for a mandatory extension (`m=`), which neither side supports.
+const UNSUPPORTED_EXTENSION: &str = "client requires an unsupported SCRAM extension";
+const SERVER_EXTENSION: &str = "the server requires an unsupported SCRAM extension";
 
 /// Splits `gs2-header` (`n,,` or `y,,`) from `client-first-message-bare`.
 fn split_gs2_header(message: &str) -> Result<(&str, &str), AuthError> {
@@ -567,8 +574,8 @@ fn split_gs2_header(message: &str) -> Result<(&str, &str), AuthError> {
         return Err(AuthError::Malformed("invalid channel binding flag"));
     }
     if !authzid.is_empty() {
-        return Err(AuthError::Malformed(
-            "authorization identities (a=) are not supported",
+        return Err(AuthError::Unsupported(
+            "client uses authorization identity, but it is not supported",
         ));
     }
     let header_len = flag.len() + authzid.len() + 2;

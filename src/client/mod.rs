@@ -542,6 +542,9 @@ fn scram_error(e: AuthError) -> PgError {
         AuthError::ChannelBindingNegotiation => {
             "something between the client and pgmux removed SCRAM-SHA-256-PLUS from the offer; connect to pgmux directly"
         }
+        AuthError::Unsupported(_) => {
+            return PgError::fatal(SqlState::FEATURE_NOT_SUPPORTED, e.to_string())
+        }
         _ => return PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()),
     };
     PgError::fatal(SqlState::INVALID_AUTHORIZATION, e.to_string()).with_hint(hint)
@@ -633,8 +636,12 @@ async fn scram_exchange(
     build::auth_sasl(out, server.mechanisms());
     stream.write_all(out).await?;
     let body = expect_password(stream, buf).await?;
-    let parsed = crate::protocol::msg::cstr(&body)
-        .and_then(|(mech, rest)| (rest.len() >= 4).then(|| (mech, &rest[4..])));
+    // The mechanism, then the initial response: its length and exactly that many
+    // bytes (Postgres refuses a message with bytes missing or left over).
+    let parsed = crate::protocol::msg::cstr(&body).and_then(|(mech, rest)| {
+        let (len, data) = rest.split_first_chunk::<4>()?;
+        (usize::try_from(i32::from_be_bytes(*len)).ok()? == data.len()).then_some((mech, data))
+    });
     let Some((mech, data)) = parsed else {
         let e = PgError::fatal(
             SqlState::PROTOCOL_VIOLATION,
