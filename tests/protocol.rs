@@ -615,6 +615,39 @@ async fn a_failed_extended_copy_ends_at_the_clients_sync_even_without_copy_done(
     assert_eq!(rows_in("copy_fail_sync"), 0);
 }
 
+/// A Query in the middle of an extended-protocol COPY ends the session, as in
+/// Postgres, whose error names the Query as the message it did not expect (not a
+/// message of pgmux's own); the server connection goes, and the pool makes another.
+#[tokio::test]
+async fn a_query_inside_an_extended_copy_ends_the_session_as_postgres_ends_it() {
+    fresh_table("copy_then_query");
+    let px = pgmux("auth_method = \"trust\"", "pool_size = 1");
+    let mut raw = Raw::login(px.port).await;
+    raw.send(&concat(&[
+        parse("", "copy copy_then_query from stdin"),
+        bind(""),
+        execute(),
+    ]))
+    .await;
+    let msgs = raw.take(3).await;
+    assert_eq!(tags(&msgs), "12G", "{msgs:?}");
+    raw.send(&concat(&[tagged(b'd', b"1\tx\n"), query("select 1")]))
+        .await;
+    let msgs = raw.until_closed().await;
+    assert_eq!(tags(&msgs), "EE", "{msgs:?}");
+    assert_eq!(msgs[0].error(), ("ERROR".into(), "08P01".into()));
+    assert!(
+        msgs[0].field(b'M').unwrap().contains("0x51"),
+        "the Query is named: {msgs:?}"
+    );
+    assert_eq!(msgs[1].error(), ("FATAL".into(), "08P01".into()));
+
+    let client = connect(&app_url(&px)).await;
+    let two: i32 = client.query_one("select 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    assert_eq!(rows_in("copy_then_query"), 0);
+}
+
 /// The protocol lets a client send a COPY's data right behind its Execute, before the
 /// server asks for it, with the Sync after the CopyDone: that Sync is answered (only
 /// Syncs sent during the copy are ignored), and the replies of the units after it

@@ -153,7 +153,9 @@ impl Session {
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
                 self.unnamed_ended(true);
-                if self.unsynced {
+                // In a COPY the server takes no Close: it ends the session at the
+                // Query, and should name the Query as what it did not expect.
+                if self.unsynced && !self.copy_in {
                     self.mark_skip_point();
                 }
                 match server_text {
@@ -229,7 +231,7 @@ impl Session {
             fe::FUNCTION_CALL => {
                 self.ensure_server()?;
                 self.unit_plain = false;
-                if self.unsynced {
+                if self.unsynced && !self.copy_in {
                     self.mark_skip_point();
                 }
                 self.swbuf.put_slice(frame);
