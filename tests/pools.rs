@@ -244,6 +244,48 @@ fn waiting_clients_are_served_in_arrival_order() {
     assert_eq!(served, sorted, "served out of arrival order");
 }
 
+/// A server that takes fewer connections than `pool_size` (here the role's
+/// connection limit; `max_connections` alike) refuses the pool's next one with
+/// 53300. A client that needs it waits, as for a full pool, for a connection another
+/// client returns; past `query_wait_timeout` it gets 53300 saying why, not 08006, and
+/// carries on.
+#[test]
+fn a_server_connection_limit_below_pool_size_makes_clients_wait_not_fail() {
+    const ROLE: &str = "pools_limited";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    pg.sql("postgres", &format!("ALTER ROLE {ROLE} CONNECTION LIMIT 1"));
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user(
+            "auth_method = \"trust\"\nquery_wait_timeout = \"2s\"",
+            ROLE,
+            &password,
+        ),
+        "pool_size = 2",
+    ));
+
+    let mut holder = RawClient::login_trust(px.port, ROLE, APP_DB);
+    holder.query("BEGIN").unwrap();
+    let mut waiter = RawClient::login_trust(px.port, ROLE, APP_DB);
+    waiter.send_query("select 'waited'");
+    wait_until_read_by_pgmux(&px, &waiter);
+    holder.query("COMMIT").unwrap();
+    assert_eq!(waiter.read_result().unwrap(), ["waited"]);
+
+    // Held past query_wait_timeout: 53300, and the client is still usable.
+    holder.query("BEGIN").unwrap();
+    waiter.send_query("select 'in vain'");
+    let messages = waiter.read_until_ready();
+    let error = messages.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.sqlstate().as_deref(), Some("53300"), "{messages:?}");
+    let said = error.field(b'M').unwrap();
+    assert!(said.contains("refuses more connections"), "{said}");
+    holder.query("COMMIT").unwrap();
+    assert_eq!(waiter.query("select 'again'").unwrap(), ["again"]);
+    assert_eq!(backends_of(ROLE).len(), 1);
+}
+
 #[tokio::test]
 async fn max_client_conn_refuses_extra_clients_with_53300_until_one_leaves() {
     let pg = shared_primary();

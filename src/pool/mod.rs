@@ -73,7 +73,20 @@ pub enum PoolError {
         #[source]
         source: ServerError,
     },
+    /// The server refused another connection (53300: its `max_connections`, or the
+    /// role's or the database's connection limit), and none of the pool's came back
+    /// within the wait.
+    #[error("server {addr} refuses more connections ({message}), and no server connection became free within {wait:?}")]
+    ServerFull {
+        addr: Arc<ServerAddr>,
+        message: String,
+        wait: Duration,
+    },
 }
+
+/// How often a client waiting out a server's connection limit asks it again for a
+/// connection of its own, besides looking for one another client returned.
+const FULL_SERVER_RETRY: Duration = Duration::from_millis(500);
 
 pub mod estimate;
 pub mod follow;
@@ -303,6 +316,7 @@ impl Pool {
         permit: Option<Permit>,
         can_follow: bool,
     ) -> Result<Lent, PoolError> {
+        let deadline = Instant::now() + wait;
         let permit = match permit {
             Some(p) => p,
             None => {
@@ -316,9 +330,59 @@ impl Pool {
         };
         let conn = match self.take_idle() {
             Some(c) => c,
-            None => self.open_new().await?,
+            None => match self.open_new().await {
+                Ok(c) => c,
+                Err(e) => self.wait_out_full_server(e, deadline, wait).await?,
+            },
         };
         Ok(Lent::Conn(self.lend(conn, permit)))
+    }
+
+    /// After `failed`: when the server refused the connection for its connection
+    /// limit (set lower than `pool_size`, or shared with others), waits as for a
+    /// full pool, up to `deadline`, for a connection another client returns or one
+    /// the server accepts again, instead of failing the statement at once.
+    async fn wait_out_full_server(
+        &self,
+        failed: PoolError,
+        deadline: Instant,
+        wait: Duration,
+    ) -> Result<Box<ServerConn>, PoolError> {
+        let message = match &failed {
+            PoolError::Connect {
+                source: ServerError::Refused { code, message },
+                ..
+            } if code == "53300" => message.clone(),
+            _ => return Err(failed),
+        };
+        let mut pause = Duration::from_millis(2);
+        let mut next_try = Instant::now() + FULL_SERVER_RETRY;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PoolError::ServerFull {
+                    addr: self.connect.load().addr.clone(),
+                    message,
+                    wait,
+                });
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+            if let Some(conn) = self.take_idle() {
+                return Ok(conn);
+            }
+            if Instant::now() >= next_try {
+                next_try = Instant::now() + FULL_SERVER_RETRY;
+                match self.open_new().await {
+                    Ok(conn) => return Ok(conn),
+                    Err(PoolError::Connect {
+                        source: ServerError::Refused { code, .. },
+                        ..
+                    }) if code == "53300" => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
 
     fn lend(self: &Arc<Self>, conn: Box<ServerConn>, permit: Permit) -> Checkout {

@@ -137,6 +137,8 @@ impl Session {
                         .with_hint("raise pool_size for this database or query_wait_timeout, or shorten transactions"),
                         PoolError::Connect { .. } => PgError::error(SqlState::CONNECTION_FAILURE, e.to_string())
                             .with_hint("check that the server is running and reachable; the statement was not run"),
+                        PoolError::ServerFull { .. } => PgError::error(SqlState::TOO_MANY_CONNECTIONS, e.to_string())
+                            .with_hint("set pool_size below the server's max_connections (and the role's or database's connection limit), or raise that limit; the statement was not run"),
                     };
                 }
             }
