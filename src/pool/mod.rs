@@ -84,10 +84,6 @@ pub enum PoolError {
     },
 }
 
-/// How often a client waiting out a server's connection limit asks it again for a
-/// connection of its own, besides looking for one another client returned.
-const FULL_SERVER_RETRY: Duration = Duration::from_millis(500);
-
 pub mod estimate;
 pub mod follow;
 mod gate;
@@ -129,7 +125,24 @@ pub struct Pool {
     pub durations: estimate::Durations,
     /// Login settings this pool's servers applied (checked at login).
     pub taken_settings: TakenSettings,
+    /// Permits withdrawn because the server refused a connection for its connection
+    /// limit (`max_connections`, or the role's or the database's): while the server
+    /// takes no more of this pool's connections than are open, clients queue for
+    /// those, in turn, instead of each asking the server for one of its own.
+    held_back: AtomicUsize,
+    /// The server's last such refusal: its words, and when.
+    refused: Mutex<Option<(String, Instant)>>,
 }
+
+/// How long after the server's last refusal for its connection limit a withdrawn
+/// permit is given back, so that the pool asks the server again: a limit raised or
+/// connections others closed are found within this, at the cost of one refused
+/// connection attempt per period while the limit stands.
+const HELD_BACK_RETRY: Duration = Duration::from_secs(5);
+
+/// How often a client whose pool has no connection open asks a server that refused
+/// one for its connection limit again, while its wait lasts.
+const FULL_SERVER_RETRY: Duration = Duration::from_millis(500);
 
 impl Pool {
     pub fn new(
@@ -154,6 +167,8 @@ impl Pool {
             reported: Mutex::new(None),
             durations: estimate::Durations::default(),
             taken_settings: TakenSettings::default(),
+            held_back: AtomicUsize::new(0),
+            refused: Mutex::new(None),
         })
     }
 
@@ -163,6 +178,11 @@ impl Pool {
 
     /// Applies reloaded settings; a smaller size takes effect as connections return.
     pub fn update(self: &Arc<Self>, settings: PoolSettings, connect: ConnectOptions) {
+        // A reload may come with a server that takes more: ask it again.
+        let back = self.held_back.swap(0, Ordering::AcqRel);
+        if back > 0 {
+            self.permits.grow(back);
+        }
         let old = self.capacity.swap(settings.size, Ordering::AcqRel);
         if settings.size > old {
             self.permits.grow(settings.size - old);
@@ -316,72 +336,79 @@ impl Pool {
         permit: Option<Permit>,
         can_follow: bool,
     ) -> Result<Lent, PoolError> {
-        let deadline = Instant::now() + wait;
-        let permit = match permit {
-            Some(p) => p,
-            None => {
-                let acquire = self.permits.acquire_or_follow(can_follow);
-                match tokio::time::timeout(wait, acquire).await {
-                    Ok(Grant::Permit(p)) => p,
-                    Ok(Grant::Follow(baton)) => return Ok(Lent::Follow(baton)),
-                    Err(_) => return Err(PoolError::Timeout(wait)),
+        let since = Instant::now();
+        let deadline = since + wait;
+        let mut kept = permit;
+        loop {
+            let permit = match kept.take() {
+                Some(p) => p,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let acquire = self.permits.acquire_or_follow(can_follow);
+                    match tokio::time::timeout(left, acquire).await {
+                        Ok(Grant::Permit(p)) => p,
+                        Ok(Grant::Follow(baton)) => return Ok(Lent::Follow(baton)),
+                        Err(_) => return Err(self.waited_in_vain(wait, since)),
+                    }
                 }
+            };
+            if let Some(conn) = self.take_idle() {
+                return Ok(Lent::Conn(self.lend(conn, permit)));
             }
-        };
-        let conn = match self.take_idle() {
-            Some(c) => c,
-            None => match self.open_new().await {
-                Ok(c) => c,
-                Err(e) => self.wait_out_full_server(e, deadline, wait).await?,
-            },
-        };
-        Ok(Lent::Conn(self.lend(conn, permit)))
-    }
-
-    /// After `failed`: when the server refused the connection for its connection
-    /// limit (set lower than `pool_size`, or shared with others), waits as for a
-    /// full pool, up to `deadline`, for a connection another client returns or one
-    /// the server accepts again, instead of failing the statement at once.
-    async fn wait_out_full_server(
-        &self,
-        failed: PoolError,
-        deadline: Instant,
-        wait: Duration,
-    ) -> Result<Box<ServerConn>, PoolError> {
-        let message = match &failed {
-            PoolError::Connect {
+            let failed = match self.open_new().await {
+                Ok(conn) => return Ok(Lent::Conn(self.lend(conn, permit))),
+                Err(e) => e,
+            };
+            let PoolError::Connect {
                 source: ServerError::Refused { code, message },
                 ..
-            } if code == "53300" => message.clone(),
-            _ => return Err(failed),
-        };
-        let mut pause = Duration::from_millis(2);
-        let mut next_try = Instant::now() + FULL_SERVER_RETRY;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(PoolError::ServerFull {
+            } = &failed
+            else {
+                return Err(failed);
+            };
+            if code != "53300" {
+                return Err(failed);
+            }
+            *self.refused.lock() = Some((message.clone(), Instant::now()));
+            if self.open.load(Ordering::Relaxed) > 0 {
+                // The server takes no more of ours than are open: this permit goes,
+                // and the client queues for one of those.
+                self.permits.shrink(1);
+                let held = self.held_back.fetch_add(1, Ordering::Relaxed) + 1;
+                drop(permit);
+                tracing::warn!(
+                    server = %self.key.server,
+                    open = self.open.load(Ordering::Relaxed),
+                    held_back = held,
+                    refusal = %message,
+                    "the server refuses more connections: clients queue for the pool's open ones"
+                );
+            } else {
+                // None of ours to wait for: the server's connections are others'.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(self.waited_in_vain(wait, since));
+                }
+                tokio::time::sleep(left.min(FULL_SERVER_RETRY)).await;
+                kept = Some(permit);
+            }
+        }
+    }
+
+    /// The error of a wait for a connection begun at `since` that ran out: the
+    /// server's refusal when its connection limit is what keeps the pool below
+    /// `pool_size`.
+    fn waited_in_vain(&self, wait: Duration, since: Instant) -> PoolError {
+        let refused = self.refused.lock().clone();
+        match refused {
+            Some((message, at)) if at >= since || self.held_back.load(Ordering::Relaxed) > 0 => {
+                PoolError::ServerFull {
                     addr: self.connect.load().addr.clone(),
                     message,
                     wait,
-                });
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-            if let Some(conn) = self.take_idle() {
-                return Ok(conn);
-            }
-            if Instant::now() >= next_try {
-                next_try = Instant::now() + FULL_SERVER_RETRY;
-                match self.open_new().await {
-                    Ok(conn) => return Ok(conn),
-                    Err(PoolError::Connect {
-                        source: ServerError::Refused { code, .. },
-                        ..
-                    }) if code == "53300" => {}
-                    Err(e) => return Err(e),
                 }
             }
+            _ => PoolError::Timeout(wait),
         }
     }
 
@@ -446,6 +473,7 @@ impl Pool {
     /// Closes idle connections past `server_idle_timeout` or `server_lifetime`, or
     /// dead, and opens connections up to `min_pool_size`.
     pub async fn maintain(self: &Arc<Self>) {
+        self.give_back_held();
         let settings = self.settings.load_full();
         let expired: Vec<Box<ServerConn>> = {
             let mut idle = self.idle.lock();
@@ -477,6 +505,28 @@ impl Pool {
                 }
             }
             drop(permit);
+        }
+    }
+
+    /// One permit withdrawn for the server's connection limit comes back once the
+    /// server has refused none for [`HELD_BACK_RETRY`]: the next client that finds no
+    /// idle connection asks the server again.
+    fn give_back_held(self: &Arc<Self>) {
+        if self.held_back.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        {
+            let mut refused = self.refused.lock();
+            match refused.as_mut() {
+                Some((_, at)) if at.elapsed() >= HELD_BACK_RETRY => *at = Instant::now(),
+                _ => return,
+            }
+        }
+        let taken = self
+            .held_back
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+        if taken.is_ok() {
+            self.permits.grow(1);
         }
     }
 
