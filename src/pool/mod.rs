@@ -356,7 +356,11 @@ impl Pool {
                 return Ok(Lent::Conn(self.lend(conn, permit)));
             }
             let failed = match self.open_new().await {
-                Ok(conn) => return Ok(Lent::Conn(self.lend(conn, permit))),
+                Ok(conn) => {
+                    // The server took one more: it may take the next too.
+                    self.give_back_one();
+                    return Ok(Lent::Conn(self.lend(conn, permit)));
+                }
                 Err(e) => e,
             };
             let PoolError::Connect {
@@ -521,6 +525,13 @@ impl Pool {
                 Some((_, at)) if at.elapsed() >= HELD_BACK_RETRY => *at = Instant::now(),
                 _ => return,
             }
+        }
+        self.give_back_one();
+    }
+
+    fn give_back_one(self: &Arc<Self>) {
+        if self.held_back.load(Ordering::Relaxed) == 0 {
+            return;
         }
         let taken = self
             .held_back
