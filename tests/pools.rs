@@ -286,6 +286,36 @@ fn a_server_connection_limit_below_pool_size_makes_clients_wait_not_fail() {
     assert_eq!(backends_of(ROLE).len(), 1);
 }
 
+/// After the server's limit is raised, the pool asks it again (within seconds of its
+/// last refusal) and grows back: a client waiting while another holds the pool's one
+/// connection gets a second connection, not a timeout.
+#[test]
+fn a_pool_held_back_by_a_server_connection_limit_grows_back_when_it_is_raised() {
+    const ROLE: &str = "pools_limit_raised";
+    let password = create_role(ROLE);
+    let pg = shared_primary();
+    pg.sql("postgres", &format!("ALTER ROLE {ROLE} CONNECTION LIMIT 1"));
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user(
+            "auth_method = \"trust\"\nquery_wait_timeout = \"25s\"",
+            ROLE,
+            &password,
+        ),
+        "pool_size = 3",
+    ));
+
+    let mut holder = RawClient::login_trust(px.port, ROLE, APP_DB);
+    holder.query("BEGIN").unwrap();
+    let mut waiter = RawClient::login_trust(px.port, ROLE, APP_DB);
+    waiter.send_query("select 'second connection'");
+    wait_until_read_by_pgmux(&px, &waiter);
+    pg.sql("postgres", &format!("ALTER ROLE {ROLE} CONNECTION LIMIT 3"));
+    assert_eq!(waiter.read_result().unwrap(), ["second connection"]);
+    assert_eq!(backends_of(ROLE).len(), 2, "the holder's and the waiter's");
+    holder.query("COMMIT").unwrap();
+}
+
 #[tokio::test]
 async fn max_client_conn_refuses_extra_clients_with_53300_until_one_leaves() {
     let pg = shared_primary();
