@@ -115,6 +115,12 @@ fn options_error(options: &str) -> Option<String> {
     let words = split_options(options);
     let mut it = words.iter();
     while let Some(w) = it.next() {
+        if w == "--" {
+            // getopt's end of the switches: whatever follows is an argument.
+            return it
+                .next()
+                .map(|w| format!("invalid command-line argument for server process: {w}"));
+        }
         let (shown, setting) = if w == "-c" {
             match it.next() {
                 Some(s) => (format!("-c {s}"), s.as_str()),
@@ -124,7 +130,7 @@ fn options_error(options: &str) -> Option<String> {
             (w.clone(), s)
         } else if let Some(s) = w.strip_prefix("-c") {
             (format!("-c {s}"), s)
-        } else if let Some(flag) = w.strip_prefix('-') {
+        } else if let Some(flag) = w.strip_prefix('-').filter(|f| !f.is_empty()) {
             // Postgres' other switches (getopt's "B:bC:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:"),
             // left alone here: those that take an argument take the next word.
             if flag.len() == 1 && "BCDdfhkNprStvW".contains(flag) {
@@ -409,6 +415,15 @@ mod tests {
             (r"-c a=1 -cb=2 --c-d=3 -c e=x\ y", None),
             ("-e -c a=1", None),
             ("-B 100 -c a=1", None),
+            ("-c a=1 --", None),
+            (
+                "-- -c a=1",
+                Some("invalid command-line argument for server process: -c"),
+            ),
+            (
+                "-",
+                Some("invalid command-line argument for server process: -"),
+            ),
             ("", None),
         ] {
             assert_eq!(options_error(options).as_deref(), error, "{options:?}");
