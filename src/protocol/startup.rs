@@ -56,9 +56,12 @@ impl StartupParams {
         self.get("user")
     }
 
-    /// The database defaults to the user name, as in Postgres.
+    /// The database defaults to the user name, as in Postgres, also when it is given
+    /// empty.
     pub fn database(&self) -> Option<&str> {
-        self.get("database").or_else(|| self.user())
+        self.get("database")
+            .filter(|d| !d.is_empty())
+            .or_else(|| self.user())
     }
 
     /// Whether the client asked for a replication connection (`replication=database`,
@@ -354,6 +357,12 @@ mod tests {
         };
         assert_eq!(p.user(), Some("app"));
         assert_eq!(p.database(), Some("app"));
+        let mut b = BytesMut::new();
+        build::startup(&mut b, &[("user", "app"), ("database", "")]);
+        let FirstPacket::Startup(empty) = parse_first_packet(&b).unwrap() else {
+            panic!("not a startup packet");
+        };
+        assert_eq!(empty.database(), Some("app"), "an empty name is the user's");
         assert_eq!(
             p.session_settings(),
             vec![("search_path".to_string(), "x".to_string())]
