@@ -53,9 +53,9 @@ impl Session {
         let mut pos = 0;
         let result = loop {
             // A byte that starts no frontend message is refused before its "length"
-            // is waited for: a client that sends a startup packet or an SSLRequest
-            // again would otherwise wait for megabytes that never come, as Postgres
-            // does not make it wait.
+            // is waited for, as Postgres refuses it: a client that sends a startup
+            // packet or an SSLRequest again would otherwise wait for megabytes that
+            // never come.
             if let Some(&tag) = buf.get(pos) {
                 if !fe::is_known(tag) {
                     break Err(unknown_type(tag));
@@ -92,10 +92,7 @@ impl Session {
                 SqlState::PROTOCOL_VIOLATION,
                 format!("malformed {what} message; the connection is closed"),
             )
-            .with_hint(
-                "the client sent a message that does not follow the Postgres protocol: \
-             a bug in the client or its driver",
-            ),
+            .with_hint(NOT_THE_PROTOCOL),
         )
     }
 
@@ -567,6 +564,9 @@ fn single_statement(text: &[u8]) -> bool {
         })
 }
 
+const NOT_THE_PROTOCOL: &str = "the client sent a message that does not follow the Postgres \
+     protocol: a bug in the client or its driver";
+
 fn unknown_type(tag: u8) -> Blocked {
     Blocked::Fatal(
         PgError::fatal(
@@ -576,10 +576,7 @@ fn unknown_type(tag: u8) -> Blocked {
                 tag as char
             ),
         )
-        .with_hint(
-            "the client sent a message that does not follow the Postgres protocol: \
-             a bug in the client or its driver",
-        ),
+        .with_hint(NOT_THE_PROTOCOL),
     )
 }
 
