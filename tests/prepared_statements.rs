@@ -252,6 +252,81 @@ fn a_name_parsed_again_then_closed_in_one_batch_is_named_as_the_client_named_it(
     assert_eq!(w.execute("dup", &[]), ["3"]);
 }
 
+/// A unit pipelined behind one whose Parse Postgres skipped (an error came first in
+/// its unit) sees what Postgres would show it: no such statement (26000), named or
+/// unnamed, and a name still free to parse. pgmux holds such a unit back until the
+/// earlier one's replies tell which way it went; a unit using a statement an earlier
+/// unit parsed without error is answered as before.
+#[test]
+fn a_unit_behind_one_whose_parse_was_skipped_sees_no_such_statement() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+    let parse = |out: &mut Vec<u8>, name: &str, sql: &str| {
+        let mut body = Vec::new();
+        extended::cstr(&mut body, name);
+        extended::cstr(&mut body, sql);
+        body.extend_from_slice(&0i16.to_be_bytes());
+        extended::message(out, b'P', &body);
+    };
+    let failing = |out: &mut Vec<u8>| {
+        // A Bind of a statement nobody has: 26000, and the rest of the unit skipped.
+        let mut body = Vec::new();
+        extended::cstr(&mut body, "");
+        extended::cstr(&mut body, "nobody_has_this");
+        body.extend_from_slice(&[0; 4]);
+        extended::message(out, b'B', &body);
+    };
+
+    let mut out = Vec::new();
+    failing(&mut out);
+    parse(&mut out, "skipped", "select 1");
+    parse(&mut out, "", "select 2");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "skipped", &[]);
+    extended::bind_execute_sync(&mut out, "", &[]);
+    parse(&mut out, "skipped", "select 3");
+    extended::message(&mut out, b'S', &[]);
+    parse(&mut out, "parsed", "select 4");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "parsed", &[]);
+    w.send(&out);
+
+    let first = w.until_ready();
+    assert_eq!(first.error.map(|e| e.0).as_deref(), Some("26000"));
+    let named = w.until_ready();
+    let (code, message) = named.error.expect("the skipped statement is unknown");
+    assert_eq!(code, "26000");
+    assert_eq!(message, r#"prepared statement "skipped" does not exist"#);
+    assert!(named.values.is_empty(), "{:?}", named.values);
+    let unnamed = w.until_ready();
+    assert_eq!(unnamed.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert!(unnamed.values.is_empty(), "{:?}", unnamed.values);
+    let again = w.until_ready();
+    assert!(again.error.is_none(), "the name is free: {:?}", again.error);
+    let parsed = w.until_ready();
+    assert!(parsed.error.is_none(), "{:?}", parsed.error);
+    assert_eq!(w.until_ready().values, ["4"]);
+    assert_eq!(w.execute("skipped", &[]), ["3"]);
+
+    // Queries among messages not yet synced end units the server answers only at
+    // the Sync behind them: a Parse of a name an earlier such unit parsed is sent
+    // on, not held back for replies that wait for it.
+    let mut out = Vec::new();
+    failing(&mut out);
+    extended::message(&mut out, b'Q', b"select 42\0");
+    parse(&mut out, "inner", "select 5");
+    extended::message(&mut out, b'Q', b"select 42\0");
+    parse(&mut out, "inner", "select 6");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "inner", &[]);
+    w.send(&out);
+    let skipped = w.until_ready();
+    assert_eq!(skipped.error.map(|e| e.0).as_deref(), Some("26000"));
+    let unknown = w.until_ready();
+    assert_eq!(unknown.error.map(|e| e.0).as_deref(), Some("26000"));
+}
+
 /// The unnamed statement lives until the client's next unnamed Parse or simple Query,
 /// across Syncs (psql's `\gdesc`, libpq's `PQprepare(conn, "", …)` then
 /// `PQexecPrepared`): a later unit uses the client's own, whichever server connection

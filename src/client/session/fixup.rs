@@ -87,6 +87,28 @@ impl Session {
         }
     }
 
+    /// The last unit before the one being sent with a Parse matching `which` still
+    /// unanswered.
+    pub(super) fn last_unanswered_parse(&self, which: impl Fn(&Fixup) -> bool) -> Option<u64> {
+        let sent_before = |f: &&Fixup| f.unit < self.sent_units;
+        let matches = |f: &&Fixup| f.tag == b'1' && which(f);
+        if self.units_in_order {
+            self.fixups
+                .iter()
+                .take_while(sent_before)
+                .filter(matches)
+                .last()
+                .map(|f| f.unit)
+        } else {
+            self.fixups
+                .iter()
+                .filter(sent_before)
+                .filter(matches)
+                .map(|f| f.unit)
+                .max()
+        }
+    }
+
     /// Whether the unit being answered has a skip mark still unanswered. Runs for each
     /// ErrorResponse: with thousands of units pipelined behind, and one error each, the
     /// scan stops where the units after the one being answered begin.

@@ -69,6 +69,10 @@ impl Session {
             if tag == fe::TERMINATE {
                 break Err(Blocked::Terminate);
             }
+            if self.waits_for_earlier_parse(tag, &buf[pos + 5..pos + len]) {
+                self.rare().stalled = true;
+                break Ok(());
+            }
             let sent_before = self.sent_units;
             if let Err(b) = self.on_client_message(tag, &buf[pos..pos + len]) {
                 break Err(b);
@@ -84,6 +88,54 @@ impl Session {
         }
         self.crbuf = buf;
         result
+    }
+
+    /// Whether a Bind, a Describe or a Parse names a statement that a unit sent
+    /// earlier and still unanswered parses. Postgres skips that Parse if an error
+    /// comes before it in its unit, and then knows no such statement (or, for a Parse
+    /// of the name, finds it free): what pgmux sends for this message depends on
+    /// which, so it waits for that unit's replies. Only in transaction mode, where
+    /// pgmux stands in for the client's statements; one round trip, once, for a
+    /// driver that prepares in one unit and uses the statement in the next.
+    ///
+    /// It waits only for a unit the server answers without more from the client: one
+    /// that ends at a Sync already sent or before it. A Query sent among messages not
+    /// yet synced is skipped with them after an error, and answered only at their
+    /// Sync, which may come after this very message.
+    fn waits_for_earlier_parse(&self, tag: u8, body: &[u8]) -> bool {
+        if !self.renames() || self.in_flight() == 0 || self.discard_until_sync || self.copy_in {
+            return false;
+        }
+        let name = match tag {
+            fe::BIND => msg::cstr(body).and_then(|(_, rest)| msg::cstr(rest)),
+            fe::DESCRIBE => body
+                .split_first()
+                .filter(|(kind, _)| **kind == b'S')
+                .and_then(|(_, rest)| msg::cstr(rest)),
+            fe::PARSE => msg::cstr(body).filter(|(name, _)| !name.is_empty()),
+            _ => None,
+        };
+        let Some((name, _)) = name else {
+            return false;
+        };
+        let unit = if name.is_empty() {
+            self.last_unanswered_parse(|f| f.unnamed)
+        } else {
+            self.last_unanswered_parse(|f| {
+                f.parsed.is_some() && f.client_name.as_deref() == Some(name)
+            })
+        };
+        let Some(unit) = unit else {
+            return false;
+        };
+        if !self.unsynced {
+            return true;
+        }
+        // The in-flight units are `recv_units..sent_units`, `unit_kinds` their ends.
+        self.unit_kinds
+            .iter()
+            .rposition(|&k| k == b'S')
+            .is_some_and(|last_sync| unit <= self.recv_units + last_sync as u64)
     }
 
     pub(super) fn malformed(&self, what: &str) -> Blocked {

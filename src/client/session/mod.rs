@@ -112,6 +112,10 @@ struct Rare {
     /// up to the next Sync, Queries and FunctionCalls included, so that Sync's
     /// ReadyForQuery answers the units of those too.
     skip_to_sync: bool,
+    /// The message at the head of `crbuf` uses a statement that a unit still
+    /// unanswered parses (`Session::waits_for_earlier_parse`): it is handled once
+    /// that unit's replies are in.
+    stalled: bool,
 }
 
 /// What a `DEALLOCATE` or `DISCARD ALL` dropped: the client's statements, and the
@@ -572,22 +576,35 @@ impl Session {
 
     async fn server_input(&mut self) -> Result<(), End> {
         match self.server_input_now() {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(blocked) => {
                 let work = Box::pin(self.finish(blocked));
-                work.await
+                work.await?;
             }
         }
+        self.resume_stalled().await
+    }
+
+    /// Handles the client's messages held back for an earlier unit's replies, which
+    /// may now be in; they stall again if not.
+    async fn resume_stalled(&mut self) -> Result<(), End> {
+        match self.rare.as_deref_mut() {
+            Some(r) if r.stalled => r.stalled = false,
+            _ => return Ok(()),
+        }
+        let resumed = Box::pin(self.client_input());
+        resumed.await
     }
 
     async fn lease_input(&mut self) -> Result<(), End> {
         match self.lease_input_now() {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(blocked) => {
                 let work = Box::pin(self.finish(blocked));
-                work.await
+                work.await?;
             }
         }
+        self.resume_stalled().await
     }
 
     /// The slow path: awaits what blocked, then goes on with the synchronous handling.
