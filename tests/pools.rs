@@ -244,6 +244,23 @@ fn waiting_clients_are_served_in_arrival_order() {
     assert_eq!(served, sorted, "served out of arrival order");
 }
 
+/// pgmux (trust) for a new role that Postgres lets hold one connection, with
+/// `query_wait_timeout` `wait` and a larger `pool_size`.
+fn pgmux_for_a_role_limited_to_one(role: &str, wait: &str, pool_size: usize) -> Pgmux {
+    let password = create_role(role);
+    let pg = shared_primary();
+    pg.sql("postgres", &format!("ALTER ROLE {role} CONNECTION LIMIT 1"));
+    start_pgmux(&pgmux_config(
+        pg,
+        &proxy_with_user(
+            &format!("auth_method = \"trust\"\nquery_wait_timeout = \"{wait}\""),
+            role,
+            &password,
+        ),
+        &format!("pool_size = {pool_size}"),
+    ))
+}
+
 /// A server that takes fewer connections than `pool_size` (here the role's
 /// connection limit; `max_connections` alike) refuses the pool's next one with
 /// 53300. A client that needs it waits, as for a full pool, for a connection another
@@ -252,18 +269,7 @@ fn waiting_clients_are_served_in_arrival_order() {
 #[test]
 fn a_server_connection_limit_below_pool_size_makes_clients_wait_not_fail() {
     const ROLE: &str = "pools_limited";
-    let password = create_role(ROLE);
-    let pg = shared_primary();
-    pg.sql("postgres", &format!("ALTER ROLE {ROLE} CONNECTION LIMIT 1"));
-    let px = start_pgmux(&pgmux_config(
-        pg,
-        &proxy_with_user(
-            "auth_method = \"trust\"\nquery_wait_timeout = \"2s\"",
-            ROLE,
-            &password,
-        ),
-        "pool_size = 2",
-    ));
+    let px = pgmux_for_a_role_limited_to_one(ROLE, "2s", 2);
 
     let mut holder = RawClient::login_trust(px.port, ROLE, APP_DB);
     holder.query("BEGIN").unwrap();
@@ -292,18 +298,8 @@ fn a_server_connection_limit_below_pool_size_makes_clients_wait_not_fail() {
 #[test]
 fn a_pool_held_back_by_a_server_connection_limit_grows_back_when_it_is_raised() {
     const ROLE: &str = "pools_limit_raised";
-    let password = create_role(ROLE);
+    let px = pgmux_for_a_role_limited_to_one(ROLE, "25s", 3);
     let pg = shared_primary();
-    pg.sql("postgres", &format!("ALTER ROLE {ROLE} CONNECTION LIMIT 1"));
-    let px = start_pgmux(&pgmux_config(
-        pg,
-        &proxy_with_user(
-            "auth_method = \"trust\"\nquery_wait_timeout = \"25s\"",
-            ROLE,
-            &password,
-        ),
-        "pool_size = 3",
-    ));
 
     let mut holder = RawClient::login_trust(px.port, ROLE, APP_DB);
     holder.query("BEGIN").unwrap();
