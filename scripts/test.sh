@@ -32,7 +32,7 @@ step "protocol, pool, cancel and lifecycle suites on epoll"
 PGMUX_IO=epoll cargo test --test protocol --test errors --test pools --test cancel --test lifecycle
 
 step "client protocol suites with server_pipelining behind statements of any duration"
-PGMUX_TEST_PIPELINE=any cargo test --test protocol --test errors --test prepared_statements --test prepared_schema_changes --test drivers --test session_state --test differential --test cancel --test pools --test lifecycle
+PGMUX_TEST_PIPELINE=any cargo test --test protocol --test errors --test prepared_statements --test statement_names --test prepared_schema_changes --test drivers --test session_state --test differential --test cancel --test pools --test lifecycle
 
 step "cargo test (unit and integration tests)"
 exec cargo test

@@ -35,6 +35,15 @@ pub fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// Appends a Parse of `sql` as statement `name`, with no parameter types, to `out`.
+pub fn parse(out: &mut Vec<u8>, name: &str, sql: &str) {
+    let mut body = Vec::new();
+    cstr(&mut body, name);
+    cstr(&mut body, sql);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(out, b'P', &body);
+}
+
 /// Appends a Bind of statement `name` to the unnamed portal (text parameters), its
 /// Execute and a Sync to `out`.
 pub fn bind_execute_sync(out: &mut Vec<u8>, name: &str, params: &[&str]) {
@@ -187,12 +196,8 @@ impl Wire {
 
     /// Parse + Sync.
     pub fn try_prepare(&mut self, name: &str, sql: &str) -> Reply {
-        let mut body = Vec::new();
-        cstr(&mut body, name);
-        cstr(&mut body, sql);
-        body.extend_from_slice(&0i16.to_be_bytes());
         let mut out = Vec::new();
-        message(&mut out, b'P', &body);
+        parse(&mut out, name, sql);
         message(&mut out, b'S', &[]);
         self.send(&out);
         self.until_ready()

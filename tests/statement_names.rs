@@ -1,0 +1,247 @@
+//! Statement names over the wire in transaction mode, as Postgres keeps them for one
+//! session: a name in use cannot be parsed again, a failed or skipped Parse leaves its
+//! name free, the unnamed statement is the client's own across units, and a unit sent
+//! behind a failed one sees what Postgres would show it. Hand-written protocol
+//! clients (`extended::Wire`), as drivers never send some of these sequences.
+
+mod support;
+
+use support::extended;
+use support::*;
+
+/// As in Postgres, a name in use cannot be prepared again (42P05) until it is closed,
+/// and the first statement stands; a Parse that failed leaves its name free.
+#[test]
+fn a_name_in_use_cannot_be_prepared_again_and_a_failed_parse_leaves_it_free() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+
+    w.prepare("dup", "select 1");
+    let again = w.try_prepare("dup", "select 2");
+    let (code, message) = again.error.expect("a second Parse of a name in use fails");
+    assert_eq!(code, "42P05");
+    assert_eq!(
+        message, r#"prepared statement "dup" already exists"#,
+        "the error names the client's statement, as Postgres does"
+    );
+    assert_eq!(w.execute("dup", &[]), ["1"], "the first statement stands");
+
+    // Inside a transaction the refusal fails the transaction, as it would directly.
+    w.simple("begin");
+    let again = w.try_prepare("dup", "select 3");
+    assert_eq!(again.error.map(|e| e.0).as_deref(), Some("42P05"));
+    assert_eq!(again.status, 'E', "the transaction has failed");
+    w.simple("rollback");
+    assert_eq!(w.execute("dup", &[]), ["1"]);
+
+    let bad = w.try_prepare("fixed", "selec 4");
+    assert_eq!(bad.error.map(|e| e.0).as_deref(), Some("42601"));
+    w.prepare("fixed", "select 4");
+    assert_eq!(w.execute("fixed", &[]), ["4"]);
+
+    w.close_statement("dup");
+    w.prepare("dup", "select 5");
+    assert_eq!(w.execute("dup", &[]), ["5"]);
+}
+
+/// A driver that parses a name again and closes it in the same batch (a statement
+/// cache that replaces an entry) gets the 42P05 under its own name, though the Close
+/// is read before the server's refusal comes back.
+#[test]
+fn a_name_parsed_again_then_closed_in_one_batch_is_named_as_the_client_named_it() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+
+    let mut out = Vec::new();
+    for text in ["select 1", "select 2"] {
+        extended::parse(&mut out, "dup", text);
+    }
+    extended::message(&mut out, b'S', &[]);
+    extended::message(&mut out, b'C', b"Sdup\0");
+    extended::message(&mut out, b'S', &[]);
+    w.send(&out);
+
+    let refused = w.until_ready();
+    let (code, message) = refused.error.expect("the second Parse of \"dup\" fails");
+    assert_eq!(code, "42P05");
+    assert_eq!(message, r#"prepared statement "dup" already exists"#);
+    let closed = w.until_ready();
+    assert!(closed.error.is_none(), "{:?}", closed.error);
+
+    w.prepare("dup", "select 3");
+    assert_eq!(w.execute("dup", &[]), ["3"]);
+}
+
+/// A unit pipelined behind one whose Parse Postgres skipped (an error came first in
+/// its unit) sees what Postgres would show it: no such statement (26000), named or
+/// unnamed, and a name still free to parse. pgmux holds such a unit back until the
+/// earlier one's replies tell which way it went; a unit using a statement an earlier
+/// unit parsed without error is answered as before.
+#[test]
+fn a_unit_behind_one_whose_parse_was_skipped_sees_no_such_statement() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+    let parse = extended::parse;
+    let failing = |out: &mut Vec<u8>| {
+        // A Bind of a statement nobody has: 26000, and the rest of the unit skipped.
+        let mut body = Vec::new();
+        extended::cstr(&mut body, "");
+        extended::cstr(&mut body, "nobody_has_this");
+        body.extend_from_slice(&[0; 4]);
+        extended::message(out, b'B', &body);
+    };
+
+    let mut out = Vec::new();
+    failing(&mut out);
+    parse(&mut out, "skipped", "select 1");
+    parse(&mut out, "", "select 2");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "skipped", &[]);
+    extended::bind_execute_sync(&mut out, "", &[]);
+    parse(&mut out, "skipped", "select 3");
+    extended::message(&mut out, b'S', &[]);
+    parse(&mut out, "parsed", "select 4");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "parsed", &[]);
+    w.send(&out);
+
+    let first = w.until_ready();
+    assert_eq!(first.error.map(|e| e.0).as_deref(), Some("26000"));
+    let named = w.until_ready();
+    let (code, message) = named.error.expect("the skipped statement is unknown");
+    assert_eq!(code, "26000");
+    assert_eq!(message, r#"prepared statement "skipped" does not exist"#);
+    assert!(named.values.is_empty(), "{:?}", named.values);
+    let unnamed = w.until_ready();
+    assert_eq!(unnamed.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert!(unnamed.values.is_empty(), "{:?}", unnamed.values);
+    let again = w.until_ready();
+    assert!(again.error.is_none(), "the name is free: {:?}", again.error);
+    let parsed = w.until_ready();
+    assert!(parsed.error.is_none(), "{:?}", parsed.error);
+    assert_eq!(w.until_ready().values, ["4"]);
+    assert_eq!(w.execute("skipped", &[]), ["3"]);
+
+    // Queries among messages not yet synced end units the server answers only at
+    // the Sync behind them: a Parse of a name an earlier such unit parsed is sent
+    // on, not held back for replies that wait for it.
+    let mut out = Vec::new();
+    failing(&mut out);
+    extended::message(&mut out, b'Q', b"select 42\0");
+    parse(&mut out, "inner", "select 5");
+    extended::message(&mut out, b'Q', b"select 42\0");
+    parse(&mut out, "inner", "select 6");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "inner", &[]);
+    w.send(&out);
+    let skipped = w.until_ready();
+    assert_eq!(skipped.error.map(|e| e.0).as_deref(), Some("26000"));
+    let unknown = w.until_ready();
+    assert_eq!(unknown.error.map(|e| e.0).as_deref(), Some("26000"));
+}
+
+/// The unnamed statement lives until the client's next unnamed Parse or simple Query,
+/// across Syncs (psql's `\gdesc`, libpq's `PQprepare(conn, "", …)` then
+/// `PQexecPrepared`): a later unit uses the client's own, whichever server connection
+/// it gets, and never one another client left on that connection.
+#[test]
+fn the_unnamed_statement_is_the_clients_own_across_syncs() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let (mut a, mut b, mut c) = (
+        extended::Wire::connect(px.port),
+        extended::Wire::connect(px.port),
+        extended::Wire::connect(px.port),
+    );
+
+    a.prepare("", "select 'a' as a_col");
+    b.prepare("", "select 'secret of b' as b_col");
+    assert_eq!(a.describe_statement("").columns, ["a_col"]);
+    assert_eq!(a.execute("", &[]), ["a"]);
+    assert_eq!(b.execute("", &[]), ["secret of b"]);
+
+    // A client that never parsed one has none, whatever its connection holds.
+    let none = c.try_execute("", &[]);
+    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert!(none.values.is_empty());
+    let none = c.describe_statement("");
+    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+
+    // A simple Query ends the client's unnamed statement, as in Postgres.
+    assert_eq!(a.simple("select 1"), ["1"]);
+    let gone = a.try_execute("", &[]);
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(b.execute("", &[]), ["secret of b"]);
+
+    // So does closing it.
+    b.close_statement("");
+    a.prepare("", "select 'a again'");
+    let gone = b.try_execute("", &[]);
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(a.execute("", &[]), ["a again"]);
+
+    // A Parse that fails leaves no unnamed statement: Postgres drops the old one first.
+    let failed = a.try_prepare("", "select * from no_such_table_for_unnamed");
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("42P01"));
+    for _ in 0..2 {
+        let gone = a.try_execute("", &[]);
+        assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    }
+    assert_eq!(b.simple("select 2"), ["2"]);
+    let gone = a.describe_statement("");
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+}
+
+/// Two units in one write, each a Bind of `stmt`, Execute and Sync; in the first, a
+/// Describe of a portal that does not exist fails the unit before its Bind. The
+/// first must fail that way; the rows of the second.
+fn behind_a_failed_unit(w: &mut extended::Wire, stmt: &str) -> Vec<String> {
+    use extended::{cstr, message};
+    let mut out = Vec::new();
+    for fail_first in [true, false] {
+        if fail_first {
+            let mut body = vec![b'P'];
+            cstr(&mut body, "no_such_portal");
+            message(&mut out, b'D', &body);
+        }
+        extended::bind_execute_sync(&mut out, stmt, &[]);
+    }
+    w.send(&out);
+    let failed = w.until_ready();
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    let behind = w.until_ready();
+    assert_eq!(behind.error, None, "the unit behind the failed one");
+    behind.values
+}
+
+/// A unit that fails before the Parse pgmux put in it for a statement (one not on
+/// the connection, or the client's unnamed statement) leaves the statement unprepared:
+/// a unit the client sent behind it before the failure came back still runs the
+/// client's own statement, as it would straight to Postgres.
+#[test]
+fn a_unit_pipelined_behind_a_failed_one_still_runs_the_clients_statement() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(
+        pg,
+        "max_prepared_statements = 1",
+        "pool_size = 1",
+    ));
+    let mut w = extended::Wire::connect(px.port);
+    let mut other = extended::Wire::connect(px.port);
+
+    w.prepare("s", "select 's of w'");
+    // The connection holds one statement: this one, not `s`.
+    w.prepare("t", "select 't of w'");
+    assert_eq!(behind_a_failed_unit(&mut w, "s"), ["s of w"]);
+
+    w.prepare("", "select 'unnamed of w'");
+    other.prepare("", "select 'unnamed of another client'");
+    assert_eq!(behind_a_failed_unit(&mut w, ""), ["unnamed of w"]);
+    // And in a later unit, once the failure is known.
+    assert_eq!(w.execute("", &[]), ["unnamed of w"]);
+    assert_eq!(w.execute("s", &[]), ["s of w"]);
+    assert_eq!(other.execute("", &[]), ["unnamed of another client"]);
+}
