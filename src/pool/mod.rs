@@ -140,6 +140,17 @@ pub struct Pool {
 /// connection attempt per period while the limit stands.
 const HELD_BACK_RETRY: Duration = Duration::from_secs(5);
 
+/// The server's words when it refused a connection for its connection limit (53300).
+fn refused_for_limit(e: &PoolError) -> Option<&str> {
+    match e {
+        PoolError::Connect {
+            source: ServerError::Refused { code, message },
+            ..
+        } if code == "53300" => Some(message),
+        _ => None,
+    }
+}
+
 /// How often a client whose pool has no connection open asks a server that refused
 /// one for its connection limit again, while its wait lasts.
 const FULL_SERVER_RETRY: Duration = Duration::from_millis(500);
@@ -363,30 +374,12 @@ impl Pool {
                 }
                 Err(e) => e,
             };
-            let PoolError::Connect {
-                source: ServerError::Refused { code, message },
-                ..
-            } = &failed
-            else {
+            let Some(message) = refused_for_limit(&failed) else {
                 return Err(failed);
             };
-            if code != "53300" {
-                return Err(failed);
-            }
-            *self.refused.lock() = Some((message.clone(), Instant::now()));
+            *self.refused.lock() = Some((message.to_owned(), Instant::now()));
             if self.open.load(Ordering::Relaxed) > 0 {
-                // The server takes no more of ours than are open: this permit goes,
-                // and the client queues for one of those.
-                self.permits.shrink(1);
-                let held = self.held_back.fetch_add(1, Ordering::Relaxed) + 1;
-                drop(permit);
-                tracing::warn!(
-                    server = %self.key.server,
-                    open = self.open.load(Ordering::Relaxed),
-                    held_back = held,
-                    refusal = %message,
-                    "the server refuses more connections: clients queue for the pool's open ones"
-                );
+                self.hold_back(permit, message);
             } else {
                 // None of ours to wait for: the server's connections are others'.
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -397,6 +390,21 @@ impl Pool {
                 kept = Some(permit);
             }
         }
+    }
+
+    /// The server takes no more of this pool's connections than are open: `permit`
+    /// goes, and the client queues for one of those.
+    fn hold_back(&self, permit: Permit, refusal: &str) {
+        self.permits.shrink(1);
+        let held = self.held_back.fetch_add(1, Ordering::Relaxed) + 1;
+        drop(permit);
+        tracing::warn!(
+            server = %self.key.server,
+            open = self.open.load(Ordering::Relaxed),
+            held_back = held,
+            refusal,
+            "the server refuses more connections: clients queue for the pool's open ones"
+        );
     }
 
     /// The error of a wait for a connection begun at `since` that ran out: the
