@@ -648,6 +648,37 @@ async fn a_query_inside_an_extended_copy_ends_the_session_as_postgres_ends_it() 
     assert_eq!(rows_in("copy_then_query"), 0);
 }
 
+/// The same for a named Parse during a simple-protocol COPY: pgmux sends a Parse of a
+/// name as a Close and a Parse under its own name, and the server would name the Close.
+#[tokio::test]
+async fn a_named_parse_inside_a_copy_ends_the_session_naming_the_parse() {
+    fresh_table("copy_then_parse");
+    let px = pgmux("auth_method = \"trust\"", "pool_size = 1");
+    let mut raw = Raw::login(px.port).await;
+    raw.send(&query("copy copy_then_parse from stdin")).await;
+    let msgs = raw.take(1).await;
+    assert_eq!(tags(&msgs), "G", "{msgs:?}");
+    raw.send(&concat(&[
+        tagged(b'd', b"1\tx\n"),
+        parse("s1", "select 1"),
+        sync(),
+    ]))
+    .await;
+    let msgs = raw.until_closed().await;
+    assert_eq!(tags(&msgs), "EE", "{msgs:?}");
+    assert_eq!(msgs[0].error(), ("ERROR".into(), "08P01".into()));
+    assert!(
+        msgs[0].field(b'M').unwrap().contains("0x50"),
+        "the Parse is named: {msgs:?}"
+    );
+    assert_eq!(msgs[1].error(), ("FATAL".into(), "08P01".into()));
+
+    let client = connect(&app_url(&px)).await;
+    let two: i32 = client.query_one("select 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    assert_eq!(rows_in("copy_then_parse"), 0);
+}
+
 /// The protocol lets a client send a COPY's data right behind its Execute, before the
 /// server asks for it, with the Sync after the CopyDone: that Sync is answered (only
 /// Syncs sent during the copy are ignored), and the replies of the units after it

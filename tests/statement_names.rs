@@ -74,6 +74,42 @@ fn a_name_parsed_again_then_closed_in_one_batch_is_named_as_the_client_named_it(
     assert_eq!(w.execute("dup", &[]), ["3"]);
 }
 
+/// Errors that name a statement name the client's: a Bind with the wrong number of
+/// parameters, a SQL `EXECUTE` with the wrong number of arguments. On the server the
+/// statement goes by pgmux's name.
+#[test]
+fn errors_naming_a_statement_name_it_as_the_client_did() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+
+    w.prepare("two_args", "select $1::int + $2::int");
+    let wrong = w.try_execute("two_args", &["1"]);
+    let (code, message) = wrong
+        .error
+        .expect("a Bind with one of two parameters fails");
+    assert_eq!(code, "08P01");
+    assert_eq!(
+        message,
+        r#"bind message supplies 1 parameters, but prepared statement "two_args" requires 2"#
+    );
+
+    let mut out = Vec::new();
+    extended::parse(&mut out, "", "execute two_args(1)");
+    extended::bind_execute_sync(&mut out, "", &[]);
+    w.send(&out);
+    let wrong = w.until_ready();
+    let (code, message) = wrong
+        .error
+        .expect("an EXECUTE with one of two arguments fails");
+    assert_eq!(code, "42601");
+    assert!(
+        message.contains(r#""two_args""#) && !message.contains("pgmux_"),
+        "{message}"
+    );
+    assert_eq!(w.execute("two_args", &["1", "2"]), ["3"]);
+}
+
 /// A unit pipelined behind one whose Parse Postgres skipped (an error came first in
 /// its unit) sees what Postgres would show it: no such statement (26000), named or
 /// unnamed, and a name still free to parse. pgmux holds such a unit back until the

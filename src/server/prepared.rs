@@ -37,6 +37,11 @@ fn keys() -> &'static (
     KEYS.get_or_init(Default::default)
 }
 
+/// What every name pgmux gives a statement on servers starts with.
+pub const SERVER_NAME_PREFIX: &[u8] = b"pgmux_";
+/// The length of those names: the prefix and 32 hex digits.
+pub const SERVER_NAME_LEN: usize = SERVER_NAME_PREFIX.len() + 32;
+
 /// A client's named statement, as pgmux will prepare it on servers.
 #[derive(Debug)]
 pub struct Statement {
@@ -73,8 +78,8 @@ impl Statement {
             h.finish()
         };
         let id = ((hash(a) as u128) << 64) | hash(b) as u128;
-        let mut name = BytesMut::with_capacity(38);
-        name.put_slice(b"pgmux_");
+        let mut name = BytesMut::with_capacity(SERVER_NAME_LEN);
+        name.put_slice(SERVER_NAME_PREFIX);
         name.put_slice(format!("{id:032x}").as_bytes());
         Statement {
             id,

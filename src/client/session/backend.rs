@@ -7,6 +7,7 @@ use bytes::{Buf, BufMut, Bytes};
 
 use crate::protocol::build::{self};
 use crate::protocol::{be, complete_frame, msg, TxStatus};
+use crate::server::prepared::{SERVER_NAME_LEN, SERVER_NAME_PREFIX};
 use crate::server::ServerConn;
 use crate::tls::MaybeTls;
 use crate::uring::HIGH_WATER;
@@ -92,7 +93,8 @@ impl Session {
                 let body = &rbuf[pos + 5..pos + len];
                 let duplicate = self
                     .duplicate_parse()
-                    .filter(|_| msg::ErrorFields::parse(body).code == Some(b"42P05"));
+                    .filter(|_| msg::ErrorFields::parse(body).code == Some(b"42P05"))
+                    .or_else(|| self.statement_named_in(body));
                 if let Some((server_name, client_name)) = duplicate {
                     let mark = self.cwbuf.len();
                     self.cwbuf.put_slice(&rbuf[forward_from..pos]);
@@ -202,6 +204,30 @@ impl Session {
             return None;
         }
         Some((f.redefines.clone()?, f.client_name.clone()?))
+    }
+
+    /// An error naming one of pgmux's statements (a Bind with the wrong number of
+    /// parameters, a SQL `EXECUTE` of the wrong arity): its server and client names,
+    /// for the client to read the name it gave. A text parsed under several names is
+    /// one statement on the server, named here by the first of them found.
+    fn statement_named_in(&self, body: &[u8]) -> Option<(Bytes, Bytes)> {
+        let message = msg::ErrorFields::parse(body).message?;
+        if !self.renames() {
+            return None;
+        }
+        let at = message
+            .windows(SERVER_NAME_PREFIX.len())
+            .position(|w| w == SERVER_NAME_PREFIX)?;
+        let server_name = message.get(at..at + SERVER_NAME_LEN)?;
+        let pending = self.rare.iter().flat_map(|r| r.drops.iter());
+        let mut known = std::iter::once(&self.stmts).chain(pending.map(|(_, d)| &d.stmts));
+        let client_name = known.find_map(|stmts| {
+            stmts
+                .iter()
+                .find(|(_, s)| s.server_name == server_name)
+                .map(|(name, _)| name.clone())
+        })?;
+        Some((Bytes::copy_from_slice(server_name), client_name))
     }
 
     /// Updates the session's view of the server from one reply; true to hide it.

@@ -165,6 +165,19 @@ impl Session {
             self.unit_key = 0;
         }
         let body = &frame[5..];
+        if self.copy_in
+            && self.server.is_some()
+            && matches!(
+                tag,
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE
+            )
+        {
+            // In a COPY the server ends the session at any of these, and should name
+            // the client's message as the one it did not expect, not a Close or a
+            // server name pgmux would have put in its place.
+            self.swbuf.put_slice(frame);
+            return Ok(());
+        }
         match tag {
             fe::QUERY => {
                 let Some(text) = msg::query_text(body) else {
