@@ -231,6 +231,113 @@ fn the_unnamed_statement_is_the_clients_own_across_syncs() {
     assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
 }
 
+/// Appends a Describe of a portal that does not exist, which fails its unit: Postgres
+/// skips what follows up to the Sync.
+fn failing_describe(out: &mut Vec<u8>) {
+    let mut body = vec![b'P'];
+    extended::cstr(&mut body, "no_such_portal");
+    extended::message(out, b'D', &body);
+}
+
+/// What ends the unnamed statement or replaces it and is skipped after an error in
+/// its unit leaves the statement as it was, as in Postgres: a skipped unnamed Parse
+/// leaves the one before (one that fails itself leaves none), and so does a skipped
+/// Query; a skipped Close leaves it. Each is used in the next unit, sent right
+/// behind or after the replies.
+#[test]
+fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+
+    type Ender = fn(&mut Vec<u8>);
+    let skipped_parse: Ender = |out| extended::parse(out, "", "select 'replaced'");
+    let skipped_query: Ender = |out| extended::message(out, b'Q', b"select 'ran'\0");
+    let skipped_close: Ender = |out| extended::message(out, b'C', b"S\0");
+    for (i, end) in [skipped_parse, skipped_query, skipped_close]
+        .into_iter()
+        .enumerate()
+    {
+        for behind in [false, true] {
+            let text = format!("select 'kept {i}'");
+            w.prepare("", &text);
+            let mut out = Vec::new();
+            failing_describe(&mut out);
+            end(&mut out);
+            extended::message(&mut out, b'S', &[]);
+            if !behind {
+                w.send(&out);
+                let failed = w.until_ready();
+                assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+                out.clear();
+            }
+            extended::bind_execute_sync(&mut out, "", &[]);
+            w.send(&out);
+            if behind {
+                let failed = w.until_ready();
+                assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+            }
+            let used = w.until_ready();
+            assert_eq!(used.error, None, "case {i}, behind: {behind}");
+            assert_eq!(
+                used.values,
+                [format!("kept {i}")],
+                "case {i}, behind: {behind}"
+            );
+        }
+    }
+
+    // An unnamed Parse that fails after a Bind and an Execute that succeed in its
+    // unit is the unit's error: the old statement is gone.
+    w.prepare("", "select 'old'");
+    let mut out = Vec::new();
+    extended::parse(&mut out, "", "select 'first'");
+    let mut bind = Vec::new();
+    extended::bind_execute_sync(&mut bind, "", &[]);
+    out.extend_from_slice(&bind[..bind.len() - 5]);
+    extended::parse(&mut out, "", "select * from no_such_table_for_unnamed");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "", &[]);
+    w.send(&out);
+    let failed = w.until_ready();
+    assert_eq!(failed.values, ["first"]);
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("42P01"));
+    let gone = w.until_ready();
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+}
+
+/// A client without an unnamed statement whose Close of it Postgres skips is not left
+/// running the server connection's unnamed statement, which another client parsed.
+#[test]
+fn a_skipped_close_of_the_unnamed_statement_never_runs_another_clients() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let (mut a, mut b) = (
+        extended::Wire::connect(px.port),
+        extended::Wire::connect(px.port),
+    );
+    a.prepare("", "select 'a'");
+    assert_eq!(a.simple("select 1"), ["1"], "ends a's unnamed statement");
+    b.prepare("", "select 'secret of b'");
+
+    let mut out = Vec::new();
+    failing_describe(&mut out);
+    extended::message(&mut out, b'C', b"S\0");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "", &[]);
+    a.send(&out);
+    let failed = a.until_ready();
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    let none = a.until_ready();
+    assert!(
+        none.values.is_empty(),
+        "ran another client's statement: {:?}",
+        none.values
+    );
+    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(b.execute("", &[]), ["secret of b"]);
+}
+
 /// Two units in one write, each a Bind of `stmt`, Execute and Sync; in the first, a
 /// Describe of a portal that does not exist fails the unit before its Bind. The
 /// first must fail that way; the rows of the second.

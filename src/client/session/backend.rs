@@ -301,6 +301,7 @@ impl Session {
                 }
                 self.changes_at_ready(conn);
                 self.recv_at = 0;
+                self.recv_replies = 0;
                 if self.in_flight() == 0 {
                     self.cancel.slot.set_running(false);
                 }
@@ -326,7 +327,15 @@ impl Session {
                     self.rare().skip_to_sync = true;
                 }
                 self.change_failed();
+                if let Some(f) = self.fixups.front_mut() {
+                    // Every request before the client's unnamed Parse is answered:
+                    // the error is the Parse's.
+                    f.failed |= f.unnamed
+                        && f.unit == self.recv_units
+                        && f.answered_before == self.recv_replies;
+                }
                 self.recv_at = self.recv_at.saturating_add(1);
+                self.recv_replies = self.recv_replies.saturating_add(1);
                 if self.copy_in && self.unit_kinds.is_empty() {
                     // An extended-protocol COPY FROM STDIN failed: the server has left
                     // COPY mode and now discards messages up to the client's next Sync,
@@ -366,12 +375,17 @@ impl Session {
                     }
                 }
                 self.recv_at = self.recv_at.saturating_add(1);
+                self.recv_replies = self.recv_replies.saturating_add(1);
             }
             be::PORTAL_SUSPENDED | be::EMPTY_QUERY_RESPONSE => {
                 if !self.pending_sets.is_empty() {
                     self.change_result(conn, None);
                 }
                 self.recv_at = self.recv_at.saturating_add(1);
+                self.recv_replies = self.recv_replies.saturating_add(1);
+            }
+            be::BIND_COMPLETE | be::ROW_DESCRIPTION | be::NO_DATA => {
+                self.recv_replies = self.recv_replies.saturating_add(1);
             }
             be::COPY_IN_RESPONSE => {
                 let ended = self.rare.as_deref_mut().and_then(|r| r.copy_ended.take());

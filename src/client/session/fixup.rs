@@ -31,11 +31,20 @@ pub(super) struct Fixup {
     /// The client's own unnamed Parse: without a ParseComplete, the client has no
     /// unnamed statement, as in Postgres (which drops the old one before parsing).
     pub(super) unnamed: bool,
-    /// pgmux's Parse of the client's unnamed statement onto this connection: without a
-    /// ParseComplete, the server's unnamed statement is not the client's.
+    /// For the client's unnamed Parse: the Binds, Describes and Executes before it in
+    /// its unit. An error that comes when as many of their replies have come, with no
+    /// request before the Parse still unanswered, is the Parse's own.
+    pub(super) answered_before: u8,
+    /// The error of its unit was this Parse's own: Postgres dropped the old unnamed
+    /// statement. Otherwise an unanswered Parse was skipped.
+    pub(super) failed: bool,
+    /// A Parse or Close of the server's unnamed statement made for the client's (by
+    /// pgmux, or the client's Close, or the skip mark of a Query, which ends it):
+    /// without its reply, the server's unnamed statement is not the client's.
     pub(super) held_unnamed: bool,
-    /// The client's Close of a statement: without a CloseComplete (skipped after an
-    /// error), the client still has it, as in Postgres.
+    /// The client's Close of a statement, or the client's unnamed statement a Query
+    /// behind this skip mark ends: without a CloseComplete (skipped after an error),
+    /// the client still has it, as in Postgres.
     pub(super) closed: Option<Closed>,
     /// pgmux's Close of a portal nobody has, sent between extended-protocol messages
     /// not yet synced and a Query or FunctionCall (see `Session::mark_skip_point`).
@@ -59,6 +68,8 @@ impl Session {
             client_name: None,
             redefines: None,
             unnamed: false,
+            answered_before: 0,
+            failed: false,
             held_unnamed: false,
             closed: None,
             skip_mark: false,
@@ -73,25 +84,24 @@ impl Session {
         }
     }
 
-    /// Whether a Parse of a unit before the one being sent, matching `which`, is still
-    /// unanswered. Runs for each Bind: a unit of thousands of unnamed statements (a
+    /// Whether a request of a unit before the one being sent, matching `which`, is
+    /// still unanswered. Runs for each Bind: a unit of thousands of unnamed statements (a
     /// driver's batch) must not read its own fixups each time, so the scan stops where
     /// the units already sent end.
-    pub(super) fn parse_unanswered(&self, which: impl Fn(&Fixup) -> bool) -> bool {
+    pub(super) fn unanswered_before(&self, which: impl Fn(&Fixup) -> bool) -> bool {
         let sent_before = |f: &&Fixup| f.unit < self.sent_units;
-        let matches = |f: &Fixup| f.tag == b'1' && which(f);
         if self.units_in_order {
-            self.fixups.iter().take_while(sent_before).any(matches)
+            self.fixups.iter().take_while(sent_before).any(which)
         } else {
-            self.fixups.iter().filter(sent_before).any(matches)
+            self.fixups.iter().filter(sent_before).any(which)
         }
     }
 
-    /// The last unit before the one being sent with a Parse matching `which` still
+    /// The last unit before the one being sent with a request matching `which` still
     /// unanswered.
-    pub(super) fn last_unanswered_parse(&self, which: impl Fn(&Fixup) -> bool) -> Option<u64> {
+    pub(super) fn last_unanswered(&self, which: impl Fn(&Fixup) -> bool) -> Option<u64> {
         let sent_before = |f: &&Fixup| f.unit < self.sent_units;
-        let matches = |f: &&Fixup| f.tag == b'1' && which(f);
+        let matches = |f: &&Fixup| which(f);
         if self.units_in_order {
             self.fixups
                 .iter()

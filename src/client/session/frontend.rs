@@ -5,11 +5,12 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes};
 
+use super::fixup::Closed;
 use super::outcome::Change;
 use super::sql::{self, Deallocate, PinReason};
 use crate::config::PoolMode;
 use crate::protocol::build::{self, PgError};
-use crate::protocol::{complete_frame, fe, msg, FrameError, SqlState, TxStatus};
+use crate::protocol::{be, complete_frame, fe, msg, FrameError, SqlState, TxStatus};
 use crate::server::prepared::{PreparedSet, Statement};
 use crate::server::ServerConn;
 
@@ -91,10 +92,10 @@ impl Session {
     }
 
     /// Whether a Bind, a Describe or a Parse names a statement that a unit sent
-    /// earlier and still unanswered parses. Postgres skips that Parse if an error
-    /// comes before it in its unit, and then knows no such statement (or, for a Parse
-    /// of the name, finds it free): what pgmux sends for this message depends on
-    /// which, so it waits for that unit's replies. Only in transaction mode, where
+    /// earlier and still unanswered parses or closes. Postgres skips that Parse or
+    /// Close if an error comes before it in its unit, and then knows no such statement
+    /// (or, for a Parse of the name, finds it free), or still has it: what pgmux sends
+    /// for this message depends on which, so it waits for that unit's replies. Only in transaction mode, where
     /// pgmux stands in for the client's statements; one round trip, once, for a
     /// driver that prepares in one unit and uses the statement in the next.
     ///
@@ -118,11 +119,21 @@ impl Session {
         let Some((name, _)) = name else {
             return false;
         };
+        // A Close of the name (or a Query ending the unnamed statement) that Postgres
+        // skips leaves the statement, so those are waited for too.
         let unit = if name.is_empty() {
-            self.last_unanswered_parse(|f| f.unnamed)
+            self.last_unanswered(|f| {
+                (f.tag == be::PARSE_COMPLETE && f.unnamed)
+                    || matches!(f.closed, Some(Closed::Unnamed))
+            })
         } else {
-            self.last_unanswered_parse(|f| {
-                f.parsed.is_some() && f.client_name.as_deref() == Some(name)
+            self.last_unanswered(|f| match &f.closed {
+                Some(Closed::Named(closed, _)) => closed == name,
+                _ => {
+                    f.tag == be::PARSE_COMPLETE
+                        && f.parsed.is_some()
+                        && f.client_name.as_deref() == Some(name)
+                }
             })
         };
         let Some(unit) = unit else {
@@ -214,11 +225,18 @@ impl Session {
                 self.apply_effects(fx, self.sent_at);
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
+                let had_unnamed = self.has_unnamed();
                 self.unnamed_ended(true);
                 // In a COPY the server takes no Close: it ends the session at the
                 // Query, and should name the Query as what it did not expect.
                 if self.unsynced && !self.copy_in {
                     self.mark_skip_point();
+                    // Skipped with its mark, the Query leaves the unnamed statement,
+                    // on the server too.
+                    if let Some(f) = self.fixups.back_mut() {
+                        f.held_unnamed = self.unnamed.is_some();
+                        f.closed = had_unnamed.then_some(Closed::Unnamed);
+                    }
                 }
                 match server_text {
                     Some((sql, _)) => build::message(&mut self.swbuf, fe::QUERY, |o| {
@@ -247,6 +265,7 @@ impl Session {
                 self.swbuf.put_slice(frame);
                 self.unsynced = true;
                 self.sent_at = self.sent_at.saturating_add(1);
+                self.sent_replies = self.sent_replies.saturating_add(1);
             }
             fe::FLUSH | fe::SYNC if !body.is_empty() => {
                 return Err(self.malformed(if tag == fe::SYNC { "Sync" } else { "Flush" }));
@@ -322,6 +341,7 @@ impl Session {
         }
         self.sent_units += 1;
         self.sent_at = 0;
+        self.sent_replies = 0;
         self.unit_kinds.push_back(kind);
     }
 
@@ -349,7 +369,7 @@ impl Session {
         if conn.prepared.touch(stmt) {
             // Prepared by an earlier unit still unanswered, which may fail before it
             // gets there: this unit must not depend on it.
-            if self.parse_unanswered(|f| f.parsed == Some(stmt.id) && f.swallow) {
+            if self.unanswered_before(|f| f.parsed == Some(stmt.id) && f.swallow) {
                 self.close_and_parse(stmt, true);
             }
             return;
@@ -527,9 +547,9 @@ impl Session {
         if !self.renames() {
             return;
         }
-        // Held through a Parse of an earlier unit still unanswered, which may fail
-        // before it gets there and leave the server's unnamed statement as it was.
-        let unsure = self.parse_unanswered(|f| f.unnamed || f.held_unnamed);
+        // Held through a Parse or Close of an earlier unit still unanswered, which
+        // Postgres may skip and leave the server's unnamed statement as it was.
+        let unsure = self.unanswered_before(|f| f.unnamed || f.held_unnamed);
         match self.unnamed.as_deref_mut() {
             Some(u) if u.held && !unsure => return,
             Some(u) if u.valid => {
@@ -551,6 +571,14 @@ impl Session {
         // The server then says the statement does not exist, as it would.
         build::close_statement(&mut self.swbuf, b"");
         self.expect(b'3', true, None);
+        if let Some(f) = self.fixups.back_mut() {
+            f.held_unnamed = true;
+        }
+    }
+
+    /// Transaction mode: the client has an unnamed statement.
+    pub(super) fn has_unnamed(&self) -> bool {
+        self.unnamed.as_ref().is_some_and(|u| u.valid)
     }
 
     /// The client's unnamed statement is gone (a simple Query, a Close); `on_server`:

@@ -143,6 +143,37 @@ struct Unnamed {
     /// The held server connection's unnamed statement is the client's (or neither
     /// has one): false from each checkout until pgmux makes it so.
     held: bool,
+    /// What the last unnamed Parse replaced: Postgres keeps it when it skips that
+    /// Parse (an error came first in its unit).
+    before: Replaced,
+}
+
+impl Unnamed {
+    /// Back to what the last unnamed Parse replaced: Postgres skipped that Parse.
+    fn restore_before(&mut self) {
+        let b = &mut self.before;
+        std::mem::swap(&mut self.rest, &mut b.rest);
+        self.runs = b.runs.take();
+        self.on_run = b.on_run.take();
+        self.valid = true;
+        self.plain = b.plain;
+        // The server's unnamed statement is as it was, which may not be the
+        // client's: the next use parses it again.
+        self.held = false;
+        b.valid = false;
+    }
+}
+
+/// The client's unnamed statement as it was before its last unnamed Parse.
+#[derive(Default)]
+struct Replaced {
+    rest: Vec<u8>,
+    runs: Option<Arc<Statement>>,
+    on_run: Option<Box<sql::Effects>>,
+    /// It existed, as far as is known: an earlier unnamed Parse that turns out not to
+    /// have happened clears it, as what it was replaced by is then not known.
+    valid: bool,
+    plain: bool,
 }
 
 /// Limits a session enforces, read once from the config at login.
@@ -229,13 +260,21 @@ pub struct Session {
     /// answered: a settings change is matched to its statement's result by its place.
     sent_at: u32,
     recv_at: u32,
+    /// Binds, Describes and Executes sent in the unit being sent, and their last
+    /// replies (BindComplete, RowDescription or NoData, a result or an error) read of
+    /// the unit being answered: whether an error is the reply to a Parse or came
+    /// before it (`Fixup::answered_before`). A byte each, to keep the task small:
+    /// past 255 in a unit an error is taken as the Parse's own, which loses only
+    /// the statement a skipped Parse should have left.
+    sent_replies: u8,
+    recv_replies: u8,
     /// 'Q', 'S' or 'F' per unit in flight, to tell a simple COPY from an extended one.
     unit_kinds: VecDeque<u8>,
     unsynced: bool,
     copy_in: bool,
     tx: TxStatus,
     /// Units pgmux itself sent (settings re-apply) whose replies the client must not see.
-    hidden_units: u32,
+    hidden_units: u8,
     fixups: VecDeque<Fixup>,
     /// The units of `fixups` and of `pending_sets` never decrease from front to back,
     /// so those of the units already sent, or of the statement being answered, are a
@@ -315,6 +354,8 @@ impl Session {
             recv_units: 0,
             sent_at: 0,
             recv_at: 0,
+            sent_replies: 0,
+            recv_replies: 0,
             unit_kinds: VecDeque::new(),
             unsynced: false,
             copy_in: false,

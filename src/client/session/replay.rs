@@ -233,6 +233,8 @@ impl Session {
         self.fixups.clear();
         self.sent_at = 0;
         self.recv_at = 0;
+        self.sent_replies = 0;
+        self.recv_replies = 0;
         self.unit_key = 0;
         self.unit_started = None;
         self.unsynced = false;

@@ -124,12 +124,17 @@ impl Session {
                 if p.name.is_empty() && self.renames() {
                     if let Some(f) = self.fixups.back_mut() {
                         f.unnamed = true;
+                        f.answered_before = self.sent_replies;
                     }
                     let u = self.unnamed.get_or_insert_with(Box::default);
+                    let b = &mut u.before;
+                    std::mem::swap(&mut u.rest, &mut b.rest);
                     u.rest.clear();
                     u.rest.extend_from_slice(&rest);
-                    u.runs = runs;
-                    u.on_run = on_run;
+                    b.runs = std::mem::replace(&mut u.runs, runs);
+                    b.on_run = std::mem::replace(&mut u.on_run, on_run);
+                    b.valid = u.valid;
+                    b.plain = u.plain;
                     u.valid = true;
                     u.held = true;
                     u.plain = plain;
@@ -199,6 +204,7 @@ impl Session {
         };
         self.bound(b.portal, on_run);
         self.unsynced = true;
+        self.sent_replies = self.sent_replies.saturating_add(1);
         Ok(())
     }
 
@@ -237,6 +243,7 @@ impl Session {
             .flatten();
         self.ensure_server()?;
         let closes_unnamed = t.kind == b'S' && t.name.is_empty() && tag == fe::CLOSE;
+        let had_unnamed = self.has_unnamed();
         if t.kind == b'S' && t.name.is_empty() {
             if tag == fe::DESCRIBE {
                 self.own_unnamed();
@@ -266,10 +273,15 @@ impl Session {
                 self.swbuf.put_slice(frame);
                 self.expect(b'3', false, None);
                 if let Some(f) = self.fixups.back_mut().filter(|_| closes_unnamed) {
-                    f.closed = Some(Closed::Unnamed);
+                    // Skipped, it leaves the server's unnamed statement as it was.
+                    f.held_unnamed = true;
+                    f.closed = had_unnamed.then_some(Closed::Unnamed);
                 }
             }
             _ => self.swbuf.put_slice(frame),
+        }
+        if tag == fe::DESCRIBE {
+            self.sent_replies = self.sent_replies.saturating_add(1);
         }
         self.unsynced = true;
         Ok(())
@@ -316,15 +328,32 @@ impl Session {
                         .or_insert_with(|| stmt.clone());
                 }
                 Some(Closed::Unnamed) if !later_unnamed => {
+                    // The server's unnamed statement is as it was, which may not be
+                    // the client's: the next use parses it again.
                     if let Some(u) = self.unnamed.as_deref_mut() {
                         u.valid = true;
+                        u.held = false;
                     }
                 }
                 _ => {}
             }
-            if f.unnamed && !later_unnamed {
+            if f.unnamed && later_unnamed {
+                // What a later unnamed Parse replaced is this one's statement, which
+                // the client never had.
                 if let Some(u) = &mut self.unnamed {
-                    u.valid = false;
+                    u.before.valid = false;
+                }
+            }
+            if f.unnamed && !later_unnamed {
+                // Postgres drops the old unnamed statement as it begins a Parse of
+                // the unnamed one, and keeps it when it skips the Parse.
+                let earlier = skipped.iter().any(|e| e.unnamed);
+                if let Some(u) = &mut self.unnamed {
+                    if f.failed || earlier || !u.before.valid {
+                        u.valid = false;
+                    } else {
+                        u.restore_before();
+                    }
                 }
             }
             if f.held_unnamed && !later_unnamed {
