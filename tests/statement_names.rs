@@ -108,6 +108,23 @@ fn errors_naming_a_statement_name_it_as_the_client_did() {
         "{message}"
     );
     assert_eq!(w.execute("two_args", &["1", "2"]), ["3"]);
+
+    // Closed right behind the failing Bind, before the error comes back.
+    let mut out = Vec::new();
+    extended::bind_execute_sync(&mut out, "two_args", &[]);
+    extended::message(&mut out, b'C', b"Stwo_args\0");
+    extended::message(&mut out, b'S', &[]);
+    w.send(&out);
+    let (code, message) = w
+        .until_ready()
+        .error
+        .expect("a Bind without parameters fails");
+    assert_eq!(code, "08P01");
+    assert_eq!(
+        message,
+        r#"bind message supplies 0 parameters, but prepared statement "two_args" requires 2"#
+    );
+    assert_eq!(w.until_ready().error, None);
 }
 
 /// A unit pipelined behind one whose Parse Postgres skipped (an error came first in
@@ -286,6 +303,43 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
             );
         }
     }
+
+    // A skipped Close is undone, but not a Query that ran after it: sent behind it
+    // before its reply came, the Query ended the unnamed statement.
+    w.prepare("", "select 'closed later'");
+    let mut out = Vec::new();
+    failing_describe(&mut out);
+    extended::message(&mut out, b'C', b"S\0");
+    extended::message(&mut out, b'S', &[]);
+    extended::message(&mut out, b'Q', b"select 'ends it'\0");
+    extended::bind_execute_sync(&mut out, "", &[]);
+    w.send(&out);
+    let failed = w.until_ready();
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    assert_eq!(w.until_ready().values, ["ends it"]);
+    let gone = w.until_ready();
+    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+
+    // In a failed transaction the restored statement is the server's still: a Bind
+    // of it gets Postgres' own complaint about its parameters, as straight to it.
+    w.simple("begin");
+    w.prepare("", "select $1::int");
+    let mut out = Vec::new();
+    failing_describe(&mut out);
+    extended::parse(&mut out, "", "select 'skipped'");
+    extended::message(&mut out, b'S', &[]);
+    extended::bind_execute_sync(&mut out, "", &[]);
+    w.send(&out);
+    let failed = w.until_ready();
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    let wrong = w.until_ready();
+    let (code, message) = wrong.error.expect("a Bind without the parameter fails");
+    assert_eq!(code, "08P01");
+    assert_eq!(
+        message,
+        r#"bind message supplies 0 parameters, but prepared statement "" requires 1"#
+    );
+    w.simple("rollback");
 
     // An unnamed Parse that fails after a Bind and an Execute that succeed in its
     // unit is the unit's error: the old statement is gone.

@@ -1,17 +1,19 @@
 //! Server → client: forwarding replies, hiding the ones pgmux caused, and keeping
 //! count of units, transaction status, COPY and prepared statements.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes};
 
 use crate::protocol::build::{self};
 use crate::protocol::{be, complete_frame, msg, TxStatus};
-use crate::server::prepared::{SERVER_NAME_LEN, SERVER_NAME_PREFIX};
+use crate::server::prepared::{Statement, SERVER_NAME_LEN, SERVER_NAME_PREFIX};
 use crate::server::ServerConn;
 use crate::tls::MaybeTls;
 use crate::uring::HIGH_WATER;
 
+use super::fixup::Closed;
 use super::io::write_some_now;
 use super::replay::Verdict;
 use super::{Blocked, Session};
@@ -221,12 +223,17 @@ impl Session {
         let server_name = message.get(at..at + SERVER_NAME_LEN)?;
         let pending = self.rare.iter().flat_map(|r| r.drops.iter());
         let mut known = std::iter::once(&self.stmts).chain(pending.map(|(_, d)| &d.stmts));
-        let client_name = known.find_map(|stmts| {
-            stmts
-                .iter()
-                .find(|(_, s)| s.server_name == server_name)
-                .map(|(name, _)| name.clone())
-        })?;
+        let named = |(name, s): (&Bytes, &Arc<Statement>)| {
+            (s.server_name == server_name).then(|| name.clone())
+        };
+        // Or closed by a Close sent since, not answered yet.
+        let mut closed = self.fixups.iter().filter_map(|f| match &f.closed {
+            Some(Closed::Named(name, s)) => named((name, s)),
+            _ => None,
+        });
+        let client_name = known
+            .find_map(|stmts| stmts.iter().find_map(named))
+            .or_else(|| closed.next())?;
         Some((Bytes::copy_from_slice(server_name), client_name))
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::server::prepared::Statement;
 
-use super::Session;
+use super::{Session, Unnamed};
 
 /// What to do with one reply of a Parse or Close pgmux sent.
 #[derive(Debug, Clone)]
@@ -38,13 +38,17 @@ pub(super) struct Fixup {
     /// The error of its unit was this Parse's own: Postgres dropped the old unnamed
     /// statement. Otherwise an unanswered Parse was skipped.
     pub(super) failed: bool,
-    /// A Parse or Close of the server's unnamed statement made for the client's (by
-    /// pgmux, or the client's Close, or the skip mark of a Query, which ends it):
-    /// without its reply, the server's unnamed statement is not the client's.
+    /// pgmux's Parse or Close of the server's unnamed statement, made for the
+    /// client's: without its reply, the server's unnamed statement is not the
+    /// client's.
     pub(super) held_unnamed: bool,
-    /// The client's Close of a statement, or the client's unnamed statement a Query
-    /// behind this skip mark ends: without a CloseComplete (skipped after an error),
-    /// the client still has it, as in Postgres.
+    /// For a change of the client's unnamed statement (its Parse, its Close, a Query
+    /// behind a skip mark): `Unnamed::changes` once it was made, to tell whether a
+    /// later one was made since.
+    pub(super) change: u32,
+    /// The client's Close of a statement, or of the unnamed statement by a Close or
+    /// a Query behind this skip mark: without a CloseComplete (skipped after an
+    /// error), the client still has it, as in Postgres.
     pub(super) closed: Option<Closed>,
     /// pgmux's Close of a portal nobody has, sent between extended-protocol messages
     /// not yet synced and a Query or FunctionCall (see `Session::mark_skip_point`).
@@ -54,7 +58,62 @@ pub(super) struct Fixup {
 #[derive(Debug, Clone)]
 pub(super) enum Closed {
     Named(Bytes, Arc<Statement>),
-    Unnamed,
+    /// What `Unnamed::valid` and `Unnamed::held` were before.
+    Unnamed {
+        valid: bool,
+        held: bool,
+    },
+}
+
+impl Fixup {
+    /// The client's Parse of its unnamed statement, or what ends it.
+    pub(super) fn changes_unnamed(&self) -> bool {
+        self.unnamed || matches!(self.closed, Some(Closed::Unnamed { .. }))
+    }
+}
+
+impl Unnamed {
+    /// A request `f` that got no reply (skipped after an error in its unit, or the
+    /// failed one), undone as far as it concerns the unnamed statement; `earlier`: an
+    /// earlier change of it in the same unit got none either.
+    pub(super) fn unanswered(&mut self, f: &Fixup, earlier: bool) {
+        if f.held_unnamed {
+            // The server's unnamed statement is what it was: maybe another client's,
+            // never to be run for this one.
+            self.held = false;
+        }
+        if !f.changes_unnamed() {
+            return;
+        }
+        if f.change != self.changes {
+            // Changed again since: that change stands. What a later Parse replaced is
+            // then this change's statement, which the client never had.
+            if f.unnamed {
+                self.before.valid = false;
+            }
+            return;
+        }
+        match f.closed {
+            // When an earlier change in the unit did not happen either, what came
+            // before this one is not known: none, and the next use parses again.
+            _ if earlier => {
+                self.valid = false;
+                self.held = false;
+            }
+            Some(Closed::Unnamed { valid, held }) => {
+                self.valid = valid;
+                self.held = held;
+            }
+            // Postgres drops the old unnamed statement as it begins a Parse of the
+            // unnamed one, and keeps it when it skips the Parse.
+            _ if f.failed => self.valid = false,
+            _ if self.before.valid => self.restore_before(),
+            _ => {
+                self.valid = false;
+                self.held = false;
+            }
+        }
+    }
 }
 
 impl Session {
@@ -71,6 +130,7 @@ impl Session {
             answered_before: 0,
             failed: false,
             held_unnamed: false,
+            change: 0,
             closed: None,
             skip_mark: false,
         });

@@ -124,7 +124,7 @@ impl Session {
         let unit = if name.is_empty() {
             self.last_unanswered(|f| {
                 (f.tag == be::PARSE_COMPLETE && f.unnamed)
-                    || matches!(f.closed, Some(Closed::Unnamed))
+                    || matches!(f.closed, Some(Closed::Unnamed { .. }))
             })
         } else {
             self.last_unanswered(|f| match &f.closed {
@@ -225,7 +225,7 @@ impl Session {
                 self.apply_effects(fx, self.sent_at);
                 // A simple Query ends the unnamed statement (Postgres docs, "Simple
                 // Query"), on the server it runs on too.
-                let had_unnamed = self.has_unnamed();
+                let before = self.unnamed_state();
                 self.unnamed_ended(true);
                 // In a COPY the server takes no Close: it ends the session at the
                 // Query, and should name the Query as what it did not expect.
@@ -233,10 +233,7 @@ impl Session {
                     self.mark_skip_point();
                     // Skipped with its mark, the Query leaves the unnamed statement,
                     // on the server too.
-                    if let Some(f) = self.fixups.back_mut() {
-                        f.held_unnamed = self.unnamed.is_some();
-                        f.closed = had_unnamed.then_some(Closed::Unnamed);
-                    }
+                    self.note_unnamed_closed(before);
                 }
                 match server_text {
                     Some((sql, _)) => build::message(&mut self.swbuf, fe::QUERY, |o| {
@@ -549,7 +546,9 @@ impl Session {
         }
         // Held through a Parse or Close of an earlier unit still unanswered, which
         // Postgres may skip and leave the server's unnamed statement as it was.
-        let unsure = self.unanswered_before(|f| f.unnamed || f.held_unnamed);
+        let unsure = self.unanswered_before(|f| {
+            f.unnamed || f.held_unnamed || matches!(f.closed, Some(Closed::Unnamed { .. }))
+        });
         match self.unnamed.as_deref_mut() {
             Some(u) if u.held && !unsure => return,
             Some(u) if u.valid => {
@@ -576,9 +575,22 @@ impl Session {
         }
     }
 
-    /// Transaction mode: the client has an unnamed statement.
-    pub(super) fn has_unnamed(&self) -> bool {
-        self.unnamed.as_ref().is_some_and(|u| u.valid)
+    /// Transaction mode: whether the client has an unnamed statement, and whether the
+    /// held server connection's is the client's.
+    pub(super) fn unnamed_state(&self) -> Option<(bool, bool)> {
+        self.unnamed.as_ref().map(|u| (u.valid, u.held))
+    }
+
+    /// The request just queued (the client's Close, a Query's skip mark) ends the
+    /// client's unnamed statement, which was `before`: without its reply, it is back.
+    pub(super) fn note_unnamed_closed(&mut self, before: Option<(bool, bool)>) {
+        let (Some((valid, held)), Some(u)) = (before, self.unnamed.as_deref()) else {
+            return;
+        };
+        if let Some(f) = self.fixups.back_mut() {
+            f.closed = Some(Closed::Unnamed { valid, held });
+            f.change = u.changes;
+        }
     }
 
     /// The client's unnamed statement is gone (a simple Query, a Close); `on_server`:
@@ -587,6 +599,7 @@ impl Session {
         if let Some(u) = &mut self.unnamed {
             u.valid = false;
             u.held |= on_server;
+            u.changes = u.changes.wrapping_add(1);
         }
     }
 

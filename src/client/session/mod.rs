@@ -146,6 +146,9 @@ struct Unnamed {
     /// What the last unnamed Parse replaced: Postgres keeps it when it skips that
     /// Parse (an error came first in its unit).
     before: Replaced,
+    /// Counts the client's Parses of its unnamed statement and what ends it
+    /// (`Fixup::change`).
+    changes: u32,
 }
 
 impl Unnamed {
@@ -157,9 +160,7 @@ impl Unnamed {
         self.on_run = b.on_run.take();
         self.valid = true;
         self.plain = b.plain;
-        // The server's unnamed statement is as it was, which may not be the
-        // client's: the next use parses it again.
-        self.held = false;
+        self.held = b.held;
         b.valid = false;
     }
 }
@@ -174,6 +175,7 @@ struct Replaced {
     /// have happened clears it, as what it was replaced by is then not known.
     valid: bool,
     plain: bool,
+    held: bool,
 }
 
 /// Limits a session enforces, read once from the config at login.

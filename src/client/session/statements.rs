@@ -122,11 +122,13 @@ impl Session {
                 }
                 self.expect(b'1', false, None);
                 if p.name.is_empty() && self.renames() {
+                    let u = self.unnamed.get_or_insert_with(Box::default);
+                    u.changes = u.changes.wrapping_add(1);
                     if let Some(f) = self.fixups.back_mut() {
                         f.unnamed = true;
                         f.answered_before = self.sent_replies;
+                        f.change = u.changes;
                     }
-                    let u = self.unnamed.get_or_insert_with(Box::default);
                     let b = &mut u.before;
                     std::mem::swap(&mut u.rest, &mut b.rest);
                     u.rest.clear();
@@ -135,6 +137,7 @@ impl Session {
                     b.on_run = std::mem::replace(&mut u.on_run, on_run);
                     b.valid = u.valid;
                     b.plain = u.plain;
+                    b.held = u.held;
                     u.valid = true;
                     u.held = true;
                     u.plain = plain;
@@ -243,7 +246,7 @@ impl Session {
             .flatten();
         self.ensure_server()?;
         let closes_unnamed = t.kind == b'S' && t.name.is_empty() && tag == fe::CLOSE;
-        let had_unnamed = self.has_unnamed();
+        let before = self.unnamed_state();
         if t.kind == b'S' && t.name.is_empty() {
             if tag == fe::DESCRIBE {
                 self.own_unnamed();
@@ -272,10 +275,8 @@ impl Session {
             (fe::CLOSE, None) => {
                 self.swbuf.put_slice(frame);
                 self.expect(b'3', false, None);
-                if let Some(f) = self.fixups.back_mut().filter(|_| closes_unnamed) {
-                    // Skipped, it leaves the server's unnamed statement as it was.
-                    f.held_unnamed = true;
-                    f.closed = had_unnamed.then_some(Closed::Unnamed);
+                if closes_unnamed {
+                    self.note_unnamed_closed(before);
                 }
             }
             _ => self.swbuf.put_slice(frame),
@@ -299,10 +300,6 @@ impl Session {
         {
             skipped.extend(self.fixups.pop_front());
         }
-        let mut later_unnamed = self
-            .fixups
-            .iter()
-            .any(|l| l.unnamed || l.held_unnamed || matches!(l.closed, Some(Closed::Unnamed)));
         while let Some(f) = skipped.pop() {
             if let Some(id) = f.parsed {
                 // The server never prepared it. Nor does a drop sent after it and not
@@ -321,50 +318,15 @@ impl Session {
                     d.copies.remove(id);
                 }
             }
-            match &f.closed {
-                Some(Closed::Named(name, stmt)) => {
-                    self.stmts
-                        .entry(name.clone())
-                        .or_insert_with(|| stmt.clone());
-                }
-                Some(Closed::Unnamed) if !later_unnamed => {
-                    // The server's unnamed statement is as it was, which may not be
-                    // the client's: the next use parses it again.
-                    if let Some(u) = self.unnamed.as_deref_mut() {
-                        u.valid = true;
-                        u.held = false;
-                    }
-                }
-                _ => {}
+            if let Some(Closed::Named(name, stmt)) = &f.closed {
+                self.stmts
+                    .entry(name.clone())
+                    .or_insert_with(|| stmt.clone());
             }
-            if f.unnamed && later_unnamed {
-                // What a later unnamed Parse replaced is this one's statement, which
-                // the client never had.
-                if let Some(u) = &mut self.unnamed {
-                    u.before.valid = false;
-                }
+            if let Some(u) = self.unnamed.as_deref_mut() {
+                let earlier = skipped.iter().any(Fixup::changes_unnamed);
+                u.unanswered(&f, earlier);
             }
-            if f.unnamed && !later_unnamed {
-                // Postgres drops the old unnamed statement as it begins a Parse of
-                // the unnamed one, and keeps it when it skips the Parse.
-                let earlier = skipped.iter().any(|e| e.unnamed);
-                if let Some(u) = &mut self.unnamed {
-                    if f.failed || earlier || !u.before.valid {
-                        u.valid = false;
-                    } else {
-                        u.restore_before();
-                    }
-                }
-            }
-            if f.held_unnamed && !later_unnamed {
-                // The server's unnamed statement is what it was: maybe another
-                // client's, never to be run for this one.
-                if let Some(u) = &mut self.unnamed {
-                    u.held = false;
-                }
-            }
-            later_unnamed |=
-                f.unnamed || f.held_unnamed || matches!(f.closed, Some(Closed::Unnamed));
         }
     }
 
