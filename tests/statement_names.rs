@@ -360,6 +360,33 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
     assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
 }
 
+/// A `DEALLOCATE` Postgres skips (an error earlier in its unit) leaves the statement,
+/// also for a unit sent right behind it that uses the name or parses it again.
+#[test]
+fn a_skipped_deallocate_leaves_the_statement_for_the_units_behind_it() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+
+    w.prepare("keep", "select 7");
+    let mut out = Vec::new();
+    failing_describe(&mut out);
+    extended::parse(&mut out, "", "deallocate keep");
+    extended::bind_execute_sync(&mut out, "", &[]);
+    extended::bind_execute_sync(&mut out, "keep", &[]);
+    extended::parse(&mut out, "keep", "select 8");
+    extended::message(&mut out, b'S', &[]);
+    w.send(&out);
+    let failed = w.until_ready();
+    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    let used = w.until_ready();
+    assert_eq!(used.error, None);
+    assert_eq!(used.values, ["7"]);
+    let again = w.until_ready();
+    assert_eq!(again.error.map(|e| e.0).as_deref(), Some("42P05"));
+    assert_eq!(w.execute("keep", &[]), ["7"]);
+}
+
 /// A client without an unnamed statement whose Close of it Postgres skips is not left
 /// running the server connection's unnamed statement, which another client parsed.
 #[test]

@@ -92,10 +92,11 @@ impl Session {
     }
 
     /// Whether a Bind, a Describe or a Parse names a statement that a unit sent
-    /// earlier and still unanswered parses or closes. Postgres skips that Parse or
-    /// Close if an error comes before it in its unit, and then knows no such statement
-    /// (or, for a Parse of the name, finds it free), or still has it: what pgmux sends
-    /// for this message depends on which, so it waits for that unit's replies. Only in transaction mode, where
+    /// earlier and still unanswered parses, closes or deallocates. Postgres skips that
+    /// Parse or Close if an error comes before it in its unit, and then knows no such
+    /// statement (or, for a Parse of the name, finds it free), or still has it: what
+    /// pgmux sends for this message depends on which, so it waits for that unit's
+    /// replies. Only in transaction mode, where
     /// pgmux stands in for the client's statements; one round trip, once, for a
     /// driver that prepares in one unit and uses the statement in the next.
     ///
@@ -127,14 +128,22 @@ impl Session {
                     || matches!(f.closed, Some(Closed::Unnamed { .. }))
             })
         } else {
-            self.last_unanswered(|f| match &f.closed {
+            let fixup = self.last_unanswered(|f| match &f.closed {
                 Some(Closed::Named(closed, _)) => closed == name,
                 _ => {
                     f.tag == be::PARSE_COMPLETE
                         && f.parsed.is_some()
                         && f.client_name.as_deref() == Some(name)
                 }
-            })
+            });
+            // So does a `DEALLOCATE` or `DISCARD ALL` that fails.
+            let drops = self.rare.iter().flat_map(|r| r.drops.iter());
+            let dropped = drops
+                .filter(|(_, d)| d.stmts.contains_key(name))
+                .map(|(unit, _)| unit.saturating_sub(1))
+                .filter(|&unit| unit < self.sent_units)
+                .max();
+            fixup.max(dropped)
         };
         let Some(unit) = unit else {
             return false;
