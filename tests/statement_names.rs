@@ -259,8 +259,8 @@ fn failing_describe(out: &mut Vec<u8>) {
 /// What ends the unnamed statement or replaces it and is skipped after an error in
 /// its unit leaves the statement as it was, as in Postgres: a skipped unnamed Parse
 /// leaves the one before (one that fails itself leaves none), and so does a skipped
-/// Query; a skipped Close leaves it. Each is used in the next unit, sent right
-/// behind or after the replies.
+/// Query, or both; a skipped Close leaves it. Each is used in the next unit, sent
+/// right behind or after the replies.
 #[test]
 fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
     let pg = shared_primary();
@@ -271,7 +271,11 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
     let skipped_parse: Ender = |out| extended::parse(out, "", "select 'replaced'");
     let skipped_query: Ender = |out| extended::message(out, b'Q', b"select 'ran'\0");
     let skipped_close: Ender = |out| extended::message(out, b'C', b"S\0");
-    for (i, end) in [skipped_parse, skipped_query, skipped_close]
+    let skipped_both: Ender = |out| {
+        extended::parse(out, "", "select 'replaced'");
+        extended::message(out, b'Q', b"select 'ran'\0");
+    };
+    for (i, end) in [skipped_parse, skipped_query, skipped_close, skipped_both]
         .into_iter()
         .enumerate()
     {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::server::prepared::Statement;
 
-use super::{Session, Unnamed};
+use super::Session;
 
 /// What to do with one reply of a Parse or Close pgmux sent.
 #[derive(Debug, Clone)]
@@ -69,50 +69,6 @@ impl Fixup {
     /// The client's Parse of its unnamed statement, or what ends it.
     pub(super) fn changes_unnamed(&self) -> bool {
         self.unnamed || matches!(self.closed, Some(Closed::Unnamed { .. }))
-    }
-}
-
-impl Unnamed {
-    /// A request `f` that got no reply (skipped after an error in its unit, or the
-    /// failed one), undone as far as it concerns the unnamed statement; `earlier`: an
-    /// earlier change of it in the same unit got none either.
-    pub(super) fn unanswered(&mut self, f: &Fixup, earlier: bool) {
-        if f.held_unnamed {
-            // The server's unnamed statement is what it was: maybe another client's,
-            // never to be run for this one.
-            self.held = false;
-        }
-        if !f.changes_unnamed() {
-            return;
-        }
-        if f.change != self.changes {
-            // Changed again since: that change stands. What a later Parse replaced is
-            // then this change's statement, which the client never had.
-            if f.unnamed {
-                self.before.valid = false;
-            }
-            return;
-        }
-        match f.closed {
-            // When an earlier change in the unit did not happen either, what came
-            // before this one is not known: none, and the next use parses again.
-            _ if earlier => {
-                self.valid = false;
-                self.held = false;
-            }
-            Some(Closed::Unnamed { valid, held }) => {
-                self.valid = valid;
-                self.held = held;
-            }
-            // Postgres drops the old unnamed statement as it begins a Parse of the
-            // unnamed one, and keeps it when it skips the Parse.
-            _ if f.failed => self.valid = false,
-            _ if self.before.valid => self.restore_before(),
-            _ => {
-                self.valid = false;
-                self.held = false;
-            }
-        }
     }
 }
 

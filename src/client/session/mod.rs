@@ -31,6 +31,7 @@ mod replay;
 mod signal;
 mod statements;
 mod told;
+mod unnamed;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -55,6 +56,7 @@ use fixup::{Closed, Fixup};
 pub(crate) use frontend::message_limit;
 use io::{from_server, read_some, server_full, sleep_until, write_all, FromServer};
 use outcome::Change;
+use unnamed::Unnamed;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -123,59 +125,6 @@ struct Rare {
 struct StmtDrop {
     stmts: Statements,
     copies: PreparedSet,
-}
-
-/// The client's unnamed statement. Postgres keeps it until the next unnamed Parse or
-/// simple Query, across Syncs, so a client may Bind or Describe it in a later unit,
-/// on whatever server connection that unit gets (see `Session::own_unnamed`).
-#[derive(Default)]
-struct Unnamed {
-    /// The body of the client's last unnamed Parse after the name.
-    rest: Vec<u8>,
-    /// The statement a SQL `EXECUTE` in `rest` runs, to prepare first.
-    runs: Option<Arc<Statement>>,
-    /// What each run of it does to the session (see `Statement::on_run`).
-    on_run: Option<Box<sql::Effects>>,
-    /// The client has an unnamed statement: `rest`.
-    valid: bool,
-    /// Its text leaves the connection idle and unchanged (`sql::leaves_idle`).
-    plain: bool,
-    /// The held server connection's unnamed statement is the client's (or neither
-    /// has one): false from each checkout until pgmux makes it so.
-    held: bool,
-    /// What the last unnamed Parse replaced: Postgres keeps it when it skips that
-    /// Parse (an error came first in its unit).
-    before: Replaced,
-    /// Counts the client's Parses of its unnamed statement and what ends it
-    /// (`Fixup::change`).
-    changes: u32,
-}
-
-impl Unnamed {
-    /// Back to what the last unnamed Parse replaced: Postgres skipped that Parse.
-    fn restore_before(&mut self) {
-        let b = &mut self.before;
-        std::mem::swap(&mut self.rest, &mut b.rest);
-        self.runs = b.runs.take();
-        self.on_run = b.on_run.take();
-        self.valid = true;
-        self.plain = b.plain;
-        self.held = b.held;
-        b.valid = false;
-    }
-}
-
-/// The client's unnamed statement as it was before its last unnamed Parse.
-#[derive(Default)]
-struct Replaced {
-    rest: Vec<u8>,
-    runs: Option<Arc<Statement>>,
-    on_run: Option<Box<sql::Effects>>,
-    /// It existed, as far as is known: an earlier unnamed Parse that turns out not to
-    /// have happened clears it, as what it was replaced by is then not known.
-    valid: bool,
-    plain: bool,
-    held: bool,
 }
 
 /// Limits a session enforces, read once from the config at login.

@@ -124,6 +124,7 @@ impl Session {
                 if p.name.is_empty() && self.renames() {
                     let u = self.unnamed.get_or_insert_with(Box::default);
                     u.changes = u.changes.wrapping_add(1);
+                    u.before_change = u.changes;
                     if let Some(f) = self.fixups.back_mut() {
                         f.unnamed = true;
                         f.answered_before = self.sent_replies;
@@ -324,8 +325,16 @@ impl Session {
                     .or_insert_with(|| stmt.clone());
             }
             if let Some(u) = self.unnamed.as_deref_mut() {
-                let earlier = skipped.iter().any(Fixup::changes_unnamed);
-                u.unanswered(&f, earlier);
+                let first = skipped.iter().find(|e| e.changes_unnamed());
+                if !u.unanswered(&f, first) {
+                    // A change sent later took this one as made: what it would
+                    // bring back is not known.
+                    for l in self.fixups.iter_mut() {
+                        if let Some(Closed::Unnamed { valid, held }) = &mut l.closed {
+                            (*valid, *held) = (false, false);
+                        }
+                    }
+                }
             }
         }
     }
