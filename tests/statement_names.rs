@@ -30,13 +30,13 @@ fn a_name_in_use_cannot_be_prepared_again_and_a_failed_parse_leaves_it_free() {
     // Inside a transaction the refusal fails the transaction, as it would directly.
     w.simple("begin");
     let again = w.try_prepare("dup", "select 3");
-    assert_eq!(again.error.map(|e| e.0).as_deref(), Some("42P05"));
+    assert_eq!(again.code(), Some("42P05"));
     assert_eq!(again.status, 'E', "the transaction has failed");
     w.simple("rollback");
     assert_eq!(w.execute("dup", &[]), ["1"]);
 
     let bad = w.try_prepare("fixed", "selec 4");
-    assert_eq!(bad.error.map(|e| e.0).as_deref(), Some("42601"));
+    assert_eq!(bad.code(), Some("42601"));
     w.prepare("fixed", "select 4");
     assert_eq!(w.execute("fixed", &[]), ["4"]);
 
@@ -162,14 +162,14 @@ fn a_unit_behind_one_whose_parse_was_skipped_sees_no_such_statement() {
     w.send(&out);
 
     let first = w.until_ready();
-    assert_eq!(first.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(first.code(), Some("26000"));
     let named = w.until_ready();
     let (code, message) = named.error.expect("the skipped statement is unknown");
     assert_eq!(code, "26000");
     assert_eq!(message, r#"prepared statement "skipped" does not exist"#);
     assert!(named.values.is_empty(), "{:?}", named.values);
     let unnamed = w.until_ready();
-    assert_eq!(unnamed.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(unnamed.code(), Some("26000"));
     assert!(unnamed.values.is_empty(), "{:?}", unnamed.values);
     let again = w.until_ready();
     assert!(again.error.is_none(), "the name is free: {:?}", again.error);
@@ -191,9 +191,9 @@ fn a_unit_behind_one_whose_parse_was_skipped_sees_no_such_statement() {
     extended::bind_execute_sync(&mut out, "inner", &[]);
     w.send(&out);
     let skipped = w.until_ready();
-    assert_eq!(skipped.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(skipped.code(), Some("26000"));
     let unknown = w.until_ready();
-    assert_eq!(unknown.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(unknown.code(), Some("26000"));
 }
 
 /// The unnamed statement lives until the client's next unnamed Parse or simple Query,
@@ -218,34 +218,34 @@ fn the_unnamed_statement_is_the_clients_own_across_syncs() {
 
     // A client that never parsed one has none, whatever its connection holds.
     let none = c.try_execute("", &[]);
-    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(none.code(), Some("26000"));
     assert!(none.values.is_empty());
     let none = c.describe_statement("");
-    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(none.code(), Some("26000"));
 
     // A simple Query ends the client's unnamed statement, as in Postgres.
     assert_eq!(a.simple("select 1"), ["1"]);
     let gone = a.try_execute("", &[]);
-    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(gone.code(), Some("26000"));
     assert_eq!(b.execute("", &[]), ["secret of b"]);
 
     // So does closing it.
     b.close_statement("");
     a.prepare("", "select 'a again'");
     let gone = b.try_execute("", &[]);
-    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(gone.code(), Some("26000"));
     assert_eq!(a.execute("", &[]), ["a again"]);
 
     // A Parse that fails leaves no unnamed statement: Postgres drops the old one first.
     let failed = a.try_prepare("", "select * from no_such_table_for_unnamed");
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("42P01"));
+    assert_eq!(failed.code(), Some("42P01"));
     for _ in 0..2 {
         let gone = a.try_execute("", &[]);
-        assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+        assert_eq!(gone.code(), Some("26000"));
     }
     assert_eq!(b.simple("select 2"), ["2"]);
     let gone = a.describe_statement("");
-    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(gone.code(), Some("26000"));
 }
 
 /// Appends a Describe of a portal that does not exist, which fails its unit: Postgres
@@ -289,14 +289,14 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
             if !behind {
                 w.send(&out);
                 let failed = w.until_ready();
-                assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+                assert_eq!(failed.code(), Some("34000"));
                 out.clear();
             }
             extended::bind_execute_sync(&mut out, "", &[]);
             w.send(&out);
             if behind {
                 let failed = w.until_ready();
-                assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+                assert_eq!(failed.code(), Some("34000"));
             }
             let used = w.until_ready();
             assert_eq!(used.error, None, "case {i}, behind: {behind}");
@@ -319,10 +319,10 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
     extended::bind_execute_sync(&mut out, "", &[]);
     w.send(&out);
     let failed = w.until_ready();
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    assert_eq!(failed.code(), Some("34000"));
     assert_eq!(w.until_ready().values, ["ends it"]);
     let gone = w.until_ready();
-    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(gone.code(), Some("26000"));
 
     // In a failed transaction the restored statement is the server's still: a Bind
     // of it gets Postgres' own complaint about its parameters, as straight to it.
@@ -335,7 +335,7 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
     extended::bind_execute_sync(&mut out, "", &[]);
     w.send(&out);
     let failed = w.until_ready();
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    assert_eq!(failed.code(), Some("34000"));
     let wrong = w.until_ready();
     let (code, message) = wrong.error.expect("a Bind without the parameter fails");
     assert_eq!(code, "08P01");
@@ -359,9 +359,9 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
     w.send(&out);
     let failed = w.until_ready();
     assert_eq!(failed.values, ["first"]);
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("42P01"));
+    assert_eq!(failed.code(), Some("42P01"));
     let gone = w.until_ready();
-    assert_eq!(gone.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(gone.code(), Some("26000"));
 }
 
 /// A `DEALLOCATE` Postgres skips (an error earlier in its unit) leaves the statement,
@@ -382,12 +382,12 @@ fn a_skipped_deallocate_leaves_the_statement_for_the_units_behind_it() {
     extended::message(&mut out, b'S', &[]);
     w.send(&out);
     let failed = w.until_ready();
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    assert_eq!(failed.code(), Some("34000"));
     let used = w.until_ready();
     assert_eq!(used.error, None);
     assert_eq!(used.values, ["7"]);
     let again = w.until_ready();
-    assert_eq!(again.error.map(|e| e.0).as_deref(), Some("42P05"));
+    assert_eq!(again.code(), Some("42P05"));
     assert_eq!(w.execute("keep", &[]), ["7"]);
 }
 
@@ -412,14 +412,14 @@ fn a_skipped_close_of_the_unnamed_statement_never_runs_another_clients() {
     extended::bind_execute_sync(&mut out, "", &[]);
     a.send(&out);
     let failed = a.until_ready();
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    assert_eq!(failed.code(), Some("34000"));
     let none = a.until_ready();
     assert!(
         none.values.is_empty(),
         "ran another client's statement: {:?}",
         none.values
     );
-    assert_eq!(none.error.map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(none.code(), Some("26000"));
     assert_eq!(b.execute("", &[]), ["secret of b"]);
 }
 
@@ -439,7 +439,7 @@ fn behind_a_failed_unit(w: &mut extended::Wire, stmt: &str) -> Vec<String> {
     }
     w.send(&out);
     let failed = w.until_ready();
-    assert_eq!(failed.error.map(|e| e.0).as_deref(), Some("34000"));
+    assert_eq!(failed.code(), Some("34000"));
     let behind = w.until_ready();
     assert_eq!(behind.error, None, "the unit behind the failed one");
     behind.values

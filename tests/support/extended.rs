@@ -28,6 +28,13 @@ pub struct Reply {
     pub columns: Vec<String>,
 }
 
+impl Reply {
+    /// The SQLSTATE of its error, if any.
+    pub fn code(&self) -> Option<&str> {
+        self.error.as_ref().map(|e| e.0.as_str())
+    }
+}
+
 /// Appends message `tag` with `body` to `out`.
 pub fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.push(tag);

@@ -77,7 +77,7 @@ impl Session {
         conn.settings = self.settings.clone();
         self.server = Some(co);
         if let Some(u) = &mut self.unnamed {
-            u.held = false;
+            u.now.held = false;
         }
     }
 

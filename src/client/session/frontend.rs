@@ -559,21 +559,21 @@ impl Session {
             f.unnamed || f.held_unnamed || matches!(f.closed, Some(Closed::Unnamed { .. }))
         });
         match self.unnamed.as_deref_mut() {
-            Some(u) if u.held && !unsure => return,
-            Some(u) if u.valid => {
-                if let Some(runs) = u.runs.clone() {
+            Some(u) if u.now.held && !unsure => return,
+            Some(u) if u.now.valid => {
+                if let Some(runs) = u.now.runs.clone() {
                     self.ensure_prepared(&runs);
                 }
                 let u = self.unnamed.as_deref_mut().expect("matched");
-                build::parse_with_rest(&mut self.swbuf, b"", &u.rest);
-                u.held = true;
+                build::parse_with_rest(&mut self.swbuf, b"", &u.now.rest);
+                u.now.held = true;
                 self.expect(b'1', true, None);
                 if let Some(f) = self.fixups.back_mut() {
                     f.held_unnamed = true;
                 }
                 return;
             }
-            Some(u) => u.held = true,
+            Some(u) => u.now.held = true,
             None => {}
         }
         // The server then says the statement does not exist, as it would.
@@ -587,7 +587,7 @@ impl Session {
     /// Transaction mode: whether the client has an unnamed statement, and whether the
     /// held server connection's is the client's.
     pub(super) fn unnamed_state(&self) -> Option<(bool, bool)> {
-        self.unnamed.as_ref().map(|u| (u.valid, u.held))
+        self.unnamed.as_ref().map(|u| (u.now.valid, u.now.held))
     }
 
     /// The request just queued (the client's Close, a Query's skip mark) ends the
@@ -606,8 +606,8 @@ impl Session {
     /// the held server connection's too.
     pub(super) fn unnamed_ended(&mut self, on_server: bool) {
         if let Some(u) = &mut self.unnamed {
-            u.valid = false;
-            u.held |= on_server;
+            u.now.valid = false;
+            u.now.held |= on_server;
             u.changes = u.changes.wrapping_add(1);
         }
     }

@@ -123,25 +123,12 @@ impl Session {
                 self.expect(b'1', false, None);
                 if p.name.is_empty() && self.renames() {
                     let u = self.unnamed.get_or_insert_with(Box::default);
-                    u.changes = u.changes.wrapping_add(1);
-                    u.before_change = u.changes;
+                    u.parsed(&rest, runs, on_run, plain);
                     if let Some(f) = self.fixups.back_mut() {
                         f.unnamed = true;
                         f.answered_before = self.sent_replies;
                         f.change = u.changes;
                     }
-                    let b = &mut u.before;
-                    std::mem::swap(&mut u.rest, &mut b.rest);
-                    u.rest.clear();
-                    u.rest.extend_from_slice(&rest);
-                    b.runs = std::mem::replace(&mut u.runs, runs);
-                    b.on_run = std::mem::replace(&mut u.on_run, on_run);
-                    b.valid = u.valid;
-                    b.plain = u.plain;
-                    b.held = u.held;
-                    u.valid = true;
-                    u.held = true;
-                    u.plain = plain;
                 }
             }
             Some((name, stmt)) => {
@@ -176,7 +163,10 @@ impl Session {
         self.ensure_server()?;
         if b.statement.is_empty() {
             self.own_unnamed();
-            self.unit_plain &= self.unnamed.as_ref().is_some_and(|u| u.valid && u.plain);
+            self.unit_plain &= self
+                .unnamed
+                .as_ref()
+                .is_some_and(|u| u.now.valid && u.now.plain);
         } else {
             self.unit_plain &= stmt.as_ref().is_some_and(|s| s.plain);
             if let Some(s) = stmt
@@ -202,8 +192,8 @@ impl Session {
                 let unnamed = b.statement.is_empty().then_some(self.unnamed.as_deref());
                 unnamed
                     .flatten()
-                    .filter(|u| u.valid)
-                    .and_then(|u| u.on_run.clone())
+                    .filter(|u| u.now.valid)
+                    .and_then(|u| u.now.on_run.clone())
             }
         };
         self.bound(b.portal, on_run);

@@ -12,6 +12,21 @@ use crate::server::prepared::Statement;
 /// on whatever server connection that unit gets (see `Session::own_unnamed`).
 #[derive(Default)]
 pub(super) struct Unnamed {
+    /// As pgmux takes it now, the requests not yet answered taken as done.
+    pub(super) now: UnnamedState,
+    /// What the last unnamed Parse replaced: Postgres keeps it when it skips that
+    /// Parse (an error came first in its unit). Its `valid`: as far as is known (an
+    /// earlier change that turns out not to have happened clears it).
+    pub(super) before: UnnamedState,
+    /// Counts the client's Parses of its unnamed statement and what ends it
+    /// (`Fixup::change`).
+    pub(super) changes: u32,
+    /// The count at the Parse whose statement `before` replaced.
+    pub(super) before_change: u32,
+}
+
+#[derive(Default)]
+pub(super) struct UnnamedState {
     /// The body of the client's last unnamed Parse after the name.
     pub(super) rest: Vec<u8>,
     /// The statement a SQL `EXECUTE` in `rest` runs, to prepare first.
@@ -25,41 +40,36 @@ pub(super) struct Unnamed {
     /// The held server connection's unnamed statement is the client's (or neither
     /// has one): false from each checkout until pgmux makes it so.
     pub(super) held: bool,
-    /// What the last unnamed Parse replaced: Postgres keeps it when it skips that
-    /// Parse (an error came first in its unit).
-    pub(super) before: Replaced,
-    /// Counts the client's Parses of its unnamed statement and what ends it
-    /// (`Fixup::change`).
-    pub(super) changes: u32,
-    /// The count at the Parse whose statement `before` replaced.
-    pub(super) before_change: u32,
 }
 
 impl Unnamed {
-    /// Back to what the last unnamed Parse replaced: Postgres skipped that Parse.
-    pub(super) fn restore_before(&mut self) {
-        let b = &mut self.before;
-        std::mem::swap(&mut self.rest, &mut b.rest);
-        self.runs = b.runs.take();
-        self.on_run = b.on_run.take();
-        self.valid = true;
-        self.plain = b.plain;
-        self.held = b.held;
-        b.valid = false;
+    /// The client's unnamed Parse of `rest`: what it replaces is kept (its buffer
+    /// reused for the new text).
+    pub(super) fn parsed(
+        &mut self,
+        rest: &[u8],
+        runs: Option<Arc<Statement>>,
+        on_run: Option<Box<sql::Effects>>,
+        plain: bool,
+    ) {
+        self.changes = self.changes.wrapping_add(1);
+        self.before_change = self.changes;
+        std::mem::swap(&mut self.now, &mut self.before);
+        let n = &mut self.now;
+        n.rest.clear();
+        n.rest.extend_from_slice(rest);
+        n.runs = runs;
+        n.on_run = on_run;
+        n.valid = true;
+        n.held = true;
+        n.plain = plain;
     }
-}
 
-/// The client's unnamed statement as it was before its last unnamed Parse.
-#[derive(Default)]
-pub(super) struct Replaced {
-    pub(super) rest: Vec<u8>,
-    pub(super) runs: Option<Arc<Statement>>,
-    pub(super) on_run: Option<Box<sql::Effects>>,
-    /// It existed, as far as is known: an earlier unnamed Parse that turns out not to
-    /// have happened clears it, as what it was replaced by is then not known.
-    pub(super) valid: bool,
-    pub(super) plain: bool,
-    pub(super) held: bool,
+    /// Back to what the last unnamed Parse replaced: Postgres skipped that Parse.
+    fn restore_before(&mut self) {
+        std::mem::swap(&mut self.now, &mut self.before);
+        self.before.valid = false;
+    }
 }
 
 impl Unnamed {
@@ -71,7 +81,7 @@ impl Unnamed {
         if f.held_unnamed {
             // The server's unnamed statement is what it was: maybe another client's,
             // never to be run for this one.
-            self.held = false;
+            self.now.held = false;
         }
         if !f.changes_unnamed() {
             return true;
@@ -90,22 +100,22 @@ impl Unnamed {
         match first.closed {
             // Its text is as it was if no Parse came after.
             Some(Closed::Unnamed { valid, held }) if self.before_change < first.change => {
-                self.valid = valid;
-                self.held = held;
+                self.now.valid = valid;
+                self.now.held = held;
             }
             Some(_) => {
-                self.valid = false;
-                self.held = false;
+                self.now.valid = false;
+                self.now.held = false;
             }
             // Postgres drops the old unnamed statement as it begins a Parse of the
             // unnamed one, and keeps it when it skips the Parse.
-            None if first.failed => self.valid = false,
+            None if first.failed => self.now.valid = false,
             None if first.change == self.before_change && self.before.valid => {
                 self.restore_before()
             }
             None => {
-                self.valid = false;
-                self.held = false;
+                self.now.valid = false;
+                self.now.held = false;
             }
         }
         true
