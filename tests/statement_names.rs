@@ -389,6 +389,20 @@ fn a_skipped_deallocate_leaves_the_statement_for_the_units_behind_it() {
     let again = w.until_ready();
     assert_eq!(again.code(), Some("42P05"));
     assert_eq!(w.execute("keep", &[]), ["7"]);
+
+    // A skipped `DEALLOCATE ALL` then a skipped Parse of the name in the same unit:
+    // the statement from before both stands.
+    let mut out = Vec::new();
+    failing_describe(&mut out);
+    extended::parse(&mut out, "", "deallocate all");
+    let mut run = Vec::new();
+    extended::bind_execute_sync(&mut run, "", &[]);
+    out.extend_from_slice(&run[..run.len() - 5]);
+    extended::parse(&mut out, "keep", "select 9");
+    extended::message(&mut out, b'S', &[]);
+    w.send(&out);
+    assert_eq!(w.until_ready().code(), Some("34000"));
+    assert_eq!(w.execute("keep", &[]), ["7"]);
 }
 
 /// A client without an unnamed statement whose Close of it Postgres skips is not left

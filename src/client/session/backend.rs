@@ -277,9 +277,6 @@ impl Session {
                 // Never more answers than units sent, whatever a server does.
                 self.recv_units = (self.recv_units + 1).min(self.sent_units);
                 self.unit_kinds.pop_front();
-                if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty()) {
-                    self.statements_kept(conn, self.recv_units);
-                }
                 if let Some(s) = body.first().copied().and_then(TxStatus::from_byte) {
                     self.tx = s;
                 }
@@ -295,6 +292,12 @@ impl Session {
                     .is_some_and(|f| f.unit < self.recv_units)
                 {
                     self.unanswered(conn);
+                }
+                // After the skipped Parses are undone: a statement a skipped
+                // `DEALLOCATE` dropped comes back even if a skipped Parse took
+                // its name meanwhile.
+                if self.rare.as_ref().is_some_and(|r| !r.drops.is_empty()) {
+                    self.statements_kept(conn, self.recv_units);
                 }
                 if self.copy_in && self.unit_kinds.is_empty() {
                     self.copy_in = false;
