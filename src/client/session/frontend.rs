@@ -96,9 +96,9 @@ impl Session {
     /// Parse or Close if an error comes before it in its unit, and then knows no such
     /// statement (or, for a Parse of the name, finds it free), or still has it: what
     /// pgmux sends for this message depends on which, so it waits for that unit's
-    /// replies. Only in transaction mode, where
-    /// pgmux stands in for the client's statements; one round trip, once, for a
-    /// driver that prepares in one unit and uses the statement in the next.
+    /// replies. Only in transaction mode, where pgmux stands in for the client's
+    /// statements; one round trip, once, for a driver that prepares in one unit and
+    /// uses the statement in the next.
     ///
     /// It waits only for a unit the server answers without more from the client: one
     /// that ends at a Sync already sent or before it. A Query sent among messages not
