@@ -28,8 +28,9 @@ pub(super) struct Fixup {
     /// statement the name stands for (`Session::on_parse`): the server's 42P05 names
     /// that, and the client's Close of the name may come before the reply.
     pub(super) redefines: Option<Bytes>,
-    /// The client's own unnamed Parse: without a ParseComplete, the client has no
-    /// unnamed statement, as in Postgres (which drops the old one before parsing).
+    /// The client's own unnamed Parse: without a ParseComplete, the client has the
+    /// unnamed statement from before if Postgres skipped the Parse, none if the Parse
+    /// failed (Postgres drops the old one before parsing; see `Unnamed::unanswered`).
     pub(super) unnamed: bool,
     /// For the client's unnamed Parse: the Binds, Describes and Executes before it in
     /// its unit. An error that comes when as many of their replies have come, with no
