@@ -633,19 +633,7 @@ async fn a_query_inside_an_extended_copy_ends_the_session_as_postgres_ends_it() 
     assert_eq!(tags(&msgs), "12G", "{msgs:?}");
     raw.send(&concat(&[tagged(b'd', b"1\tx\n"), query("select 1")]))
         .await;
-    let msgs = raw.until_closed().await;
-    assert_eq!(tags(&msgs), "EE", "{msgs:?}");
-    assert_eq!(msgs[0].error(), ("ERROR".into(), "08P01".into()));
-    assert!(
-        msgs[0].field(b'M').unwrap().contains("0x51"),
-        "the Query is named: {msgs:?}"
-    );
-    assert_eq!(msgs[1].error(), ("FATAL".into(), "08P01".into()));
-
-    let client = connect(&app_url(&px)).await;
-    let two: i32 = client.query_one("select 2", &[]).await.unwrap().get(0);
-    assert_eq!(two, 2);
-    assert_eq!(rows_in("copy_then_query"), 0);
+    ended_naming(&mut raw, &px, "0x51", "copy_then_query").await;
 }
 
 /// The same for a named Parse during a simple-protocol COPY: pgmux sends a Parse of a
@@ -664,19 +652,26 @@ async fn a_named_parse_inside_a_copy_ends_the_session_naming_the_parse() {
         sync(),
     ]))
     .await;
+    ended_naming(&mut raw, &px, "0x50", "copy_then_parse").await;
+}
+
+/// Postgres ended the session at a message it did not expect during a COPY, naming
+/// `message_type` (the client's, not one pgmux sent in its place); the pool serves
+/// the next client, and none of the copy's rows were kept.
+async fn ended_naming(raw: &mut Raw, px: &Pgmux, message_type: &str, table: &str) {
     let msgs = raw.until_closed().await;
     assert_eq!(tags(&msgs), "EE", "{msgs:?}");
     assert_eq!(msgs[0].error(), ("ERROR".into(), "08P01".into()));
     assert!(
-        msgs[0].field(b'M').unwrap().contains("0x50"),
-        "the Parse is named: {msgs:?}"
+        msgs[0].field(b'M').unwrap().contains(message_type),
+        "{message_type} is named: {msgs:?}"
     );
     assert_eq!(msgs[1].error(), ("FATAL".into(), "08P01".into()));
 
-    let client = connect(&app_url(&px)).await;
+    let client = connect(&app_url(px)).await;
     let two: i32 = client.query_one("select 2", &[]).await.unwrap().get(0);
     assert_eq!(two, 2);
-    assert_eq!(rows_in("copy_then_parse"), 0);
+    assert_eq!(rows_in(table), 0);
 }
 
 /// The protocol lets a client send a COPY's data right behind its Execute, before the

@@ -350,9 +350,7 @@ fn what_postgres_skips_leaves_the_unnamed_statement_as_it_was() {
     w.prepare("", "select 'old'");
     let mut out = Vec::new();
     extended::parse(&mut out, "", "select 'first'");
-    let mut bind = Vec::new();
-    extended::bind_execute_sync(&mut bind, "", &[]);
-    out.extend_from_slice(&bind[..bind.len() - 5]);
+    extended::bind_execute(&mut out, "", &[]);
     extended::parse(&mut out, "", "select * from no_such_table_for_unnamed");
     extended::message(&mut out, b'S', &[]);
     extended::bind_execute_sync(&mut out, "", &[]);
@@ -395,9 +393,7 @@ fn a_skipped_deallocate_leaves_the_statement_for_the_units_behind_it() {
     let mut out = Vec::new();
     failing_describe(&mut out);
     extended::parse(&mut out, "", "deallocate all");
-    let mut run = Vec::new();
-    extended::bind_execute_sync(&mut run, "", &[]);
-    out.extend_from_slice(&run[..run.len() - 5]);
+    extended::bind_execute(&mut out, "", &[]);
     extended::parse(&mut out, "keep", "select 9");
     extended::message(&mut out, b'S', &[]);
     w.send(&out);
@@ -441,16 +437,10 @@ fn a_skipped_close_of_the_unnamed_statement_never_runs_another_clients() {
 /// Describe of a portal that does not exist fails the unit before its Bind. The
 /// first must fail that way; the rows of the second.
 fn behind_a_failed_unit(w: &mut extended::Wire, stmt: &str) -> Vec<String> {
-    use extended::{cstr, message};
     let mut out = Vec::new();
-    for fail_first in [true, false] {
-        if fail_first {
-            let mut body = vec![b'P'];
-            cstr(&mut body, "no_such_portal");
-            message(&mut out, b'D', &body);
-        }
-        extended::bind_execute_sync(&mut out, stmt, &[]);
-    }
+    failing_describe(&mut out);
+    extended::bind_execute_sync(&mut out, stmt, &[]);
+    extended::bind_execute_sync(&mut out, stmt, &[]);
     w.send(&out);
     let failed = w.until_ready();
     assert_eq!(failed.code(), Some("34000"));

@@ -54,6 +54,13 @@ pub fn parse(out: &mut Vec<u8>, name: &str, sql: &str) {
 /// Appends a Bind of statement `name` to the unnamed portal (text parameters), its
 /// Execute and a Sync to `out`.
 pub fn bind_execute_sync(out: &mut Vec<u8>, name: &str, params: &[&str]) {
+    bind_execute(out, name, params);
+    message(out, b'S', &[]);
+}
+
+/// Appends a Bind of statement `name` to the unnamed portal (text parameters) and
+/// its Execute to `out`.
+pub fn bind_execute(out: &mut Vec<u8>, name: &str, params: &[&str]) {
     let mut body = Vec::new();
     cstr(&mut body, "");
     cstr(&mut body, name);
@@ -69,7 +76,6 @@ pub fn bind_execute_sync(out: &mut Vec<u8>, name: &str, params: &[&str]) {
     cstr(&mut exec, "");
     exec.extend_from_slice(&0i32.to_be_bytes());
     message(out, b'E', &exec);
-    message(out, b'S', &[]);
 }
 
 /// Appends `s` and its terminating zero to `out`.
