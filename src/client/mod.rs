@@ -326,12 +326,7 @@ async fn login(
     }
     let mut client_values = params.session_settings();
     let clipped = crate::protocol::startup::clean_application_name(&mut client_values);
-    let startup_settings = shared.startup_settings.intern(Settings::from_pairs(
-        client_values
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect::<Vec<_>>(),
-    ));
+    let startup_settings = shared.startup_settings.intern_pairs(&client_values);
     let reachable = match check_startup_settings(cfg, &pool, &startup_settings).await {
         Ok(reachable) => reachable,
         Err(e) => {
@@ -399,6 +394,9 @@ async fn server_parameters(cfg: &Config, pool: &Arc<Pool>, reachable: bool) -> R
 /// A ParameterStatus for each of the server's `reported` parameters, with the
 /// client's own value where its startup packet set one.
 fn report_parameters(out: &mut BytesMut, reported: &Reported, client_values: &[(String, String)]) {
+    // One allocation for them all (and the BackendKeyData and ReadyForQuery behind).
+    let len: usize = reported.iter().map(|(n, v)| n.len() + v.len() + 7).sum();
+    out.reserve(len + 64);
     for (name, value) in reported.iter() {
         let own = client_values
             .iter()

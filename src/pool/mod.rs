@@ -631,16 +631,27 @@ pub struct Pools {
     map: DashMap<PoolKey, Arc<Pool>>,
     /// One per database, for its pools of every user and server.
     parse_clocks: DashMap<Arc<str>, Arc<ParseClock>>,
+    /// The pool found last: an application's logins mostly want the same one, found
+    /// here without building and hashing a key.
+    last: Mutex<Option<Arc<Pool>>>,
 }
 
 impl Pools {
+    /// The pool found last, if its key is `same`.
+    pub fn last_if(&self, same: impl FnOnce(&PoolKey) -> bool) -> Option<Arc<Pool>> {
+        self.last.lock().as_ref().filter(|p| same(&p.key)).cloned()
+    }
+
     pub fn get_or_create(
         &self,
         key: PoolKey,
         settings: impl FnOnce() -> PoolSettings,
         connect: impl FnOnce() -> ConnectOptions,
     ) -> Arc<Pool> {
+        // `last` is set while the map's guard is held, and cleared by `retain` after
+        // the removal: a pool taken out of the map never stays in `last`.
         if let Some(p) = self.map.get(&key) {
+            *self.last.lock() = Some(p.clone());
             return p.clone();
         }
         let parses = self
@@ -648,10 +659,12 @@ impl Pools {
             .entry(key.database.clone())
             .or_default()
             .clone();
-        self.map
+        let p = self
+            .map
             .entry(key.clone())
-            .or_insert_with(|| Pool::new(key, settings(), connect(), parses))
-            .clone()
+            .or_insert_with(|| Pool::new(key, settings(), connect(), parses));
+        *self.last.lock() = Some(p.clone());
+        p.clone()
     }
 
     /// Closes the idle server connections to database `dbname` on any server: Postgres
@@ -676,9 +689,12 @@ impl Pools {
             .filter(|e| !keep(e.key()))
             .map(|e| e.value().clone())
             .collect();
-        for pool in removed {
+        for pool in &removed {
             self.map.remove(&pool.key);
             pool.close_idle();
+        }
+        if !removed.is_empty() {
+            *self.last.lock() = None;
         }
     }
 }

@@ -18,7 +18,18 @@ pub fn primary_pool(
     db: &DatabaseConfig,
     user: &UserEntry,
 ) -> Arc<Pool> {
-    let server = Arc::new(db.shards[0].primary.clone());
+    let primary = &db.shards[0].primary;
+    let last = shared.pools.last_if(|k| {
+        k.shard == ShardId(0)
+            && k.role == Role::Primary
+            && *k.database == *db.name
+            && *k.user == *user.config.name
+            && *k.server == *primary
+    });
+    if let Some(pool) = last {
+        return pool;
+    }
+    let server = Arc::new(primary.clone());
     let key = PoolKey {
         database: Arc::from(db.name.as_str()),
         user: Arc::from(user.config.name.as_str()),
@@ -94,5 +105,57 @@ pub fn reconcile_pools(shared: &Shared, cfg: &Config) {
             pool_settings(cfg, db),
             connect_options(shared, cfg, &pool.key, &user),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(users: &[&str]) -> Arc<Shared> {
+        let mut text = String::new();
+        for u in users {
+            text += &format!("[[users]]\nname = \"{u}\"\npassword = \"p\"\n");
+        }
+        text += "[databases.d]\n[[databases.d.shards]]\nprimary = \"127.0.0.1:1/d\"\n";
+        text += "[databases.e]\n[[databases.e.shards]]\nprimary = \"127.0.0.1:2/e\"\n";
+        Shared::new(Config::from_toml_str(&text, None).unwrap()).unwrap()
+    }
+
+    fn pool(shared: &Shared, db: &str, user: &str) -> Arc<Pool> {
+        let cfg = shared.config();
+        primary_pool(
+            shared,
+            &cfg,
+            cfg.database(db).unwrap(),
+            &shared.user(user).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn each_database_and_user_has_its_pool_however_logins_alternate() {
+        let shared = shared(&["a", "b"]);
+        let da = pool(&shared, "d", "a");
+        assert!(Arc::ptr_eq(&da, &pool(&shared, "d", "a")));
+        let db = pool(&shared, "d", "b");
+        let ea = pool(&shared, "e", "a");
+        assert!(!Arc::ptr_eq(&da, &db) && !Arc::ptr_eq(&da, &ea));
+        assert_eq!((&*db.key.database, &*db.key.user), ("d", "b"));
+        assert_eq!((&*ea.key.database, &*ea.key.server.dbname), ("e", "e"));
+        assert!(Arc::ptr_eq(&da, &pool(&shared, "d", "a")));
+        assert!(Arc::ptr_eq(&db, &pool(&shared, "d", "b")));
+    }
+
+    #[tokio::test]
+    async fn a_pool_a_reload_closed_is_not_handed_out_again() {
+        let shared = shared(&["a"]);
+        let old = pool(&shared, "d", "a");
+        // The user goes, and comes back in a later reload: a new pool.
+        let cfg = shared.config();
+        shared.pools.retain(|k| *k.user != *"a");
+        reconcile_pools(&shared, &cfg);
+        let new = pool(&shared, "d", "a");
+        assert!(!Arc::ptr_eq(&old, &new), "the removed pool came back");
+        assert!(Arc::ptr_eq(&new, &pool(&shared, "d", "a")));
     }
 }

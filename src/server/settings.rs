@@ -170,6 +170,9 @@ struct Interned {
     set: HashSet<Settings>,
     /// Size at which copies that no client or connection holds any more are dropped.
     sweep_at: usize,
+    /// The last login's startup pairs and their settings: the next login of the same
+    /// application sends the same pairs, and is spared building and hashing them.
+    last: Option<(Vec<(String, String)>, Settings)>,
 }
 
 /// Most distinct sets a pool remembers as taken; past it the memory starts over, and
@@ -177,6 +180,21 @@ struct Interned {
 const MAX_TAKEN: usize = 1024;
 
 impl Interner {
+    /// The shared copy of the settings a login's startup `pairs` make
+    /// ([`Settings::from_pairs`]).
+    pub fn intern_pairs(&self, pairs: &[(String, String)]) -> Settings {
+        if let Some((last, settings)) = &self.inner.lock().last {
+            if last.as_slice() == pairs {
+                return settings.clone();
+            }
+        }
+        let settings = self.intern(Settings::from_pairs(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
+        self.inner.lock().last = Some((pairs.to_vec(), settings.clone()));
+        settings
+    }
+
     /// The shared copy of `settings`.
     pub fn intern(&self, settings: Settings) -> Settings {
         let mut inner = self.inner.lock();
@@ -559,6 +577,24 @@ mod tests {
             Arc::ptr_eq(&a.map, &again.map),
             "a held copy is still shared"
         );
+    }
+
+    #[test]
+    fn logins_with_the_same_pairs_share_one_copy_and_other_pairs_get_theirs() {
+        let interner = Interner::default();
+        let pairs = |app: &str| vec![("application_name".to_string(), app.to_string())];
+        let a = interner.intern_pairs(&pairs("app"));
+        let b = interner.intern_pairs(&pairs("app"));
+        assert!(Arc::ptr_eq(&a.map, &b.map), "the same pairs share a copy");
+        let other = interner.intern_pairs(&pairs("x"));
+        assert_eq!(other.value("application_name").as_deref(), Some("x"));
+        // After another application's login, the first one's pairs find their copy
+        // again, also when written with other cases, as `intern` would.
+        let again = interner.intern_pairs(&pairs("app"));
+        assert!(Arc::ptr_eq(&a.map, &again.map));
+        let upper = interner.intern_pairs(&[("Application_Name".into(), "app".into())]);
+        assert!(Arc::ptr_eq(&a.map, &upper.map));
+        assert!(interner.intern_pairs(&[]).is_empty());
     }
 
     #[test]
