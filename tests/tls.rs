@@ -367,6 +367,56 @@ fn tls_disable_answers_n_and_serves_plain_text() {
     assert!(!ok, "sslmode=require must fail without TLS:\n{text}");
 }
 
+#[test]
+fn plain_text_sent_behind_an_ssl_request_is_refused_as_postgres_refuses_it() {
+    let pg = shared_primary();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let px = start_pgmux(&pgmux_config(pg, &tls_section("prefer", &certs), ""));
+
+    // A client that does not wait for the answer: its startup packet would be taken
+    // as if it had come over TLS (CVE-2021-23214).
+    let mut tcp = wire::tcp(px.port);
+    let startup = wire::startup_message(&[("user", APP_USER), ("database", APP_DB)]);
+    tcp.write_all(&[wire::ssl_request(), startup].concat())
+        .unwrap();
+    assert_eq!(read_byte(&mut tcp).unwrap(), b'S');
+    let m = read_message(&mut tcp).unwrap();
+    assert_eq!(m.error(), ("FATAL".into(), "08P01".into()), "{m:?}");
+    assert_eq!(
+        m.field(b'M').as_deref(),
+        Some("received unencrypted data after SSL request")
+    );
+    assert_eq!(
+        read_byte(&mut tcp).unwrap_err().kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+}
+
+#[test]
+fn a_login_sent_in_one_write_with_the_ssl_request_and_a_query_is_served_in_order() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "auth_method = \"trust\"", ""));
+
+    let mut tcp = wire::tcp(px.port);
+    let startup = wire::startup_message(&[("user", APP_USER), ("database", APP_DB)]);
+    let query = wire::query_message("select 7");
+    tcp.write_all(&[wire::ssl_request(), startup, query].concat())
+        .unwrap();
+    assert_eq!(read_byte(&mut tcp).unwrap(), b'N');
+    let mut tags = String::new();
+    let mut value = None;
+    while tags.matches('Z').count() < 2 {
+        let m = read_message(&mut tcp).unwrap();
+        if m.tag == b'D' {
+            value = Some(m.first_column());
+        }
+        tags.push(m.tag as char);
+    }
+    assert!(tags.starts_with('R') && tags.ends_with("TDCZ"), "{tags}");
+    assert_eq!(value.as_deref(), Some("7"));
+}
+
 // ------------------------------------------------------------------ TLS towards Postgres
 
 /// A Postgres server of this test binary that takes TCP logins only over TLS,

@@ -136,23 +136,28 @@ type Encrypted = (MaybeTls, Option<Arc<[u8]>>);
 
 async fn read_first_packet(
     stream: &mut MaybeTls,
+    buf: &mut BytesMut,
 ) -> Result<Result<FirstPacket, PgError>, LoginError> {
-    let mut head = [0u8; 4];
-    stream.read_exact(&mut head).await?;
-    if head == *b"X\0\0\0" {
-        // Perhaps a Terminate: the client gave up before logging in (node-postgres
-        // does when the application ends a connection still being made). Postgres,
-        // reading it as a bad length, closes without a word; an error here would reach
-        // the application as a failed login it never asked to finish. Its last byte is
-        // read so that the close is not a reset.
-        let mut last = [0u8; 1];
-        stream.read_exact(&mut last).await?;
-        if last == [4] {
-            return Err(LoginError::Io(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the client sent Terminate instead of a startup packet",
-            )));
+    // What the client sent is read as it comes, mostly in one read: bytes past the
+    // packet stay in `buf` for what reads next.
+    let head: [u8; 4] = loop {
+        if let Some(head) = buf.get(..4) {
+            // Perhaps a Terminate: the client gave up before logging in (node-postgres
+            // does when the application ends a connection still being made). Postgres,
+            // reading it as a bad length, closes without a word; an error here would
+            // reach the application as a failed login it never asked to finish. Its
+            // last byte is read so that the close is not a reset.
+            if head != b"X\0\0\0" || buf.len() > 4 {
+                break head.try_into().expect("four bytes");
+            }
         }
+        read_more(stream, buf, 256).await?;
+    };
+    if head == *b"X\0\0\0" && buf[4] == 4 {
+        return Err(LoginError::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the client sent Terminate instead of a startup packet",
+        )));
     }
     let len = match startup::packet_len(head) {
         Ok(l) => l,
@@ -163,9 +168,10 @@ async fn read_first_packet(
             )))
         }
     };
-    let mut packet = vec![0u8; len];
-    packet[..4].copy_from_slice(&head);
-    stream.read_exact(&mut packet[4..]).await?;
+    while buf.len() < len {
+        read_more(stream, buf, len - buf.len()).await?;
+    }
+    let packet = buf.split_to(len);
     Ok(startup::parse_first_packet(&packet).map_err(|e| {
         // As Postgres: another protocol is a feature pgmux lacks, not a violation.
         let code = match e {
@@ -182,8 +188,9 @@ async fn login(
     stream: MaybeTls,
 ) -> Result<Option<(Session, ClientSlot)>, LoginError> {
     let (mut stream, mut end_point) = direct_tls(shared, stream).await?;
+    let mut buf = BytesMut::new();
     let params: StartupParams = loop {
-        let packet = match read_first_packet(&mut stream).await? {
+        let packet = match read_first_packet(&mut stream, &mut buf).await? {
             Ok(p) => p,
             Err(e) => return Err(refuse(&mut stream, e).await),
         };
@@ -205,11 +212,20 @@ async fn login(
                     }
                 };
                 stream.write_all(b"S").await?;
+                if !buf.is_empty() {
+                    // As Postgres (CVE-2021-23214): bytes sent before the handshake
+                    // could be an attacker's, made to look as if they came encrypted.
+                    let e = PgError::fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "received unencrypted data after SSL request",
+                    )
+                    .with_hint("a client must wait for the server's answer to SSLRequest before it starts TLS");
+                    return Err(refuse(&mut stream, e).await);
+                }
                 let MaybeTls::Plain(tcp) = stream else {
                     unreachable!("matched Plain above")
                 };
-                // Bytes sent before the handshake would be read as if encrypted: the
-                // handshake fails on them, as Postgres refuses them (CVE-2021-23214).
+                // Plaintext that comes after the check fails the handshake.
                 let tls = tls_cfg.acceptor.accept(tcp).await?;
                 stream = MaybeTls::from(tls);
                 end_point = tls_cfg.end_point.clone();
@@ -287,7 +303,6 @@ async fn login(
     let database = params.database().unwrap_or_default().to_string();
     let user = shared.user(&user_name);
 
-    let mut buf = BytesMut::new();
     // An unknown user gets the default method's exchange, and fails it.
     let method = user
         .as_deref()
@@ -481,6 +496,19 @@ async fn check_startup_settings(
 }
 
 /// Reads one tagged message during authentication.
+/// Reads what the client has sent, at least `want` bytes of room given.
+async fn read_more(
+    stream: &mut MaybeTls,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Result<(), LoginError> {
+    buf.reserve(want);
+    if stream.read_buf(buf).await? == 0 {
+        return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
+}
+
 async fn read_auth_message(
     stream: &mut MaybeTls,
     buf: &mut BytesMut,
@@ -499,10 +527,7 @@ async fn read_auth_message(
                 )))
             }
         }
-        buf.reserve(1024);
-        if stream.read_buf(buf).await? == 0 {
-            return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
+        read_more(stream, buf, 1024).await?;
     }
 }
 
