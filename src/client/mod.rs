@@ -495,7 +495,6 @@ async fn check_startup_settings(
     }
 }
 
-/// Reads one tagged message during authentication.
 /// Reads what the client has sent, at least `want` bytes of room given.
 async fn read_more(
     stream: &mut MaybeTls,
@@ -509,6 +508,7 @@ async fn read_more(
     Ok(())
 }
 
+/// Reads one tagged message during authentication.
 async fn read_auth_message(
     stream: &mut MaybeTls,
     buf: &mut BytesMut,
