@@ -317,6 +317,29 @@ fn sql_execute_runs_the_clients_protocol_level_statement() {
     assert_eq!(a.simple("EXECUTE foobar('again')"), ["aagain"]);
 }
 
+/// A multi-statement text runs each `EXECUTE` of the client's own statements, whatever
+/// else the text holds, as Postgres would.
+#[test]
+fn sql_execute_among_other_statements_runs_the_clients_statements() {
+    let (_px, mut a, mut b) = two_clients_on_two_slots();
+    a.prepare("foobar", "select 'a' || $1::text");
+    a.prepare("two", "select 2");
+    b.prepare("foobar", "select 'b'");
+
+    assert_eq!(
+        a.simple("select 'first'; EXECUTE foobar('x'); select 'execute foobar'"),
+        ["first", "ax", "execute foobar"]
+    );
+    assert_eq!(a.simple("execute two; Execute FOOBAR('y');"), ["2", "ay"]);
+    assert_eq!(b.simple("select 0; execute foobar"), ["0", "b"]);
+    // Other statements push a's out of the connection's two slots.
+    prepare_three_others(&mut b);
+    assert_eq!(
+        a.simple("explain (costs off) execute two; execute two"),
+        ["Result", "2"]
+    );
+}
+
 /// `EXPLAIN … EXECUTE name` of a protocol-level statement (what sqlx's `describe`
 /// runs to learn which columns may be null) explains the client's own statement,
 /// on whichever connection it runs, also after the statement left that connection.

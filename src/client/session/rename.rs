@@ -30,14 +30,30 @@ impl Session {
                 return Some((self.server_deallocate(name, &stmt), None));
             }
         }
-        let (range, name) = sql::execute_target(query)?;
-        let stmt = self.stmts.get(name.as_bytes())?.clone();
-        self.ensure_prepared(&stmt);
-        let mut text = Vec::with_capacity(query.len() + stmt.server_name.len());
-        text.extend_from_slice(&query[..range.start]);
-        text.extend_from_slice(&stmt.server_name);
-        text.extend_from_slice(&query[range.end..]);
-        Some((text, Some(stmt)))
+        let mut targets = Vec::new();
+        for (range, name) in sql::execute_targets(query) {
+            if let Some(stmt) = self.stmts.get(name.as_bytes()) {
+                targets.push((range, stmt.clone()));
+            }
+        }
+        if targets.is_empty() {
+            return None;
+        }
+        let mut text = Vec::with_capacity(query.len() + targets.len() * 40);
+        let mut at = 0;
+        for (range, stmt) in &targets {
+            self.ensure_prepared(stmt);
+            text.extend_from_slice(&query[at..range.start]);
+            text.extend_from_slice(&stmt.server_name);
+            at = range.end;
+        }
+        text.extend_from_slice(&query[at..]);
+        // A Parse holds one statement: the one its text runs.
+        let runs = match targets.as_slice() {
+            [(_, stmt)] => Some(stmt.clone()),
+            _ => None,
+        };
+        Some((text, runs))
     }
 
     /// The client's protocol-level statement a `DEALLOCATE name` names (the only

@@ -2,7 +2,28 @@
 //! or under `EXPLAIN` (sqlx's `describe` runs `EXPLAIN (VERBOSE, FORMAT JSON)
 //! EXECUTE` of its own protocol-level statement to learn which columns may be null).
 
-use super::lex::{Tokens, Word};
+use super::lex::{contains_ci, Statements, Tokens, Word};
+
+/// Each statement of `sql` that is an `EXECUTE name …` or an `EXPLAIN … EXECUTE name …`
+/// ([`execute_target`]): the name's byte range in `sql` and the name as Postgres folds
+/// it, in the order of the text.
+pub fn execute_targets(sql: &[u8]) -> Vec<(std::ops::Range<usize>, String)> {
+    let one =
+        memchr::memchr(b';', sql).is_none_or(|i| sql[i + 1..].iter().all(u8::is_ascii_whitespace));
+    if one {
+        return execute_target(sql).into_iter().collect();
+    }
+    if !contains_ci(sql, b"execute") {
+        return Vec::new();
+    }
+    let base = sql.as_ptr() as usize;
+    Statements::new(sql)
+        .filter_map(|stmt| {
+            let at = stmt.as_ptr() as usize - base;
+            execute_target(stmt).map(|(r, name)| (r.start + at..r.end + at, name))
+        })
+        .collect()
+}
 
 /// The statement name in a text that is one `EXECUTE name …` statement, or one
 /// `EXPLAIN [(options)] [ANALYZE] [VERBOSE] EXECUTE name …` (at most with a trailing
@@ -49,6 +70,19 @@ pub fn execute_target(sql: &[u8]) -> Option<(std::ops::Range<usize>, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_names_of_a_multi_statement_text() {
+        let sql = b"select 1; EXECUTE a(1);explain (costs off) execute \"B\"; select 'execute c'";
+        let found = execute_targets(sql);
+        let names: Vec<_> = found.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["a", "B"]);
+        assert_eq!(&sql[found[0].0.clone()], b"a");
+        assert_eq!(&sql[found[1].0.clone()], b"\"B\"");
+        assert_eq!(execute_targets(b"execute x(1);").len(), 1);
+        assert!(execute_targets(b"select 1; select 2").is_empty());
+        assert!(execute_targets(b"select 'execute x'; select 2").is_empty());
+    }
 
     #[test]
     fn finds_the_name() {

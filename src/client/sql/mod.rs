@@ -21,7 +21,7 @@ mod set_config;
 mod signal;
 
 pub use cache::{analyze_parse, Plain};
-pub use execute::execute_target;
+pub use execute::{execute_target, execute_targets};
 pub use fingerprint::fingerprint;
 pub use lex::contains_ci;
 use lex::{trim, Statements, Tokens, Word, Words};
