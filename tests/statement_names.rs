@@ -401,6 +401,31 @@ fn a_skipped_deallocate_leaves_the_statement_for_the_units_behind_it() {
     assert_eq!(w.execute("keep", &[]), ["7"]);
 }
 
+/// A Close of a name that a unit still unanswered parses, skipped by Postgres, leaves
+/// the name as that unit's replies say: here never prepared, so free to prepare.
+#[test]
+fn a_skipped_close_behind_a_skipped_parse_leaves_the_name_free() {
+    let pg = shared_primary();
+    let px = start_pgmux(&pgmux_config(pg, "", "pool_size = 1"));
+    let mut w = extended::Wire::connect(px.port);
+
+    let mut out = Vec::new();
+    failing_describe(&mut out);
+    extended::parse(&mut out, "s1", "select 1");
+    extended::message(&mut out, b'S', &[]);
+    failing_describe(&mut out);
+    let mut close = vec![b'S'];
+    extended::cstr(&mut close, "s1");
+    extended::message(&mut out, b'C', &close);
+    extended::message(&mut out, b'S', &[]);
+    w.send(&out);
+    assert_eq!(w.until_ready().code(), Some("34000"));
+    assert_eq!(w.until_ready().code(), Some("34000"));
+
+    w.prepare("s1", "select 2");
+    assert_eq!(w.execute("s1", &[]), ["2"]);
+}
+
 /// A client without an unnamed statement whose Close of it Postgres skips is not left
 /// running the server connection's unnamed statement, which another client parsed.
 #[test]

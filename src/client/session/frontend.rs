@@ -91,7 +91,7 @@ impl Session {
         result
     }
 
-    /// Whether a Bind, a Describe or a Parse names a statement that a unit sent
+    /// Whether a Bind, a Describe, a Close or a Parse names a statement that a unit sent
     /// earlier and still unanswered parses, closes or deallocates. Postgres skips that
     /// Parse or Close if an error comes before it in its unit, and then knows no such
     /// statement (or, for a Parse of the name, finds it free), or still has it: what
@@ -115,6 +115,13 @@ impl Session {
                 .filter(|(kind, _)| **kind == b'S')
                 .and_then(|(_, rest)| msg::cstr(rest)),
             fe::PARSE => msg::cstr(body).filter(|(name, _)| !name.is_empty()),
+            // A Close of a statement an earlier unit parses: what a skipped Close
+            // leaves is what that unit's replies say the name holds.
+            fe::CLOSE => body
+                .split_first()
+                .filter(|(kind, _)| **kind == b'S')
+                .and_then(|(_, rest)| msg::cstr(rest))
+                .filter(|(name, _)| !name.is_empty()),
             _ => None,
         };
         let Some((name, _)) = name else {
