@@ -414,9 +414,7 @@ fn a_skipped_close_behind_a_skipped_parse_leaves_the_name_free() {
     extended::parse(&mut out, "s1", "select 1");
     extended::message(&mut out, b'S', &[]);
     failing_describe(&mut out);
-    let mut close = vec![b'S'];
-    extended::cstr(&mut close, "s1");
-    extended::message(&mut out, b'C', &close);
+    extended::message(&mut out, b'C', b"Ss1\0");
     extended::message(&mut out, b'S', &[]);
     w.send(&out);
     assert_eq!(w.until_ready().code(), Some("34000"));

@@ -39,7 +39,8 @@ impl Session {
         if targets.is_empty() {
             return None;
         }
-        let mut text = Vec::with_capacity(query.len() + targets.len() * 40);
+        let longer: usize = targets.iter().map(|(_, s)| s.server_name.len()).sum();
+        let mut text = Vec::with_capacity(query.len() + longer);
         let mut at = 0;
         for (range, stmt) in &targets {
             self.ensure_prepared(stmt);
